@@ -1,0 +1,3 @@
+from convrate.cli import main
+
+main()

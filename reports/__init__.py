@@ -1,0 +1,1 @@
+"""convrate.reports."""
