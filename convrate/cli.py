@@ -1,9 +1,46 @@
-"""Command line of convrate (typer + rich). Filled in command by command."""
+"""Command line of convrate (typer + rich); ``python -m convrate`` is the same program.
+
+Every command takes ``--seed`` and a JSON output option; errors on bad input print one
+line and exit with code 2; a violated statement exits with code 1.
+"""
 from __future__ import annotations
 
-import typer
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="convrate: convergence-rate control, derived, checked exactly, audited.")
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from convrate.errors import ConvrateError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="convrate: convergence-rate control, derived, checked exactly, audited.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(err: ConvrateError) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(err.exit_code)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 @app.callback()
@@ -11,5 +48,144 @@ def _root() -> None:
     """convrate command line."""
 
 
+@app.command()
+def derive(
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="write derive.md, derive.tex, derive.json here"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
+    seed: int = typer.Option(0, "--seed", help="unused (derivations are symbolic); accepted for uniformity"),
+) -> None:
+    """Run every symbolic derivation; print each statement and whether sympy proved it.
+
+    Exit code 0 unless a statement is false with no proved correction.
+    """
+    from convrate.theory import derive_runner
+
+    results = derive_runner.run_all(progress=None)
+    if out_dir is not None:
+        _write_new(out_dir / "derive.md", derive_runner.to_markdown(results))
+        _write_new(out_dir / "derive.tex", derive_runner.to_latex(results))
+        _write_new(out_dir / "derive.json", derive_runner.to_json(results))
+    if as_json:
+        out.print_json(derive_runner.to_json(results))
+    else:
+        table = Table(title="convrate derive: statements of THEORY.md")
+        for col in ("id", "status", "title", "seconds"):
+            table.add_column(col)
+        colors = {"proved": "green", "corrected": "yellow", "checked-only": "cyan", "false": "red"}
+        for r in results:
+            st = r["status"]
+            table.add_row(r["id"], f"[{colors.get(st, 'white')}]{st}[/]", r["title"], f"{r['seconds']:.2f}")
+        out.print(table)
+        for r in results:
+            if r["status"] in ("corrected", "false"):
+                out.print(f"[bold]{r['id']}[/] counterexample: {r.get('counterexample')}")
+                if r.get("corrected"):
+                    out.print(f"    corrected: {r['corrected']}")
+    if any(r["status"] == "false" for r in results):
+        raise typer.Exit(1)
+
+
+def summarize(results: list) -> list[dict[str, Any]]:
+    """Aggregate CheckResults per statement: instances, holds, worst margin, precisions."""
+    by: dict[str, list] = defaultdict(list)
+    for r in results:
+        by[r.statement].append(r)
+    rows = []
+    for sid in sorted(by):
+        rs = by[sid]
+        worst = min(rs, key=lambda r: r.margin)
+        rows.append({
+            "id": sid,
+            "instances": len(rs),
+            "holds": all(r.holds for r in rs),
+            "worst_margin": worst.margin,
+            "worst_instance": worst.instance,
+            "precision": sorted({r.precision for r in rs}),
+            "violations": [r.to_dict() for r in rs if not r.holds],
+        })
+    return rows
+
+
+@app.command()
+def check(
+    profile: str = typer.Option("quick", "--profile", help="quick | full"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the per-statement summary as JSON ('-' = stdout)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the derandomized instance generator"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="check only these statement ids"),
+) -> None:
+    """The exact numeric battery: every statement of THEORY.md section 5 on generated instances.
+
+    Exit code 1 on any violation.
+    """
+    from convrate.numerics.battery import PROFILES, load_entries, run_entry
+
+    if profile not in PROFILES:
+        _fail(ConvrateError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"))
+    entries = [e for e in load_entries().values() if not only or set(only) & set(e.statements)]
+    if only and not entries:
+        _fail(ConvrateError(f"no battery entry checks {', '.join(only)}"))
+    t0 = time.perf_counter()
+    results = []
+    with _progress() as prog:
+        task = prog.add_task("checking", total=len(entries))
+        for e in entries:
+            prog.update(task, description=f"checking {e.name}")
+            results.extend(run_entry(e, max(1, PROFILES[profile] // e.cost), seed))
+            prog.advance(task)
+    rows = summarize(results)
+    if only:
+        rows = [r for r in rows if r["id"] in set(only)]
+    table = Table(title=f"convrate check --profile {profile} ({time.perf_counter() - t0:.1f} s)")
+    for col in ("statement", "instances", "worst margin", "precision", "holds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], str(r["instances"]), f"{r['worst_margin']:.3e}", "; ".join(r["precision"]),
+                      "[green]yes[/]" if r["holds"] else "[bold red]NO[/]")
+    (console if json_file is not None and str(json_file) == "-" else out).print(table)
+    if json_file is not None:
+        text = json.dumps(rows, indent=2)
+        if str(json_file) == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            _write_new(json_file, text)
+    for r in rows:
+        for v in r["violations"]:
+            console.print(f"[bold red]VIOLATION[/] {v['statement']} on {v['instance']}: measured {v['measured']!r} "
+                          f"{v['relation']} bound {v['bound']!r} fails ({v['precision']})")
+    if not all(r["holds"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    quick: bool = typer.Option(False, "--quick", help="the quick profile (fits in 10 minutes on 2 CPU cores)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="output directory (default reports/reference/)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print results.json on stdout as well"),
+) -> None:
+    """Regenerate the bound-checking report (report.md, report.html, results.json, figures)."""
+    from convrate.reports.builder import DEFAULT_OUT, build_report
+
+    with _progress() as prog:
+        task = prog.add_task("report", total=None)
+
+        def step(name: str, i: int, n: int) -> None:
+            prog.update(task, description=f"report: {name}", completed=i, total=n)
+
+        results = build_report(out_dir, quick=quick, seed=seed, progress=step)
+    target = out_dir or DEFAULT_OUT
+    console.print(f"report written to {target}")
+    if as_json:
+        out.print_json(json.dumps(results, default=str))
+    bad = [c for c in results.get("Statements: derived and checked exactly", {}).get("check", []) if not c["holds"]]
+    if bad:
+        console.print(f"[bold red]{len(bad)} statement(s) violated[/]: {', '.join(c['id'] for c in bad)}")
+        raise typer.Exit(1)
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ConvrateError as err:  # one clear line for bad input
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(err.exit_code)

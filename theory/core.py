@@ -19,7 +19,8 @@ class Status(str, enum.Enum):
 
     PROVED = "proved"  # a sympy derivation proves it (identity or closed form)
     CHECKED_ONLY = "checked-only"  # no symbolic proof here; checked exactly on instances
-    FALSE = "false"  # false as stated: a counterexample and a corrected statement exist
+    CORRECTED = "corrected"  # false as THEORY.md states it (counterexample recorded); the corrected statement is proved
+    FALSE = "false"  # false, with a counterexample, and no proved correction
 
 
 @dataclass(frozen=True)
