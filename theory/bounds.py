@@ -155,7 +155,8 @@ def gd_worst_case_steps(kappa: Real, tol: Real) -> int:
 
 def cg_steps_upper_bound(kappa: Real, tol: Real) -> int:
     """F2: CG satisfies ||e_t||_H <= 2 ((sqrt k - 1)/(sqrt k + 1))^t ||e_0||_H, so
-    q_t <= 4 rho^(2t) q_0 and CG needs at most ceil(ln(tol/4) / (2 ln rho)) steps (and at most n)."""
+    q_t <= 4 rho^(2t) q_0 and CG needs at most ceil(ln(tol/4) / (2 ln rho)) steps. (In exact
+    arithmetic CG also stops after at most n steps; this function does not take n.)"""
     s = mpmath.sqrt(mpf(kappa))
     return steps_from_rate((s - 1) / (s + 1), tol, const=4)
 
@@ -197,7 +198,8 @@ def adam_equivalent_hyperparameters(step: Real, eps: Real, D: Iterable[Real]) ->
 # ---------------------------------------------------------------- R1
 def recovery_extra_parameters(family: str, r: int) -> int:
     """R1: parameters of the frozen layers inserted around one defended group of width r:
-    S1 inserts dense A and A^-1 (2 r^2), S2 inserts diagonal D and D^-1 (2 r)."""
+    S1 inserts dense A and A^-1 (2 r^2), S2 inserts diagonal D and D^-1 (2 r). Convention:
+    both inserted layers are counted (THEORY.md's "r_p for S2" counts D alone; see statement R1)."""
     if family == "S1":
         return 2 * r * r
     if family == "S2":
@@ -209,3 +211,48 @@ def recovery_extra_parameters_bound(r: int, n_in: int, n_out: int) -> Fraction:
     """R1: 2 (r / min(n_in, n_out)) * (defended parameters of the pair), where the pair
     (W_a: r x n_in, b_a: r, W_b: n_out x r) has r (n_in + 1 + n_out) parameters."""
     return Fraction(2 * r, min(n_in, n_out)) * r * (n_in + 1 + n_out)
+
+
+# ---------------------------------------------------------------- W' closed forms
+def condition_lower_bound_defended(sigma_max_AWa: Real, sigma_max_A: Real, lambda_min_Sxx: Real,
+                                   lambda_max_Haa: Real, mu_ell: Real = 1) -> mpmath.mpf:
+    """W' (for H' > 0): kappa(H') >= lambda_max(H'_bb) / lambda_min(H'_aa)
+    >= mu_ell sigma_max(A W_a)^2 lambda_min(E[x x^T]) sigma_max(A)^2 / lambda_max(H_aa).
+    Under SpecDef with s_max on the top singular direction, sigma_max(A W_a) >= s_max sigma_1(W_a)
+    and sigma_max(A) = s_max, so the bound grows like s_max^4. (At a critical point of a linear
+    net H' is singular along the orbit tangents, so H' > 0 fails there; the bound then applies to
+    the block-diagonal part, see ``aligned_two_layer_gn_spectra``.)"""
+    return (mpf(mu_ell) * mpf(sigma_max_AWa) ** 2 * mpf(lambda_min_Sxx) * mpf(sigma_max_A) ** 2
+            / mpf(lambda_max_Haa))
+
+
+def aligned_two_layer_gn_spectra(s: Sequence[Real], a: Sequence[Real], b: Sequence[Real]) -> dict[str, object]:
+    """W' closed form, two-layer linear net with aligned weights W_a = U diag(a) V^T,
+    W_b = P diag(b) U^T, E[x x^T] = I, SpecDef A = U diag(s) U^T, squared loss:
+    eig(G'_aa) = (b_i/s_i)^2 (each n_in times), eig(G'_bb) = (s_i a_i)^2 (each n_out times).
+    Returns the distinct eigenvalues per block and kappa of G'_aa, G'_bb and of the
+    block-diagonal part diag(G'_aa, G'_bb) (the full G' is singular: orbit tangents)."""
+    ea = [(mpf(bi) / mpf(si)) ** 2 for si, bi in zip(s, b, strict=True)]
+    eb = [(mpf(si) * mpf(ai)) ** 2 for si, ai in zip(s, a, strict=True)]
+    both = ea + eb
+    return {"eig_aa": ea, "eig_bb": eb, "kappa_aa": max(ea) / min(ea), "kappa_bb": max(eb) / min(eb),
+            "kappa_block_diagonal": max(both) / min(both)}
+
+
+def deep_linear_gn_spectrum(w: Sequence[Sequence[Real]], s: Sequence[Sequence[Real]], layer: int) -> list[mpmath.mpf]:
+    """W' closed form, deep linear net f = W_L ... W_1 x with aligned W_l = U_l diag(w_l) U_(l-1)^T
+    (all widths r), E[x x^T] = I and SpecDef A_l = U_l diag(s_l) U_l^T between layers l and l+1
+    (``s`` lists s_1 .. s_(L-1); s_0 = s_L = 1). The Gauss-Newton block of layer ``layer`` (1-based)
+    has the r^2 eigenvalues (beta_i / s_(l,i))^2 (alpha_j s_(l-1,j))^2 with beta_i = prod_(k>l) w_(k,i),
+    alpha_j = prod_(k<l) w_(k,j). Returned in the Kronecker order (i major, j minor)."""
+    L = len(w)
+    if not 1 <= layer <= L:
+        raise ValueError(f"layer must be in 1..{L}, got {layer}")
+    r = len(w[0])
+    ones = [mpmath.mpf(1)] * r
+    sc = [ones] + [[mpf(x) for x in row] for row in s] + [ones]
+    if len(sc) != L + 1:
+        raise ValueError(f"need {L - 1} SpecDef profiles for {L} layers, got {len(s)}")
+    beta = [mpmath.fprod(mpf(w[k][i]) for k in range(layer, L)) for i in range(r)]
+    alpha = [mpmath.fprod(mpf(w[k][j]) for k in range(layer - 1)) for j in range(r)]
+    return [(beta[i] / sc[layer][i]) ** 2 * (alpha[j] * sc[layer - 1][j]) ** 2 for i in range(r) for j in range(r)]
