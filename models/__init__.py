@@ -1,1 +1,59 @@
-"""convrate.models."""
+"""convrate.models: the torch side -- checkpoints, zoo, symmetries, defenses, curvature, checks.
+
+Spectral quantities here are *estimated* on real networks (Hessian-vector products,
+Lanczos with residuals) and compared, through ``convrate.theory.core.compare``, with the
+bound functions of ``convrate.theory.bounds``. transformers is imported only when a
+Hugging Face model is loaded.
+"""
+from __future__ import annotations
+
+from convrate.models.checks import (
+    check_t1,
+    check_t2,
+    check_w,
+    dense_reparameterization,
+    sequential_error_bound,
+    w_sweep,
+)
+from convrate.models.curvature import (
+    EigenEstimate,
+    NondeterministicLossError,
+    Objective,
+    benchmark_hvp,
+    dense_hessian,
+    extreme_eigenvalues,
+    hutchinson_trace,
+    lanczos,
+    resolve_device,
+)
+from convrate.models.defense import (
+    PRESERVATION_TOLERANCE,
+    Defense,
+    DefenseResult,
+    DiagonalScaling,
+    Identity,
+    Preservation,
+    SpecDef,
+    defense_by_name,
+)
+from convrate.models.io import LoadedModel, load_model, save_model, zoo_model
+from convrate.models.symmetry import (
+    Slot,
+    TorchReparameterization,
+    TorchSymmetry,
+    describe,
+    discover_symmetries,
+    random_element,
+)
+from convrate.models.zoo import cache_dir, digits_cnn, digits_data, digits_mlp, minilm, minilm_path
+
+__all__ = [
+    "LoadedModel", "load_model", "save_model", "zoo_model",
+    "cache_dir", "digits_data", "digits_mlp", "digits_cnn", "minilm", "minilm_path",
+    "Slot", "TorchSymmetry", "TorchReparameterization", "discover_symmetries", "describe", "random_element",
+    "Defense", "DefenseResult", "Preservation", "SpecDef", "DiagonalScaling", "Identity", "defense_by_name",
+    "PRESERVATION_TOLERANCE",
+    "Objective", "EigenEstimate", "NondeterministicLossError", "benchmark_hvp", "dense_hessian",
+    "extreme_eigenvalues", "hutchinson_trace", "lanczos", "resolve_device",
+    "check_t1", "check_t2", "check_w", "w_sweep", "dense_reparameterization", "sequential_error_bound",
+]

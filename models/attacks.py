@@ -1,0 +1,435 @@
+"""Attacks: fine-tune a copy of a released model on a Task and count steps to a target loss.
+
+An ``Attack`` is (optimizer, learning rate, step budget, target loss). ``Attack.run`` fine-
+tunes a deep copy of the model (the input is never modified) and records the trajectory
+L(theta_0), L(theta_1), ... of the full training loss (dimensionless; see ``tasks``) at the
+iterates, where theta_{t+1} is one optimizer step from theta_t on the batch
+``task.batch(t)``. ``Trajectory.steps_to(target)`` is the first t with L(theta_t) <= target
+(0 if the start already meets it; None if not within the budget). A run *diverges* when
+L(theta_t) is NaN/inf or exceeds ``divergence_factor`` (default 1e3) x L(theta_0); it then
+stops. Plain GD on a quadratic diverges iff lr > 2 / lambda_max over the active eigen-
+directions (F1); the run flags it at the first step where the loss passes the factor.
+
+Optimizers (torch.optim, PyTorch defaults unless stated):
+    sgd        theta <- theta - lr g                          (GD with full batch)
+    momentum   heavy ball, m <- 0.9 m + g, theta <- theta - lr m
+    adam       Adam(betas=(0.9, 0.999), eps=1e-8)
+    adamw      AdamW(..., weight_decay=0.01)
+    lora-sgd   sgd on LoRA adapters of rank ``lora_rank`` (base frozen; see ``lora``)
+    lora-adam  adam on LoRA adapters
+
+``lr_search`` runs the attack over a log grid of learning rates (default 1e-5 .. 1e1, two
+points per decade), then on a finer log grid around the best, and returns the lr with the
+fewest steps. ``slowdown`` runs it on an undefended and a defended model and returns the
+ratio of best step counts. Runs are deterministic given ``seed`` (the RNG is forked and
+seeded, deterministic algorithms requested) and the caller's RNG state is left untouched.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from convrate.errors import InvalidInputError
+from convrate.models.lora import Targets, lora_wrap
+from convrate.models.tasks import Task
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lora-sgd", "lora-adam")
+
+#: progress callback: (label, done, total)
+Progress = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------- helpers
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; otherwise the named device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"unknown device {device!r}; use auto, cpu or cuda[:k]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def require_finite_parameters(model: nn.Module, what: str = "model") -> None:
+    """InvalidInputError naming the first parameter or buffer with a NaN or inf entry."""
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"{what} must be a torch.nn.Module, got {type(model).__name__}")
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InvalidInputError(f"{what} has non-finite entries in {name!r}")
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the RNG (caller's state restored afterwards), seed it, request deterministic
+    algorithms (warn_only: an op without a deterministic kernel warns instead of failing)."""
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def _positive_finite(x: Any, what: str) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{what} must be a number, got {x!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InvalidInputError(f"{what} must be positive and finite, got {x!r}")
+    return v
+
+
+def _positive_int(x: Any, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+        raise InvalidInputError(f"{what} must be a positive integer, got {x!r}")
+    return x
+
+
+def _check_optimizer(name: Any) -> str:
+    if name not in OPTIMIZERS:
+        raise InvalidInputError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
+def _check_target(target: Any) -> float | None:
+    if target is None:
+        return None
+    try:
+        v = float(target)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"target loss must be a number, got {target!r}") from None
+    if not math.isfinite(v):
+        raise InvalidInputError(f"target loss must be finite, got {target!r}")
+    return v
+
+
+# ---------------------------------------------------------------- trajectory
+@dataclass
+class Trajectory:
+    """losses[t] = full training loss after t steps (t = 0 .. steps); ``eval_losses`` pairs
+    (t, test loss); ``stopped`` is 'target', 'diverged' or 'budget'."""
+
+    optimizer: str
+    lr: float
+    budget: int
+    target: float | None
+    losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    diverged: bool = False
+    stopped: str = "budget"
+    wall_s: float = 0.0
+    trainable_parameters: int = 0
+
+    @property
+    def steps(self) -> int:
+        """Number of optimizer steps taken."""
+        return len(self.losses) - 1
+
+    @property
+    def initial_loss(self) -> float:
+        return self.losses[0]
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+    def steps_to(self, target: float | None = None) -> int | None:
+        """First t with losses[t] <= target (default: the attack's target); None if the
+        recorded trajectory never gets there (not within budget, or diverged first)."""
+        tgt = _check_target(self.target if target is None else target)
+        if tgt is None:
+            raise InvalidInputError("steps_to needs a target loss (none was given to the attack)")
+        for t, v in enumerate(self.losses):
+            if v <= tgt:  # NaN compares False
+                return t
+        return None
+
+
+# ---------------------------------------------------------------- attack
+@dataclass(frozen=True)
+class Attack:
+    """Fine-tuning attack; see the module doc for the optimizers and the recorded quantities.
+
+    ``stop_at_target``: stop as soon as the target is met (the trajectory then ends at
+    ``steps_to``). ``eval_every`` > 0 records the test loss every that many steps.
+    ``train_mode`` False (default) runs the copy in eval mode (no dropout: the loss is a
+    deterministic function of the parameters)."""
+
+    optimizer: str
+    lr: float
+    budget: int
+    target: float | None = None
+    stop_at_target: bool = True
+    divergence_factor: float = 1e3
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    lora_rank: int = 4
+    lora_targets: Targets = None
+    lora_extra_trainable: Targets = None
+    eval_every: int = 0
+    train_mode: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_optimizer(self.optimizer)
+        _positive_finite(self.lr, "learning rate")
+        _positive_int(self.budget, "step budget")
+        _check_target(self.target)
+        if not (math.isfinite(self.divergence_factor) and self.divergence_factor > 1):
+            raise InvalidInputError(f"divergence_factor must be finite and > 1, got {self.divergence_factor!r}")
+        if self.optimizer.startswith("lora"):
+            _positive_int(self.lora_rank, "LoRA rank")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise InvalidInputError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
+
+    # ---- setup
+    def _prepare(self, model: nn.Module, dev: torch.device) -> tuple[nn.Module, list[nn.Parameter]]:
+        if self.optimizer.startswith("lora"):
+            net, params = lora_wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
+                                    extra_trainable=self.lora_extra_trainable)
+        else:
+            net = copy.deepcopy(model)
+            params = [p for p in net.parameters() if p.requires_grad]
+        if not params:
+            raise InvalidInputError("the model has no trainable parameters (every requires_grad is False)")
+        net.to(dev)
+        net.train(self.train_mode)
+        return net, [p for p in net.parameters() if p.requires_grad]
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        base = self.optimizer.removeprefix("lora-")
+        if base == "sgd":
+            return torch.optim.SGD(params, lr=self.lr)
+        if base == "momentum":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        if base == "adam":
+            return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps,
+                                 weight_decay=self.weight_decay)
+
+    # ---- run
+    def run(self, model: nn.Module, task: Task, progress: Progress | None = None) -> Trajectory:
+        """Fine-tune a copy of ``model`` on ``task``; the input model is not modified."""
+        if not isinstance(task, Task):
+            raise InvalidInputError(f"task must be a convrate Task, got {type(task).__name__}")
+        require_finite_parameters(model)
+        dev = resolve_device(self.device)
+        label = f"{self.optimizer} lr={self.lr:.3g}"
+        start = time.perf_counter()
+        with deterministic(self.seed, dev):
+            net, params = self._prepare(model, dev)
+            dtype = params[0].dtype if params[0].is_floating_point() else None
+            t = task.to(dev, dtype)
+            opt = self._optimizer(params)
+            traj = Trajectory(self.optimizer, float(self.lr), self.budget, self.target,
+                              trainable_parameters=sum(p.numel() for p in params))
+            floor = None
+            for step in range(self.budget + 1):
+                idx = t.batch_indices(step)
+                opt.zero_grad(set_to_none=True)
+                if idx is None:  # full batch: the recorded loss is the one differentiated
+                    loss = t.loss_fn(t.forward(net, t.X_train), t.y_train)
+                    value = float(loss.detach())
+                else:
+                    value = t.evaluate(net)
+                traj.losses.append(value)
+                if self.eval_every and t.X_test is not None and step % self.eval_every == 0:
+                    traj.eval_losses.append((step, t.evaluate(net, "test")))
+                if progress is not None:
+                    progress(label, step, self.budget)
+                if floor is None:
+                    floor = self.divergence_factor * max(abs(value), 1e-300)
+                if not math.isfinite(value) or value > floor:
+                    traj.diverged, traj.stopped = True, "diverged"
+                    break
+                if self.stop_at_target and self.target is not None and value <= self.target:
+                    traj.stopped = "target"
+                    break
+                if step == self.budget:
+                    break
+                if idx is not None:
+                    Xb, yb = t.batch(step)
+                    loss = t.loss_fn(t.forward(net, Xb), yb)
+                loss.backward()
+                opt.step()
+        traj.wall_s = time.perf_counter() - start
+        return traj
+
+    def steps_to(self, model: nn.Module, task: Task, target: float | None = None) -> int | None:
+        """Run and return the first step with loss <= target (None: not within budget)."""
+        return self.run(model, task).steps_to(target)
+
+
+# ---------------------------------------------------------------- learning-rate search
+def log_grid(lo: float = 1e-5, hi: float = 10.0, per_decade: int = 2) -> list[float]:
+    """10^(k / per_decade) for every integer k with lo <= 10^(k/per_decade) <= hi (ascending)."""
+    lo, hi = _positive_finite(lo, "grid low end"), _positive_finite(hi, "grid high end")
+    per_decade = _positive_int(per_decade, "points per decade")
+    if lo > hi:
+        raise InvalidInputError(f"grid low end {lo} exceeds high end {hi}")
+    k0 = math.ceil(math.log10(lo) * per_decade - 1e-9)
+    k1 = math.floor(math.log10(hi) * per_decade + 1e-9)
+    return [10.0 ** (k / per_decade) for k in range(k0, k1 + 1)]
+
+
+@dataclass(frozen=True)
+class LRTrial:
+    """One learning rate tried: ``steps`` to target (None: not within ``budget``, the budget
+    this trial ran under, which pruning may set below the search's budget)."""
+
+    lr: float
+    steps: int | None
+    diverged: bool
+    final_loss: float
+    budget: int
+    stage: str
+    wall_s: float
+
+
+def _rank(tr: LRTrial) -> tuple[float, int, float, float]:
+    steps = math.inf if tr.steps is None else tr.steps
+    loss = tr.final_loss if math.isfinite(tr.final_loss) else math.inf
+    return (steps, int(tr.diverged), loss, tr.lr)
+
+
+@dataclass(frozen=True)
+class LRSearchResult:
+    """Best learning rate (fewest steps; ties: lower final loss, then smaller lr; if no lr
+    reaches the target: the non-diverged one with the lowest final loss) and the table."""
+
+    optimizer: str
+    target: float
+    budget: int
+    best_lr: float
+    best_steps: int | None
+    table: tuple[LRTrial, ...]
+    wall_s: float
+
+    @property
+    def reached(self) -> bool:
+        return self.best_steps is not None
+
+    def steps_text(self) -> str:
+        return str(self.best_steps) if self.reached else f">{self.budget}"
+
+
+def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budget: int, *,
+              grid: Sequence[float] | None = None, refine: int = 2, refine_rounds: int = 1,
+              per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
+              progress: Progress | None = None, **attack_options: Any) -> LRSearchResult:
+    """Steps to ``target`` for each lr of ``grid`` (default ``log_grid(1e-5, 10, per_decade)``),
+    tried from the largest down, then ``refine`` log-spaced points on each side of the best
+    (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
+
+    With ``prune`` a trial runs only up to the incumbent's step count (a slower lr cannot
+    win); its row then records that smaller budget. The returned lr has the fewest steps
+    among all trials."""
+    _check_optimizer(optimizer)
+    tgt = _check_target(target)
+    if tgt is None:
+        raise InvalidInputError("lr_search needs a target loss")
+    budget = _positive_int(budget, "step budget")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise InvalidInputError(f"refine must be a non-negative integer, got {refine!r}")
+    if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
+        raise InvalidInputError(f"refine_rounds must be a non-negative integer, got {refine_rounds!r}")
+    lrs = log_grid(1e-5, 10.0, per_decade) if grid is None else [_positive_finite(x, "grid learning rate") for x in grid]
+    if not lrs:
+        raise InvalidInputError("the learning-rate grid is empty")
+    require_finite_parameters(model)
+    start = time.perf_counter()
+    table: list[LRTrial] = []
+    tried: set[float] = set()
+    n_total = len(set(lrs)) + 2 * refine * refine_rounds
+
+    def attempt(lr: float, stage: str) -> None:
+        if any(math.isclose(lr, x, rel_tol=1e-12) for x in tried):
+            return
+        tried.add(lr)
+        best = min((tr.steps for tr in table if tr.steps is not None), default=None)
+        b = min(budget, best) if (prune and best is not None and best >= 1) else budget
+        atk = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
+        traj = atk.run(model, task)
+        table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s))
+        if progress is not None:
+            progress(f"lr search {optimizer}", len(table), n_total)
+
+    for lr in sorted(set(lrs), reverse=True):
+        attempt(lr, "grid")
+    ratio = 10.0 ** (1.0 / per_decade)
+    for rnd in range(refine_rounds):
+        if refine == 0:
+            break
+        centre = _best(table).lr
+        ratio = ratio ** (1.0 / (refine + 1))
+        for j in range(refine, 0, -1):
+            attempt(centre * ratio**j, f"refine{rnd + 1}")
+            attempt(centre / ratio**j, f"refine{rnd + 1}")
+    best = _best(table)
+    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, tuple(table),
+                          time.perf_counter() - start)
+
+
+def _best(table: Sequence[LRTrial]) -> LRTrial:
+    reached = [tr for tr in table if tr.steps is not None]
+    if reached:
+        return min(reached, key=_rank)
+    stable = [tr for tr in table if not tr.diverged and math.isfinite(tr.final_loss)]
+    return min(stable or table, key=lambda tr: (tr.final_loss if math.isfinite(tr.final_loss) else math.inf, tr.lr))
+
+
+# ---------------------------------------------------------------- slowdown
+@dataclass(frozen=True)
+class Slowdown:
+    """ratio = best steps (defended) / best steps (undefended). When the defended search
+    does not reach the target, ratio = budget / undefended steps is a lower bound
+    (``is_lower_bound``); when the undefended one does not (or needs 0 steps) it is None."""
+
+    undefended: LRSearchResult
+    defended: LRSearchResult
+    ratio: float | None
+    is_lower_bound: bool
+
+    @property
+    def text(self) -> str:
+        if self.ratio is None:
+            if self.undefended.best_steps == 0:
+                return "undefined (the undefended model already meets the target)"
+            return f"undefined (the undefended model does not reach the target within {self.undefended.budget} steps)"
+        return (">= " if self.is_lower_bound else "") + f"{self.ratio:.3g}"
+
+
+def slowdown(undefended: nn.Module, defended: nn.Module, task: Task, optimizer: str, target: float,
+             budget: int, **search_options: Any) -> Slowdown:
+    """lr_search on both models (same task, target, budget, grid, seed) and the step ratio."""
+    base = lr_search(undefended, task, optimizer, target, budget, **search_options)
+    dfd = lr_search(defended, task, optimizer, target, budget, **search_options)
+    if base.best_steps is None or base.best_steps == 0:
+        return Slowdown(base, dfd, None, False)
+    if dfd.best_steps is None:
+        return Slowdown(base, dfd, budget / base.best_steps, True)
+    return Slowdown(base, dfd, dfd.best_steps / base.best_steps, False)
+
+
+__all__ = ["OPTIMIZERS", "Attack", "Trajectory", "LRTrial", "LRSearchResult", "Slowdown", "lr_search",
+           "log_grid", "slowdown", "resolve_device", "require_finite_parameters", "deterministic"]

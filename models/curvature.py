@@ -1,0 +1,407 @@
+"""Curvature of a real loss: Hessian- and Gauss-Newton-vector products, Lanczos, trace.
+
+``Objective`` fixes a module, data and a loss and exposes L as a function of the flat
+vector theta of selected parameters (row-major ``flatten`` of each tensor, in the order of
+``names``):
+
+    squared:        L(theta) = (1/N) sum_n 1/2 ||z_n - y_n||^2     (mu_ell = 1 in z)
+    cross_entropy:  L(theta) = (1/N) sum_n -log softmax(z_n)[y_n]
+
+with z_n = f(x_n; theta) the n-th output row (BERT: every token of sequence n), N the
+number of examples. Units: L in loss units, eigenvalues of H = nabla^2 L in loss units per
+parameter unit squared.
+
+Products: H v by double backward (grad of <grad L, v>) or by torch.func forward-over-reverse
+(jvp of grad); G v = (1/N) sum_n J_n^T (nabla^2 ell_n) J_n v, the Gauss-Newton product.
+Eigenvalues: scipy ``eigsh`` on a float64 ``LinearOperator`` or an own Lanczos with full
+reorthogonalization; each reported eigenpair (lambda, y), ||y|| = 1, carries the residual
+r = ||H y - lambda y|| of a fresh product, so some eigenvalue of H lies in
+[lambda - r, lambda + r] (for symmetric H). Nothing is reported before ``require_deterministic``
+has seen two identical products on one vector. BLAS threads are limited to 1 while torch
+works (threadpoolctl), the torch intra-op pool does the parallel work.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+
+from convrate.errors import InvalidInputError, NoConvergenceError
+from convrate.models.io import unwrap_output
+
+LOSSES = ("squared", "cross_entropy")
+HVP_METHODS = ("double_backward", "func")
+#: the faster HVP on the digits MLP (64-32-10, 1437 examples, float64, CPU), measured by
+#: ``benchmark_hvp`` (min of 50 interleaved rounds): double backward 3.6 ms vs torch.func
+#: jvp-of-grad 7.5 ms with 1 thread (3.3 vs 10.2 ms with 2); used when method=None
+DEFAULT_HVP_METHOD = "double_backward"
+
+
+class NondeterministicLossError(InvalidInputError):
+    """Two Hessian-vector products on the same vector differ: the loss is random."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"unknown device {device!r} (use auto, cpu, cuda)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} requested but CUDA is not available")
+    return d
+
+
+def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+    if isinstance(x, Mapping):
+        return {k: _to(v, device, dtype) for k, v in x.items()}
+    return x
+
+
+def _random_modules(module: nn.Module) -> list[str]:
+    kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+    return [n or type(m).__name__ for n, m in module.named_modules() if isinstance(m, kinds) and m.training]
+
+
+class Objective:
+    """L(theta) on fixed data; theta = the flat vector of ``params`` (default: all trainable
+    parameters). The module is deep-copied to ``device`` / ``dtype`` and put in eval mode
+    (``eval_mode=False`` keeps train mode, for which ``require_deterministic`` refuses
+    stochastic layers)."""
+
+    def __init__(self, module: nn.Module, inputs: Any, targets: torch.Tensor, *, loss: str = "squared",
+                 params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64,
+                 device: str | torch.device = "auto", eval_mode: bool = True) -> None:
+        if loss not in LOSSES:
+            raise InvalidInputError(f"unknown loss {loss!r} (supported: {', '.join(LOSSES)})")
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.loss_name = loss
+        self.module = copy.deepcopy(module).to(device=self.device, dtype=dtype)
+        self.module.train(not eval_mode)
+        named = dict(self.module.named_parameters())
+        self.names = list(params) if params is not None else [n for n, p in named.items() if p.requires_grad]
+        bad = [n for n in self.names if n not in named]
+        if bad or not self.names:
+            raise InvalidInputError(f"unknown or empty parameter selection: {bad[:3] or self.names}")
+        self.shapes = [tuple(named[n].shape) for n in self.names]
+        self.numels = [math.prod(s) for s in self.shapes]
+        self.n = sum(self.numels)
+        self.theta = torch.cat([named[n].detach().reshape(-1) for n in self.names]).clone()
+        self.fixed = {k: v.detach() for k, v in named.items() if k not in set(self.names)}
+        self.fixed.update({k: v for k, v in self.module.named_buffers()})
+        self.inputs = _to(inputs, self.device, dtype)
+        self.targets = _to(targets, self.device, dtype)
+        with torch.no_grad():
+            z = self.outputs(self.theta)
+        if loss == "squared" and tuple(self.targets.shape) != tuple(z.shape):
+            raise InvalidInputError(f"squared loss: targets shape {list(self.targets.shape)} != outputs {list(z.shape)}")
+        if loss == "cross_entropy" and (z.ndim != 2 or self.targets.shape != (z.shape[0],)
+                                        or self.targets.is_floating_point()):
+            raise InvalidInputError("cross_entropy needs outputs (N, C) and integer targets (N,)")
+        self.n_examples = int(z.shape[0])
+        self.n_terms = int(z.numel() // z.shape[-1])
+        self._checked = False
+        self.matvecs = 0
+
+    # ------------------------------------------------------------ functional core
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(theta, self.numels)
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([tensors[n].detach().to(self.device, self.dtype).reshape(-1) for n in self.names])
+
+    def outputs(self, theta: torch.Tensor) -> torch.Tensor:
+        """f(x; theta) for all examples (N, ...)."""
+        state = {**self.fixed, **self.unflatten(theta)}
+        if isinstance(self.inputs, Mapping):
+            out = torch.func.functional_call(self.module, state, (), self.inputs, strict=False, tie_weights=False)
+        else:
+            out = torch.func.functional_call(self.module, state, (self.inputs,), strict=False, tie_weights=False)
+        return unwrap_output(out)
+
+    def loss_of_outputs(self, z: torch.Tensor) -> torch.Tensor:
+        if self.loss_name == "squared":
+            return 0.5 * ((z - self.targets) ** 2).sum() / z.shape[0]
+        return torch.nn.functional.cross_entropy(z, self.targets)
+
+    def loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss_of_outputs(self.outputs(self.theta if theta is None else theta))
+
+    def gradient(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        t = (self.theta if theta is None else theta).detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.loss(t), t)
+        return g.detach()
+
+    def _vec(self, v: Any) -> torch.Tensor:
+        v = torch.as_tensor(v)
+        if v.shape != (self.n,):
+            raise InvalidInputError(f"vector must have shape ({self.n},), got {list(v.shape)}")
+        return v.to(self.device, self.dtype)
+
+    def hvp(self, v: Any, theta: torch.Tensor | None = None, method: str | None = None) -> torch.Tensor:
+        """H(theta) v."""
+        method = method or DEFAULT_HVP_METHOD
+        v = self._vec(v)
+        t = (self.theta if theta is None else theta).detach()
+        self.matvecs += 1
+        if method == "double_backward":
+            t = t.requires_grad_(True)
+            (g,) = torch.autograd.grad(self.loss(t), t, create_graph=True)
+            (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
+            return hv.detach()
+        if method == "func":
+            _, hv = torch.func.jvp(torch.func.grad(self.loss), (t,), (v,))
+            return hv.detach()
+        raise InvalidInputError(f"unknown HVP method {method!r} (supported: {', '.join(HVP_METHODS)})")
+
+    def gnvp(self, v: Any, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """G v = (1/N) sum_n J_n^T (nabla^2 ell_n) J_n v: squared loss nabla^2 ell = I,
+        cross-entropy nabla^2 ell = diag(p) - p p^T (p = softmax z_n). J v by the
+        double-vjp trick (J^T w is linear in w; differentiate <J^T w, v> in w)."""
+        v = self._vec(v)
+        t = (self.theta if theta is None else theta).detach().requires_grad_(True)
+        self.matvecs += 1
+        z = self.outputs(t)
+        w = torch.zeros_like(z, requires_grad=True)
+        (jtw,) = torch.autograd.grad(z, t, grad_outputs=w, create_graph=True)
+        (jv,) = torch.autograd.grad(jtw, w, grad_outputs=v)
+        if self.loss_name == "squared":
+            u = jv / z.shape[0]
+        else:
+            p = torch.softmax(z.detach(), dim=-1)
+            u = (p * jv - p * (p * jv).sum(-1, keepdim=True)) / z.shape[0]
+        (out,) = torch.autograd.grad(z, t, grad_outputs=u)
+        return out.detach()
+
+    # ------------------------------------------------------------ safety
+    def require_deterministic(self, seed: int = 12345) -> float:
+        """Apply the HVP twice to one random unit vector; raise NondeterministicLossError when
+        ||H v - H v|| > sqrt(eps) ||H v|| (round-off reorderings give O(m eps); dropout or
+        batch-norm in train mode give O(1)). Returns the relative difference."""
+        g = torch.Generator().manual_seed(seed)
+        v = torch.randn(self.n, generator=g, dtype=torch.float64)
+        v = (v / v.norm()).to(self.device, self.dtype)
+        h1, h2 = self.hvp(v), self.hvp(v)
+        scale = float(h1.norm())
+        rel = float((h1 - h2).norm()) / scale if scale > 0 else float((h1 - h2).norm())
+        tol = math.sqrt(torch.finfo(self.dtype).eps)
+        if not math.isfinite(rel) or rel > tol:
+            random = _random_modules(self.module)
+            hint = f" (stochastic modules in train mode: {', '.join(random[:3])}; use eval mode)" if random else ""
+            raise NondeterministicLossError(
+                f"loss is not deterministic: two Hessian-vector products on one vector differ by "
+                f"{rel:.2e} relative (> {tol:.1e}){hint}; refusing to report eigenvalues")
+        self._checked = True
+        return rel
+
+    def operator(self, kind: str = "hessian") -> Callable[[torch.Tensor], torch.Tensor]:
+        if kind == "hessian":
+            return self.hvp
+        if kind == "gauss_newton":
+            return self.gnvp
+        raise InvalidInputError(f"unknown operator {kind!r} (hessian, gauss_newton)")
+
+
+# ---------------------------------------------------------------- timing
+def benchmark_hvp(obj: Objective, repeats: int = 5, seed: int = 0) -> dict[str, float]:
+    """Seconds per H v for each method: the methods are interleaved (one call each per round,
+    after one warm-up call) and the minimum over ``repeats`` rounds is reported (the least
+    disturbed by other processes), plus the max relative difference between the results."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(obj.n, generator=g, dtype=torch.float64).to(obj.device, obj.dtype)
+    times: dict[str, list[float]] = {m: [] for m in HVP_METHODS}
+    res = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for m in HVP_METHODS:
+            res[m] = obj.hvp(v, method=m)
+        for _ in range(repeats):
+            for m in HVP_METHODS:
+                if obj.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                obj.hvp(v, method=m)
+                if obj.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[m].append(time.perf_counter() - t0)
+    out = {m: float(min(ts)) for m, ts in times.items()}
+    a, b = res[HVP_METHODS[0]], res[HVP_METHODS[1]]
+    out["relative_difference"] = float((a - b).norm() / a.norm())
+    return out
+
+
+# ---------------------------------------------------------------- eigenvalues
+@dataclass
+class EigenEstimate:
+    """lambda with its unit Ritz vector y and residual r = ||H y - lambda y|| (fresh product):
+    some eigenvalue of H lies in [value - residual, value + residual]."""
+
+    value: float
+    residual: float
+    vector: torch.Tensor
+    which: str
+    method: str
+    matvecs: int
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return self.value - self.residual, self.value + self.residual
+
+
+def _residual(op: Callable, y: torch.Tensor, lam: float) -> float:
+    return float((op(y) - lam * y).norm())
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int, *,
+            v0: torch.Tensor | None = None, seed: int = 0, dtype: torch.dtype = torch.float64,
+            device: torch.device | str = "cpu", tol: float = 0.0, which: str = "both"
+            ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Lanczos with full reorthogonalization (classical Gram-Schmidt applied twice) for at
+    most ``steps`` steps: Q^T H Q = tridiag(alpha, beta). Stops early on an invariant
+    subspace or when the Lanczos residual estimate beta_j |s_{j,last}| of the wanted extreme
+    Ritz pair(s) is <= tol * max|theta|. Returns (Ritz values ascending, Ritz vectors as
+    columns of an (n, k) tensor, steps taken)."""
+    dev = torch.device(device)
+    if v0 is None:
+        g = torch.Generator().manual_seed(seed)
+        v0 = torch.randn(n, generator=g, dtype=torch.float64)
+    q = v0.to(dev, dtype)
+    q = q / q.norm()
+    steps = max(1, min(steps, n))
+    Q = torch.zeros(steps, n, dtype=dtype, device=dev)
+    alphas: list[float] = []
+    betas: list[float] = []
+    Q[0] = q
+    k = 0
+    for j in range(steps):
+        w = matvec(Q[j])
+        a = float(Q[j] @ w)
+        alphas.append(a)
+        k = j + 1
+        for _ in range(2):
+            w = w - Q[:k].T @ (Q[:k] @ w)
+        b = float(w.norm())
+        done = j + 1 == steps or b <= 1e3 * torch.finfo(dtype).eps * max(abs(x) for x in alphas)
+        if not done and tol > 0 and (j + 1) % 5 == 0:
+            theta, S = _tridiag_eig(alphas, betas)
+            idx = {"LA": [-1], "SA": [0]}.get(which, [0, -1])
+            est = max(b * abs(float(S[-1, i])) for i in idx)
+            done = est <= tol * float(theta.abs().max())
+        if done:
+            break
+        betas.append(b)
+        Q[j + 1] = w / b
+    theta, S = _tridiag_eig(alphas, betas[: k - 1])
+    Y = Q[:k].T @ S.to(dev, dtype)
+    return theta, Y, k
+
+
+def _tridiag_eig(alphas: Sequence[float], betas: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    k = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if k > 1:
+        b = torch.tensor(betas[: k - 1], dtype=torch.float64)
+        T += torch.diag(b, 1) + torch.diag(b, -1)
+    return torch.linalg.eigh(T)
+
+
+def extreme_eigenvalues(obj: Objective, which: str = "LA", k: int = 1, *, method: str = "eigsh",
+                        operator: str = "hessian", tol: float = 1e-10, max_steps: int = 300,
+                        seed: int = 0) -> list[EigenEstimate]:
+    """Top ("LA") or bottom ("SA") k eigenvalues of the Hessian (or Gauss-Newton) operator,
+    each with a fresh-product residual. ``method`` "eigsh" (ARPACK implicitly restarted
+    Lanczos on a float64 LinearOperator) or "lanczos" (own, full reorthogonalization, up to
+    ``max_steps`` steps). Runs ``require_deterministic`` first."""
+    if which not in ("LA", "SA"):
+        raise InvalidInputError(f"which must be 'LA' or 'SA', got {which!r}")
+    if not 1 <= k < obj.n:
+        raise InvalidInputError(f"k must be in [1, {obj.n - 1}], got {k}")
+    if not obj._checked:
+        obj.require_deterministic()
+    op = obj.operator(operator)
+    start = obj.matvecs
+    g = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(obj.n, generator=g, dtype=torch.float64)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if method == "eigsh":
+            from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+            def mv(x: np.ndarray) -> np.ndarray:
+                return op(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(obj.device, obj.dtype)
+                          ).double().cpu().numpy()
+
+            def run(matvec: Callable[[np.ndarray], np.ndarray], want: str) -> tuple[np.ndarray, np.ndarray]:
+                L = LinearOperator((obj.n, obj.n), matvec=matvec, dtype=np.float64)
+                try:
+                    return eigsh(L, k=k, which=want, tol=tol, v0=v0.numpy(), maxiter=max(50, max_steps),
+                                 ncv=min(obj.n, max(2 * k + 1, 20)))
+                except ArpackNoConvergence as e:
+                    raise NoConvergenceError(
+                        f"eigsh ({which}) did not converge to tol {tol:g} in {max(50, max_steps)} restarts; "
+                        f"{len(e.eigenvalues)} of {k} converged") from None
+
+            if which == "LA":
+                vals, vecs = run(mv, "LA")
+                order = np.argsort(vals)[::-1]
+            else:
+                # ARPACK's tolerance is relative to |theta|, hopeless for theta ~ 0 (flat
+                # directions): take the top of the shifted operator c I - H, c = 2 |lambda_max|.
+                top, _ = run(mv, "LA")
+                c = 2.0 * abs(float(top.max()))
+                vals, vecs = run(lambda x: c * x - mv(x), "LA")
+                vals = c - vals
+                order = np.argsort(vals)
+            pairs = [(float(vals[i]), torch.from_numpy(vecs[:, i].copy())) for i in order]
+        elif method == "lanczos":
+            theta, Y, _ = lanczos(op, obj.n, max_steps, v0=v0, dtype=obj.dtype, device=obj.device,
+                                  tol=tol, which=which)
+            idx = list(range(len(theta)))[::-1][:k] if which == "LA" else list(range(len(theta)))[:k]
+            pairs = [(float(theta[i]), Y[:, i]) for i in idx]
+        else:
+            raise InvalidInputError(f"unknown eigen method {method!r} (eigsh, lanczos)")
+        out = []
+        for lam, y in pairs:
+            y = y.to(obj.device, obj.dtype)
+            y = y / y.norm()
+            out.append(EigenEstimate(lam, _residual(op, y, lam), y.cpu(), which, method, 0))
+    used = obj.matvecs - start
+    for e in out:
+        e.matvecs = used
+    return out
+
+
+def hutchinson_trace(obj: Objective, samples: int = 32, seed: int = 0, operator: str = "hessian"
+                     ) -> tuple[float, float]:
+    """tr(H) ~ mean of z^T H z over Rademacher z; returns (estimate, standard error)."""
+    if samples < 2:
+        raise InvalidInputError(f"samples must be >= 2, got {samples}")
+    op = obj.operator(operator)
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for _ in range(samples):
+            z = (torch.randint(0, 2, (obj.n,), generator=g) * 2 - 1).to(obj.device, obj.dtype)
+            vals.append(float(z @ op(z)))
+    a = np.array(vals)
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(samples))
+
+
+def dense_hessian(obj: Objective) -> torch.Tensor:
+    """The full Hessian by torch.func.hessian (tiny models only), float64 (n, n)."""
+    if obj.n > 4000:
+        raise InvalidInputError(f"dense Hessian of {obj.n} parameters refused (> 4000)")
+    return torch.func.hessian(obj.loss)(obj.theta.detach()).detach()

@@ -1,0 +1,78 @@
+"""Small deterministic models for property tests: random zoo MLP/CNN and a tiny BERT.
+
+Everything is built from a seed in float64, so a Hypothesis example is reproducible and
+cheap (milliseconds); the tiny BERT uses ``transformers.BertModel`` itself with eager
+attention, so the symmetry discovery runs on the real attention module.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from convrate.models.io import LoadedModel, zoo_model
+
+
+def mlp_arch(widths: Sequence[int], activation: str = "relu") -> dict[str, Any]:
+    """A zoo MLP arch with layer widths [n_in, h_1, ..., n_out]."""
+    return {"kind": "mlp", "sizes": list(widths), "activation": activation, "dtype": "float64"}
+
+
+def cnn_arch(channels: Sequence[int], side: int = 6, n_out: int = 3, pool: str = "maxpool2d") -> dict[str, Any]:
+    """A zoo CNN on 1 x side x side: per channel count Conv(3, pad 1) -> ReLU -> pool(2) ...
+    -> Flatten -> Linear(n_out); pools stop once the side would drop below 1."""
+    layers: list[dict[str, Any]] = []
+    s = side
+    for c in channels:
+        layers += [{"type": "conv2d", "out_channels": c, "kernel_size": 3, "padding": 1}, {"type": "relu"}]
+        if s >= 2:
+            layers.append({"type": pool, "kernel_size": 2})
+            s //= 2
+    layers += [{"type": "flatten"}, {"type": "linear", "out_features": n_out}]
+    return {"kind": "cnn", "input_shape": [1, side, side], "layers": layers, "dtype": "float64"}
+
+
+def random_zoo(arch: dict[str, Any], seed: int) -> LoadedModel:
+    """torch's default initialisation under ``manual_seed(seed)``, biases redrawn N(0, 0.1)
+    so that they are never all zero."""
+    m = zoo_model(arch, seed=seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for n, p in m.module.named_parameters():
+            if n.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return m
+
+
+def tiny_bert(seed: int = 0, hidden: int = 4, heads: int = 2, layers: int = 1, vocab: int = 16,
+              intermediate: int = 8, max_len: int = 8) -> LoadedModel:
+    """A random ``BertModel`` (eager attention, float64, eval mode) as a LoadedModel."""
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=intermediate, max_position_embeddings=max_len,
+                     attn_implementation="eager")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(cfg).double().eval()
+    return LoadedModel(model, "bert", "hf", model.config.to_dict(), None, None, {"n_layers": layers})
+
+
+def bert_inputs(model: LoadedModel, batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, int(model.config["vocab_size"]), (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+
+
+class single_thread:
+    """Context manager: torch intra-op threads = 1 (restored on exit). On 2 shared cores,
+    OpenMP workers of several processes contend and small float64 kernels slow down 10-100x;
+    tests run torch single-threaded."""
+
+    def __enter__(self) -> "single_thread":
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.n)
