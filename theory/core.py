@@ -76,7 +76,8 @@ class CheckResult:
     ``holds`` is ``measured - bound <= err`` for "<=" (mirrored for ">="), and
     ``|measured - bound| <= err`` for "==". ``margin`` is the relative slack
     (bound - measured) / max(|bound|, |measured|, 1e-300) for "<=", its mirror for ">=",
-    and minus the relative residual for "==" (0 means exactly equal).
+    and for "==" minus the residual |measured - bound| / max(|bound|, err, 1e-300): 0 means
+    exactly equal; for a bound of 0 it is the share of the allowance used (>= -1 when it holds).
     """
 
     statement: str
@@ -123,7 +124,7 @@ def compare(
         margin = (m - b) / scale
     else:
         holds = abs(m - b) <= e
-        margin = -abs(m - b) / scale
+        margin = -abs(m - b) / max(abs(b), e, mpmath.mpf("1e-300"))
     return CheckResult(
         statement=statement,
         instance=instance,
