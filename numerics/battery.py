@@ -21,6 +21,7 @@ from convrate.theory.core import CheckResult
 ENTRY_MODULES = (
     "convrate.numerics.checks_quadratic",
     "convrate.numerics.checks_nets",
+    "convrate.numerics.checks_precision",
 )
 
 #: examples per entry for ``convrate check`` profiles
