@@ -18,7 +18,11 @@ product ||fl(H v) - H v|| <~ gamma_m ||H|| ||v|| with
     m = 3 * (sum over layers of fan_in [+ LayerNorm width + 2 * sequence length]) + #outputs.
 
 (This is an estimate, not a proof: ||H|| stands in for the norm of |H| and comes from 30
-Lanczos steps.) For T2 both sides are products with operators of norm <= ||T^-1||^2 ||H||
+Lanczos steps.) The defended side is evaluated at fl(T theta) = T theta + delta, not at T theta;
+``map_rounding`` bounds ||delta|| <~ gamma_(2w) sqrt(w) sigma_max(T) ||theta|| (w the group width),
+which grows with kappa(T). It moves the gradient by <= ||H'|| ||delta|| <= ||H|| ||delta|| /
+sigma_min(T)^2 (added to the T1 allowance) and H'u by ~ ||nabla^3 L'[., u]|| ||delta|| (T2; the
+third-derivative factor is a central-difference estimate along random directions). For T2 both sides are products with operators of norm <= ||T^-1||^2 ||H||
 (||H'|| <= ||T^-1||^2 ||H|| and ||T^-T H T^-1 u|| <= ||T^-1||^2 ||H|| ||u||), so the
 allowance is err = 2 gamma_m ||T^-1||^2 ||H|| ||u||. For T1 the same with ||grad|| in place
 of ||H|| ||u||. Every number here is computed on the instance, none is picked to pass.
@@ -100,6 +104,29 @@ def hessian_norm_estimate(obj: Objective, theta: torch.Tensor | None = None, ste
     return float(vals.abs().max())
 
 
+def map_rounding(record: TorchReparameterization, names: Sequence[str], theta: torch.Tensor) -> float:
+    """Bound on ||fl(T theta) - T theta|| in float64: each slot is A X_s (inner products of length
+    w = group width), |fl(A X) - A X| <= gamma_w |A| |X| entrywise and || |A| ||_2 <= sqrt(w) ||A||_2;
+    a parameter is touched by at most two groups (its "A" side and its "A_invT" side), so
+    ||delta|| <= gamma_(2w) sqrt(w) sigma_max(T) ||theta|| with w the widest group."""
+    w = max((s.width for s, _ in record.items), default=1)
+    _, hi = record.singular_value_range(names)
+    return gamma(2 * w) * math.sqrt(w) * hi * float(theta.norm())
+
+
+def _third_derivative_effect(obj: Objective, theta: torch.Tensor, u: torch.Tensor, seed: int) -> float:
+    """max over two random unit directions d of ||(H(theta + rho d) - H(theta - rho d)) u|| / (2 rho),
+    rho = sqrt(u64) max(||theta||, 1) (the usual central-difference step): an estimate of
+    ||nabla^3 L[d, u]||, the change of H u per unit move of theta."""
+    rho = math.sqrt(U64) * max(float(theta.norm()), 1.0)
+    best = 0.0
+    for k in range(2):
+        d = _unit(obj.n, seed + 101 + k).to(obj.device)
+        diff = obj.hvp(u, theta=theta + rho * d) - obj.hvp(u, theta=theta - rho * d)
+        best = max(best, float(diff.norm()) / (2 * rho))
+    return best
+
+
 def check_t1(model: Any, record: TorchReparameterization, inputs: Any, targets: torch.Tensor, *,
              loss: str = "squared", params: Sequence[str] | None = None, instance: str = "",
              device: str = "auto") -> CheckResult:
@@ -114,7 +141,9 @@ def check_t1(model: Any, record: TorchReparameterization, inputs: Any, targets: 
     res = float((g_p - ref).norm())
     lo, _ = record.singular_value_range(names)
     m = reduction_length(obj)
-    err = 2 * gamma(m) / lo * float(g.norm())
+    # the gradient is taken at fl(T theta) = T theta + delta: grad L' moves by <= ||H'|| ||delta||,
+    # ||H'|| <= ||H|| / sigma_min(T)^2 (T2)
+    err = 2 * gamma(m) / lo * float(g.norm()) + hessian_norm_estimate(obj) / lo**2 * map_rounding(record, names, obj.theta)
     return compare("T1", instance or f"{type(_module(model)).__name__} n={obj.n} kappa(T)={record.kappa_T(names):.3g}",
                    res, "==", 0.0, precision=PRECISION, err=err,
                    detail=f"||grad'||={float(g_p.norm()):.3e} relative residual {res / max(float(ref.norm()), 1e-300):.2e} "
@@ -138,7 +167,10 @@ def check_t2(model: Any, record: TorchReparameterization, inputs: Any, targets: 
     lo, hi = record.singular_value_range(names)
     normH = hessian_norm_estimate(obj)
     m = reduction_length(obj)
-    err = 2 * gamma(m) * normH / lo**2
+    # H' u is taken at fl(T theta) = T theta + delta: it moves by ~ ||nabla^3 L'[., u]|| ||delta||
+    # (estimated by central differences at theta')
+    err = 2 * gamma(m) * normH / lo**2 + _third_derivative_effect(obj, theta_p, u, seed) * map_rounding(
+        record, names, obj.theta)
     return compare("T2", instance or f"{type(_module(model)).__name__} n={obj.n} kappa(T)={hi / lo:.3g}",
                    res, "==", 0.0, precision=PRECISION, err=err,
                    detail=f"||H'u||={float(got.norm()):.3e} ||H||~{normH:.3e} relative residual "
