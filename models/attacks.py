@@ -26,18 +26,18 @@ seeded, deterministic algorithms requested) and the caller's RNG state is left u
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError
 from convrate.models.lora import Targets, lora_wrap
+from convrate.models.runtime import deterministic, resolve_device
 from convrate.models.tasks import Task
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lora-sgd", "lora-adam")
@@ -47,21 +47,6 @@ Progress = Callable[[str, int, int], None]
 
 
 # ---------------------------------------------------------------- helpers
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; otherwise the named device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidInputError(f"unknown device {device!r}; use auto, cpu or cuda[:k]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def require_finite_parameters(model: nn.Module, what: str = "model") -> None:
     """InvalidInputError naming the first parameter or buffer with a NaN or inf entry."""
     if not isinstance(model, nn.Module):
@@ -69,21 +54,6 @@ def require_finite_parameters(model: nn.Module, what: str = "model") -> None:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InvalidInputError(f"{what} has non-finite entries in {name!r}")
-
-
-@contextlib.contextmanager
-def deterministic(seed: int, device: torch.device) -> Iterator[None]:
-    """Fork the RNG (caller's state restored afterwards), seed it, request deterministic
-    algorithms (warn_only: an op without a deterministic kernel warns instead of failing)."""
-    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
 
 def _positive_finite(x: Any, what: str) -> float:
@@ -418,17 +388,22 @@ class Slowdown:
             return f"undefined (the undefended model does not reach the target within {self.undefended.budget} steps)"
         return (">= " if self.is_lower_bound else "") + f"{self.ratio:.3g}"
 
+    @classmethod
+    def between(cls, undefended: LRSearchResult, defended: LRSearchResult) -> "Slowdown":
+        """The ratio of two finished searches (same task, target and budget)."""
+        base = undefended.best_steps
+        if base is None or base == 0:
+            return cls(undefended, defended, None, False)
+        if defended.best_steps is None:
+            return cls(undefended, defended, defended.budget / base, True)
+        return cls(undefended, defended, defended.best_steps / base, False)
+
 
 def slowdown(undefended: nn.Module, defended: nn.Module, task: Task, optimizer: str, target: float,
              budget: int, **search_options: Any) -> Slowdown:
     """lr_search on both models (same task, target, budget, grid, seed) and the step ratio."""
     base = lr_search(undefended, task, optimizer, target, budget, **search_options)
-    dfd = lr_search(defended, task, optimizer, target, budget, **search_options)
-    if base.best_steps is None or base.best_steps == 0:
-        return Slowdown(base, dfd, None, False)
-    if dfd.best_steps is None:
-        return Slowdown(base, dfd, budget / base.best_steps, True)
-    return Slowdown(base, dfd, dfd.best_steps / base.best_steps, False)
+    return Slowdown.between(base, lr_search(defended, task, optimizer, target, budget, **search_options))
 
 
 __all__ = ["OPTIMIZERS", "Attack", "Trajectory", "LRTrial", "LRSearchResult", "Slowdown", "lr_search",

@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from convrate.errors import InvalidInputError, NoConvergenceError
+from convrate.models.runtime import resolve_device
 from convrate.models.io import unwrap_output
 
 LOSSES = ("squared", "cross_entropy")
@@ -46,21 +47,6 @@ DEFAULT_HVP_METHOD = "double_backward"
 
 class NondeterministicLossError(InvalidInputError):
     """Two Hessian-vector products on the same vector differ: the loss is random."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidInputError(f"unknown device {device!r} (use auto, cpu, cuda)") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {device!r} requested but CUDA is not available")
-    return d
 
 
 def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:

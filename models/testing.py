@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from convrate.models.io import LoadedModel, zoo_model
+from convrate.models.runtime import single_thread  # noqa: F401  (re-exported for the tests)
 
 
 def mlp_arch(widths: Sequence[int], activation: str = "relu") -> dict[str, Any]:
@@ -62,17 +63,3 @@ def bert_inputs(model: LoadedModel, batch: int, seq: int, seed: int) -> dict[str
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, int(model.config["vocab_size"]), (batch, seq), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
-
-
-class single_thread:
-    """Context manager: torch intra-op threads = 1 (restored on exit). On 2 shared cores,
-    OpenMP workers of several processes contend and small float64 kernels slow down 10-100x;
-    tests run torch single-threaded."""
-
-    def __enter__(self) -> "single_thread":
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.n)

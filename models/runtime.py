@@ -1,0 +1,53 @@
+"""Where and how torch runs: device choice, thread count, deterministic RNG scopes."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from convrate.errors import InvalidInputError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; otherwise the named device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"unknown device {device!r}; use auto, cpu or cuda[:k]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class single_thread:
+    """Context manager: torch intra-op threads = 1 (restored on exit). On 2 shared cores,
+    OpenMP workers of several processes contend and small float64 kernels slow down 10-100x;
+    the tests and the small-model sections of reports and audits run torch single-threaded."""
+
+    def __enter__(self) -> "single_thread":
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.n)
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork the RNG (caller's state restored afterwards), seed it, request deterministic
+    algorithms (warn_only: an op without a deterministic kernel warns instead of failing)."""
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
