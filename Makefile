@@ -19,8 +19,18 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# examples/byod, a user's project checking its own defense with convrate's pytest plugin: installed
+# as a user installs it (a regular pip install, pinned like everything else), then its tests run
+BYOD       := examples/byod
+BYOD_STAMP := $(VENV)/.byod-installed
+
+$(BYOD_STAMP): $(STAMP) $(BYOD)/pyproject.toml $(wildcard $(BYOD)/src/toydefense/*.py)
+	$(BIN)/pip install -q -c constraints.txt ./$(BYOD)
+	touch $(BYOD_STAMP)
+
+test: $(STAMP) $(BYOD_STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider property_tests
+	cd $(BYOD) && ../../$(BIN)/python -m pytest -p no:cacheprovider tests
 
 check: $(STAMP)
 	$(BIN)/convrate check --profile quick
@@ -31,8 +41,9 @@ derive: $(STAMP)
 report: $(STAMP)
 	$(BIN)/convrate report
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+# benchmarks/run.py makes its own environment (benchmarks/.venv) for the anchors it compares against
+bench:
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

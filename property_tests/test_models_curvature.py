@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from convrate.errors import InvalidInputError, NoConvergenceError
 from convrate.models.checks import gamma, reduction_length
 from convrate.models.curvature import (
+    HVP_METHODS,
     NondeterministicLossError,
     Objective,
     benchmark_hvp,
@@ -59,8 +60,15 @@ def test_hvp_and_gnvp_against_dense(widths, seed, loss):
     tol = 2 * gamma(reduction_length(obj)) * max(nH, 1e-300)
     v = torch.randn(obj.n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     v = v / v.norm()
-    for method in ("double_backward", "func"):
+    for method in HVP_METHODS:
         assert float((obj.hvp(v, method=method) - H @ v).norm()) <= tol
+    # the reused gradient graph belongs to one theta: at another theta the product is H(theta2) v
+    theta2 = obj.theta + 0.1 * torch.randn(obj.n, generator=torch.Generator().manual_seed(seed + 1),
+                                           dtype=torch.float64)
+    H2 = torch.func.hessian(obj.loss)(theta2)
+    tol2 = 2 * gamma(reduction_length(obj)) * max(float(torch.linalg.matrix_norm(H2, 2)), 1e-300)
+    assert float((obj.hvp(v, theta=theta2, method="reuse") - H2 @ v).norm()) <= tol2
+    assert float((obj.hvp(v, method="reuse") - H @ v).norm()) <= tol
     # Gauss-Newton: G = (1/N) sum_n J_n^T (d^2 ell) J_n from the dense Jacobian
     J = torch.func.jacrev(obj.outputs)(obj.theta).reshape(-1, obj.n)  # (N*C, n)
     z = obj.outputs(obj.theta).detach()
@@ -158,4 +166,4 @@ def test_device_and_inputs():
     with pytest.raises(InvalidInputError, match="targets shape"):
         Objective(torch.nn.Linear(2, 2), torch.ones(3, 2), torch.ones(3, 3))
     t = benchmark_hvp(obj, repeats=2)
-    assert set(t) == {"double_backward", "func", "relative_difference"} and t["relative_difference"] < 1e-10
+    assert set(t) == {*HVP_METHODS, "relative_difference"} and t["relative_difference"] < 1e-10
