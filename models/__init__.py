@@ -7,6 +7,7 @@ Hugging Face model is loaded.
 """
 from __future__ import annotations
 
+from convrate.models.audit import AuditProfile, audit, load_for_audit
 from convrate.models.checks import (
     check_t1,
     check_t2,
@@ -36,7 +37,15 @@ from convrate.models.defense import (
     SpecDef,
     defense_by_name,
 )
+from convrate.models.fplr import ArchitectureMismatchError, FPLRFit, infer_reparameterization
 from convrate.models.io import LoadedModel, load_model, save_model, zoo_model
+from convrate.models.recovery import (
+    R1Module,
+    canonicalize,
+    distance_to_canonical,
+    r1_extra_parameters,
+    r1_module,
+)
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
@@ -51,6 +60,8 @@ __all__ = [
     "LoadedModel", "load_model", "save_model", "zoo_model",
     "cache_dir", "digits_data", "digits_mlp", "digits_cnn", "minilm", "minilm_path",
     "Slot", "TorchSymmetry", "TorchReparameterization", "discover_symmetries", "describe", "random_element",
+    "R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
+    "infer_reparameterization", "FPLRFit", "ArchitectureMismatchError", "audit", "AuditProfile", "load_for_audit",
     "Defense", "DefenseResult", "Preservation", "SpecDef", "DiagonalScaling", "Identity", "defense_by_name",
     "PRESERVATION_TOLERANCE",
     "Objective", "EigenEstimate", "NondeterministicLossError", "benchmark_hvp", "dense_hessian",

@@ -1,0 +1,304 @@
+"""``convrate defend`` and ``convrate attack``: defend a real checkpoint, attack it (with a recovery).
+
+MODEL is a checkpoint directory (zoo ``arch.json`` or Hugging Face ``config.json``, each with
+``model.safetensors``) or a zoo name: ``digits-mlp``, ``digits-cnn`` (trained and cached on
+first use), ``minilm`` (the installed all-MiniLM-L6-v2). The attack task follows the
+architecture: the digits relabel task (pixels / 16, as the zoo models are trained) for zoo
+models with 64 or 1x8x8 inputs and 10 outputs, the Python-documentation chapter task through a
+fresh seeded linear head for BERT encoders, embedding tables frozen (``models.tasks``; the
+report's convention, ``experiments.encoder_wrap``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from convrate.cli import _fail, _progress, app, out
+from convrate.errors import ConvrateError, InvalidInputError
+
+ZOO_NAMES = ("digits-mlp", "digits-cnn", "minilm")
+METHODS = ("specdef", "diagonal")
+RECOVERIES = ("none", "r1", "r2")
+
+
+# ---------------------------------------------------------------- shared helpers
+def resolve_model(spec: str, layers: Optional[int] = None) -> Any:
+    """A ``LoadedModel`` from a checkpoint directory or a zoo name (an existing path wins)."""
+    from convrate.models import zoo
+    from convrate.models.io import load_model
+
+    p = Path(spec)
+    if p.exists() or spec not in ZOO_NAMES:
+        if not p.exists():
+            raise InvalidInputError(f"model {spec!r} is neither an existing checkpoint directory nor a zoo name "
+                                    f"({', '.join(ZOO_NAMES)})")
+        return load_model(p, n_layers=layers)
+    if spec == "minilm":
+        return zoo.minilm(n_layers=layers)
+    if layers is not None:
+        raise InvalidInputError("--layers applies to BERT models only")
+    with _progress() as prog:
+        prog.add_task(f"loading {spec} (trained and cached on first use)", total=None)
+        return zoo.digits_mlp() if spec == "digits-mlp" else zoo.digits_cnn()
+
+
+def _empty_or_absent(path: Path, what: str) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InvalidInputError(f"{what} {path} exists and is not an empty directory; choose a new one")
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """a is b or lies inside b."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def default_record_dir(release: Path) -> Path:
+    """Where ``defend`` puts the secret record by default: <release>/../<name>-reparameterization."""
+    return release.parent / f"{release.name}-reparameterization"
+
+
+def _tokenizer(model: Any) -> Any:
+    from convrate.models.tasks import minilm_tokenizer
+
+    src = model.source
+    if src is not None and any((Path(src) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(src))
+        except Exception as e:  # a broken tokenizer file is bad input
+            raise InvalidInputError(f"{src}: the tokenizer files cannot be loaded ({' '.join(str(e).split())[:200]})") from None
+    else:
+        tok = minilm_tokenizer()
+    if len(tok) > int(model.config.get("vocab_size", 0)):
+        raise InvalidInputError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
+                                f"{model.config.get('vocab_size')}")
+    return tok
+
+
+def attack_task(model: Any, seed: int) -> Any:
+    """The task for the architecture (module doc)."""
+    from convrate.models.io import zoo_output_shape
+    from convrate.models.tasks import digits_relabel_task, text_task
+
+    if model.fmt == "zoo":
+        shape = tuple(model.input_shape or ())
+        if shape not in ((64,), (1, 8, 8)) or zoo_output_shape(model.config) != (10,):
+            raise InvalidInputError(f"no attack task for a zoo model with input shape {list(shape)} and output shape "
+                                    f"{list(zoo_output_shape(model.config))} (the digits relabel task needs 64 or "
+                                    "1x8x8 inputs and 10 outputs)")
+        return digits_relabel_task(seed, dtype=model.dtype, standardize=False, image=shape == (1, 8, 8))
+    return text_task(_tokenizer(model), seed=seed)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Fraction):
+        return float(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    out.print_json(json.dumps(_jsonable(obj)))
+
+
+# ---------------------------------------------------------------- defend
+@app.command()
+def defend(
+    model: str = typer.Argument(..., help="checkpoint directory or zoo name (digits-mlp, digits-cnn, minilm)"),
+    strength: float = typer.Option(..., "--strength", "-K", help="defense strength K = kappa(A) per group, > 1"),
+    method: str = typer.Option("specdef", "--method", help="specdef | diagonal"),
+    profile: str = typer.Option("geometric", "--profile", help="SpecDef singular-value profile: geometric | spike"),
+    out_dir: Path = typer.Option(..., "--out", help="new (or empty) directory for the defended release"),
+    record_dir: Optional[Path] = typer.Option(None, "--record",
+                                              help="where the secret record T goes (default OUT/../<name>-reparameterization)"),
+    layers: Optional[int] = typer.Option(None, "--layers", help="BERT: keep only the first k encoder layers"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON on stdout"),
+    seed: int = typer.Option(0, "--seed", help="seed of the diagonal defense's coordinate order (specdef: unused)"),
+) -> None:
+    """Defend MODEL: write the reparameterized release to --out and, separately, the secret record T.
+
+    Refuses a strength that breaks function preservation in the model's dtype, naming the largest safe K.
+    """
+    try:
+        from convrate.models.defense import PROFILES, DiagonalScaling, SpecDef, check_strength
+
+        K = check_strength(strength)
+        if method not in METHODS:
+            raise InvalidInputError(f"unknown defense method {method!r}; choose one of {', '.join(METHODS)}")
+        if profile not in PROFILES:
+            raise InvalidInputError(f"unknown SpecDef profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        if method == "diagonal" and profile != "geometric":
+            raise InvalidInputError("--profile applies to --method specdef only (diagonal uses the geometric profile)")
+        rdir = record_dir if record_dir is not None else default_record_dir(out_dir)
+        _empty_or_absent(out_dir, "--out")
+        _empty_or_absent(rdir, "the record directory")
+        if _inside(rdir, out_dir) or _inside(out_dir, rdir):
+            raise InvalidInputError(f"the secret record {rdir} must not be inside the release {out_dir} (nor around it)")
+        loaded = resolve_model(model, layers)
+        if loaded.source is not None and any(_inside(d, Path(loaded.source)) for d in (out_dir, rdir)):
+            raise InvalidInputError(f"refusing to write into the input directory {loaded.source}; choose another --out / --record")
+        defense = SpecDef(K, profile) if method == "specdef" else DiagonalScaling(K, seed)
+        with _progress() as prog:
+            prog.add_task(f"{method} K={K:g}: building T and checking preservation per dtype", total=None)
+            res = defense.apply(loaded)
+            release, rec_path = res.save(out_dir, rdir)
+    except ConvrateError as e:
+        _fail(e)
+    kinds = Counter(s.kind for s, _ in res.record.items)
+    summary = {
+        "model": model, "method": method, "K": K, "profile": profile if method == "specdef" else None, "seed": seed,
+        "release": release, "record": rec_path, "release_dtype": res.release_dtype,
+        "groups": dict(kinds), "n_groups": len(res.record.items),
+        "kappa_A": res.record.kappa_A(), "kappa_T": res.record.kappa_T(),
+        "preservation": {d: {"deviation": p.deviation, "baseline": p.baseline, "tolerance": p.tolerance, "ok": p.ok}
+                         for d, p in res.preservation.items()},
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"defended release: {release}   secret record (keep private, needed only for R1): {rec_path}")
+    out.print(f"groups: {len(res.record.items)} ({', '.join(f'{k} x{v}' for k, v in kinds.items())});  "
+              f"max kappa(A) = {summary['kappa_A']:.4g};  kappa(T) = {summary['kappa_T']:.4g}")
+    table = Table(title=f"function preservation (release dtype {res.release_dtype})")
+    for col in ("dtype", "max rel. deviation", "undefended", "tolerance", "ok"):
+        table.add_column(col)
+    for d, p in res.preservation.items():
+        table.add_row(d, f"{p.deviation:.3e}", f"{p.baseline:.3e}", f"{p.tolerance:.1e}",
+                      "[green]yes[/]" if p.ok else "[red]no[/]")
+    out.print(table)
+
+
+# ---------------------------------------------------------------- attack
+def _attack_network(loaded: Any, recovery: str, record_dir: Optional[Path], task: Any, seed: int
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The module to fine-tune and a description of the recovery applied."""
+    from convrate.models.recovery import canonicalize, r1_extra_parameters, r1_module
+    from convrate.models.symmetry import TorchReparameterization
+
+    info: dict[str, Any] = {"recovery": recovery}
+    module = loaded.module
+    if loaded.fmt == "hf":  # the report's convention: the attacker trains the encoder layers and the head
+        module.embeddings.requires_grad_(False)  # (kept by the copies R1 and R2 make)
+    if recovery == "r1":
+        rdir = record_dir
+        if rdir is None and loaded.source is not None:
+            rdir = default_record_dir(Path(loaded.source))
+        if rdir is None or not rdir.is_dir():
+            raise InvalidInputError("R1 needs the secret reparameterization record: pass --record DIR"
+                                    + (f" (default {rdir} not found)" if rdir is not None else ""))
+        record = TorchReparameterization.load(rdir)
+        module = r1_module(module, record)
+        info.update(record=rdir, **r1_extra_parameters(record))
+    elif recovery == "r2":
+        canon, record = canonicalize(loaded)
+        module = canon.module
+        info.update(sweeps=record.meta["sweeps"], degenerate=record.meta["degenerate"], kappa_C=record.kappa_A())
+    if loaded.fmt == "hf":
+        module = task.head(module, seed=seed)
+    return module, info
+
+
+@app.command()
+def attack(
+    model: str = typer.Argument(..., help="checkpoint directory or zoo name (digits-mlp, digits-cnn, minilm)"),
+    optimizer: str = typer.Option("adam", "--optimizer", help="sgd | momentum | adam | adamw | lora-sgd | lora-adam"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="fixed learning rate (default: --lr-sweep)"),
+    lr_sweep: bool = typer.Option(False, "--lr-sweep", help="search the learning rate (log grid 1e-5..10, refined)"),
+    target: Optional[float] = typer.Option(None, "--target", help="target training loss (default: half the initial loss)"),
+    budget: int = typer.Option(200, "--budget", help="step budget per run"),
+    recovery: str = typer.Option("none", "--recovery", help="none | r1 (needs the record) | r2 (canonicalize)"),
+    record_dir: Optional[Path] = typer.Option(None, "--record", help="R1: the secret record (default MODEL/../<name>-reparameterization)"),
+    layers: Optional[int] = typer.Option(None, "--layers", help="BERT: keep only the first k encoder layers"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:k]"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    seed: int = typer.Option(0, "--seed", help="seed of the task, the head, LoRA and the run"),
+) -> None:
+    """Fine-tune MODEL on the architecture's task and count the steps to the target loss.
+
+    With --recovery r1 the attacker trains phi with theta' = T phi (knows T); with r2 it first
+    canonicalizes the weights (knows nothing).
+    """
+    try:
+        from convrate.models.attacks import OPTIMIZERS, Attack, lr_search, resolve_device
+
+        if optimizer not in OPTIMIZERS:
+            raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if recovery not in RECOVERIES:
+            raise InvalidInputError(f"unknown recovery {recovery!r}; choose one of {', '.join(RECOVERIES)}")
+        if record_dir is not None and recovery != "r1":
+            raise InvalidInputError("--record applies to --recovery r1 only")
+        if lr is not None and lr_sweep:
+            raise InvalidInputError("give either --lr or --lr-sweep, not both")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise InvalidInputError(f"--lr must be positive and finite, got {lr}")
+        if budget < 1:
+            raise InvalidInputError(f"--budget must be a positive integer, got {budget}")
+        if target is not None and not math.isfinite(target):
+            raise InvalidInputError(f"--target must be finite, got {target}")
+        if seed < 0:
+            raise InvalidInputError(f"--seed must be a non-negative integer, got {seed}")
+        dev = resolve_device(device)
+        loaded = resolve_model(model, layers)
+        task = attack_task(loaded, seed)
+        net, info = _attack_network(loaded, recovery, record_dir, task, seed)
+        initial = task.evaluate(net)  # on the CPU copy; function-preserving, so the defense does not change it
+        tgt = 0.5 * initial if target is None else float(target)
+        with _progress() as prog:
+            bar = prog.add_task("attack", total=None)
+
+            def step(label: str, done: int, total: int) -> None:
+                prog.update(bar, description=label, completed=done, total=total)
+
+            if lr is not None:
+                traj = Attack(optimizer, lr, budget, tgt, seed=seed, device=str(dev)).run(net, task, progress=step)
+                steps, best_lr, table = traj.steps_to(tgt), lr, []
+                final, diverged, trainable = traj.final_loss, traj.diverged, traj.trainable_parameters
+            else:
+                res = lr_search(net, task, optimizer, tgt, budget, seed=seed, device=str(dev), progress=step)
+                steps, best_lr = res.best_steps, res.best_lr
+                table = [{"lr": t.lr, "steps": t.steps, "diverged": t.diverged, "final_loss": t.final_loss,
+                          "budget": t.budget, "stage": t.stage} for t in res.table]
+                best = min((t for t in res.table if t.lr == best_lr), key=lambda t: t.budget)
+                final, diverged = best.final_loss, best.diverged
+                trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    except ConvrateError as e:
+        _fail(e)
+    result = {"model": model, "task": task.name, "optimizer": optimizer, "lr": best_lr, "lr_sweep": lr is None,
+              "target": tgt, "initial_loss": initial, "budget": budget, "steps": steps, "reached": steps is not None,
+              "final_loss": final, "diverged": diverged, "trainable_parameters": trainable, "seed": seed,
+              "device": str(dev), **info, "lr_table": table}
+    if as_json:
+        _print_json(result)
+        return
+    shown = str(steps) if steps is not None else f">{budget}"
+    out.print(f"{task.name}: {optimizer} lr={best_lr:.3g}  steps to loss <= {tgt:.4g} (from {initial:.4g}): {shown}")
+    if recovery == "r1":
+        out.print(f"R1: {info['extra_parameters']} extra parameters (frozen A, A^-1) for {info['groups']} groups; "
+                  f"bound {float(info['bound']):.6g}; trainable {trainable}")
+    elif recovery == "r2":
+        out.print(f"R2: canonicalized ({info['sweeps']} S2 sweeps, max kappa(C) = {info['kappa_C']:.4g}, "
+                  f"{len(info['degenerate'])} degenerate group(s))")
+    if table:
+        t = Table(title="learning-rate search")
+        for col in ("lr", "steps", "budget", "final loss", "diverged", "stage"):
+            t.add_column(col)
+        for row in table:
+            t.add_row(f"{row['lr']:.3g}", "-" if row["steps"] is None else str(row["steps"]), str(row["budget"]),
+                      f"{row['final_loss']:.4g}", "yes" if row["diverged"] else "", row["stage"])
+        out.print(t)
