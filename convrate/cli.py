@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,12 +22,12 @@ from convrate.errors import ConvrateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="convrate: convergence-rate control, derived, checked exactly, audited.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in pipes
 out = Console()
 
 
 def _fail(err: ConvrateError) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    console.print(f"[bold red]error:[/] {escape(str(err))}")
     raise typer.Exit(err.exit_code)
 
 
@@ -112,38 +113,66 @@ def check(
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the per-statement summary as JSON ('-' = stdout)"),
     seed: int = typer.Option(0, "--seed", help="seed of the derandomized instance generator"),
     only: Optional[list[str]] = typer.Option(None, "--only", help="check only these statement ids"),
+    defense: Optional[str] = typer.Option(None, "--defense", help="check your own defense instead: "
+                                          "package.module:callable (protocol: convrate.byod)"),
+    models: str = typer.Option("mlp", "--models", help="with --defense: model kinds to draw (mlp, attention; comma list)"),
 ) -> None:
     """The exact numeric battery: every statement of THEORY.md section 5 on generated instances.
+    With --defense, the statements of convrate.byod (FPLR, T-CLAIM, T1, T2, W, R1, R2) checked
+    against that defense on drawn float64 models.
 
-    Exit code 1 on any violation.
+    Exit code 1 on any violation, 2 on bad input (also a defense that raises, returns another
+    architecture or NaN weights, or cannot be imported).
     """
     from convrate.numerics.battery import PROFILES, load_entries, run_entry
 
     if profile not in PROFILES:
         _fail(ConvrateError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"))
-    entries = [e for e in load_entries().values() if not only or set(only) & set(e.statements)]
-    if only and not entries:
-        _fail(ConvrateError(f"no battery entry checks {', '.join(only)}"))
-    t0 = time.perf_counter()
-    results = []
-    with _progress() as prog:
-        task = prog.add_task("checking", total=len(entries))
-        for e in entries:
-            prog.update(task, description=f"checking {e.name}")
-            results.extend(run_entry(e, max(1, PROFILES[profile] // e.cost), seed))
-            prog.advance(task)
+    not_run: dict[str, str] = {}
+    try:
+        if defense is not None:
+            from convrate.models.byod import defense_entries, run_defense_entry
+
+            entries, not_run, name = defense_entries(defense, only or None, models)
+        else:
+            entries = [e for e in load_entries().values() if not only or set(only) & set(e.statements)]
+            if only and not entries:
+                _fail(ConvrateError(f"no battery entry checks {', '.join(only)}"))
+        t0 = time.perf_counter()
+        results = []
+        with _progress() as prog:
+            task = prog.add_task("checking", total=len(entries))
+            for e in entries:
+                prog.update(task, description=f"checking {e.name}")
+                n = max(1, PROFILES[profile] // e.cost)
+                if defense is None:
+                    results.extend(run_entry(e, n, seed))
+                else:
+                    got, why = run_defense_entry(e, n, seed)
+                    results.extend(got)
+                    if why:
+                        not_run[e.statements[0]] = why
+                prog.advance(task)
+    except ConvrateError as err:
+        _fail(err)
     rows = summarize(results)
     if only:
         rows = [r for r in rows if r["id"] in set(only)]
-    table = Table(title=f"convrate check --profile {profile} ({time.perf_counter() - t0:.1f} s)")
+    what = f"--defense {name}" if defense is not None else f"--profile {profile}"
+    table = Table(title=f"convrate check {what} ({time.perf_counter() - t0:.1f} s)")
     for col in ("statement", "instances", "worst margin", "precision", "holds"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], str(r["instances"]), f"{r['worst_margin']:.3e}", "; ".join(r["precision"]),
                       "[green]yes[/]" if r["holds"] else "[bold red]NO[/]")
+    for sid, why in not_run.items():
+        table.add_row(sid, "0", "-", "-", "[yellow]not run[/]")
     (console if json_file is not None and str(json_file) == "-" else out).print(table)
+    for sid, why in not_run.items():
+        console.print(f"[yellow]not run[/] {sid}: {why}")
     if json_file is not None:
-        text = json.dumps(rows, indent=2)
+        text = json.dumps(rows + [{"id": sid, "instances": 0, "holds": None, "not_run": why}
+                                  for sid, why in not_run.items()], indent=2)
         if str(json_file) == "-":
             sys.stdout.write(text + "\n")
         else:
@@ -165,6 +194,7 @@ def report(
 ) -> None:
     """Regenerate the bound-checking report (report.md, report.html, results.json, figures)."""
     from convrate.reports.builder import DEFAULT_OUT, build_report
+    from convrate.reports.sections_exact import STATEMENTS_TITLE
 
     with _progress() as prog:
         task = prog.add_task("report", total=None)
@@ -177,9 +207,11 @@ def report(
     console.print(f"report written to {target}")
     if as_json:
         out.print_json(json.dumps(results, default=str))
-    bad = [c for c in results.get("Statements: derived and checked exactly", {}).get("check", []) if not c["holds"]]
+    table = results.get(STATEMENTS_TITLE, {})
+    bad = sorted({c["id"] for c in table.get("check", []) if not c["holds"]}
+                 | {sid for sid, m in table.get("measured", {}).items() if not m["holds"]})
     if bad:
-        console.print(f"[bold red]{len(bad)} statement(s) violated[/]: {', '.join(c['id'] for c in bad)}")
+        console.print(f"[bold red]{len(bad)} statement(s) violated[/]: {', '.join(bad)}")
         raise typer.Exit(1)
 
 
@@ -187,5 +219,9 @@ def main() -> None:
     try:
         app()
     except ConvrateError as err:  # one clear line for bad input
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(err.exit_code)
+
+
+from convrate import cli_models  # noqa: E402,F401  (registers defend, attack)
+from convrate import cli_audit  # noqa: E402,F401  (registers audit)
