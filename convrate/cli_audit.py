@@ -210,7 +210,8 @@ def audit(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Judge a claimed training-resistance defense against the theory (class, verdict, evidence)."""
-    from convrate.models.audit import PROFILES, audit as run_audit, load_for_audit, resolve_task
+    from convrate.models.audit import PROFILES, audit as run_audit, load_for_audit
+    from convrate.models.tasks import task_name_for
     from convrate.models.curvature import resolve_device
     from convrate.models.fplr import check_same_architecture
 
@@ -222,7 +223,7 @@ def audit(
         ref = load_for_audit(reference, profile) if reference is not None else None
         if ref is not None:
             check_same_architecture(ref, claimed)
-        resolve_task(task, claimed)
+        task_name_for(claimed, task)
         with _progress() as prog:
             bar = prog.add_task("audit", total=None)
 

@@ -65,40 +65,6 @@ def default_record_dir(release: Path) -> Path:
     return release.parent / f"{release.name}-reparameterization"
 
 
-def _tokenizer(model: Any) -> Any:
-    from convrate.models.tasks import minilm_tokenizer
-
-    src = model.source
-    if src is not None and any((Path(src) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(str(src))
-        except Exception as e:  # a broken tokenizer file is bad input
-            raise InvalidInputError(f"{src}: the tokenizer files cannot be loaded ({' '.join(str(e).split())[:200]})") from None
-    else:
-        tok = minilm_tokenizer()
-    if len(tok) > int(model.config.get("vocab_size", 0)):
-        raise InvalidInputError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
-                                f"{model.config.get('vocab_size')}")
-    return tok
-
-
-def attack_task(model: Any, seed: int) -> Any:
-    """The task for the architecture (module doc)."""
-    from convrate.models.io import zoo_output_shape
-    from convrate.models.tasks import digits_relabel_task, text_task
-
-    if model.fmt == "zoo":
-        shape = tuple(model.input_shape or ())
-        if shape not in ((64,), (1, 8, 8)) or zoo_output_shape(model.config) != (10,):
-            raise InvalidInputError(f"no attack task for a zoo model with input shape {list(shape)} and output shape "
-                                    f"{list(zoo_output_shape(model.config))} (the digits relabel task needs 64 or "
-                                    "1x8x8 inputs and 10 outputs)")
-        return digits_relabel_task(seed, dtype=model.dtype, standardize=False, image=shape == (1, 8, 8))
-    return text_task(_tokenizer(model), seed=seed)
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -255,7 +221,9 @@ def attack(
             raise InvalidInputError(f"--seed must be a non-negative integer, got {seed}")
         dev = resolve_device(device)
         loaded = resolve_model(model, layers)
-        task = attack_task(loaded, seed)
+        from convrate.models.tasks import task_for
+
+        task = task_for(loaded, "auto", seed)
         net, info = _attack_network(loaded, recovery, record_dir, task, seed)
         initial = task.evaluate(net)  # on the CPU copy; function-preserving, so the defense does not change it
         tgt = 0.5 * initial if target is None else float(target)

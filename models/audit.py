@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -64,12 +64,11 @@ from convrate.models.fplr import (check_same_architecture, float64_parameters, i
 from convrate.models.io import HF_CONFIG, LoadedModel, _read_json, load_model
 from convrate.models.recovery import R1Module, canonicalize, distance_to_canonical, r1_extra_parameters, r1_module
 from convrate.models.symmetry import TorchReparameterization, discover_symmetries
-from convrate.models.tasks import Task, digits_relabel_task, minilm_tokenizer, text_task
 from convrate.models.runtime import single_thread
+from convrate.models.tasks import TASKS, Task, task_for, task_name_for
 from convrate.theory.bounds import ostrowski_interval
 
 SCHEMA = "convrate-audit/1"
-TASKS = ("auto", "digits-relabel", "text")
 #: fraction of the baseline's best pilot progress log L_0 - log L_min the target asks for
 TARGET_PROGRESS = 0.9
 
@@ -156,43 +155,6 @@ def load_for_audit(path: str | Path, profile: str | AuditProfile = "quick") -> L
 
 
 # ---------------------------------------------------------------- tasks
-def resolve_task(name: str, model: LoadedModel) -> str:
-    """``auto`` -> digits-relabel (zoo, 64 inputs or 1x8x8, 10 outputs) or text (BERT)."""
-    if name not in TASKS:
-        raise InvalidInputError(f"unknown task {name!r} (supported: {', '.join(TASKS)})")
-    last = list(model.module.children())[-1] if model.fmt == "zoo" else None
-    digits_ok = (model.fmt == "zoo" and tuple(model.input_shape or ()) in ((64,), (1, 8, 8))
-                 and isinstance(last, nn.Linear) and last.out_features == 10)
-    if name == "auto":
-        if digits_ok:
-            return "digits-relabel"
-        if model.fmt == "hf":
-            return "text"
-        raise AuditError(f"no task fits a {model.kind} with input shape {list(model.input_shape or [])}: "
-                         "digits-relabel needs 64 inputs or 1x8x8 images and 10 outputs")
-    if name == "digits-relabel" and not digits_ok:
-        raise AuditError("task digits-relabel needs a zoo model with 64 inputs or 1x8x8 images and 10 outputs")
-    if name == "text" and model.fmt != "hf":
-        raise AuditError("task text needs a BERT-family encoder")
-    return name
-
-
-def build_task(name: str, model: LoadedModel, profile: AuditProfile, seed: int) -> Task:
-    """The fine-tuning task of the audit (module doc)."""
-    if name == "digits-relabel":
-        task = digits_relabel_task(seed, dtype=model.dtype, standardize=False)
-        shape = tuple(model.input_shape or (64,))
-        if shape != (64,):
-            task = replace(task, X_train=task.X_train.reshape(-1, *shape), X_test=task.X_test.reshape(-1, *shape))
-        return task
-    tok = minilm_tokenizer()
-    vocab = int(model.config.get("vocab_size", -1))
-    if vocab != tok.vocab_size:
-        raise AuditError(f"task text uses the MiniLM tokenizer (vocabulary {tok.vocab_size}); the model's "
-                         f"vocabulary has {vocab} entries")
-    return text_task(tok, max_length=profile.text_max_length, seed=seed, per_class=profile.text_per_class)
-
-
 def attack_module(model: LoadedModel, module: nn.Module, task: Task, seed: int) -> nn.Module:
     """What the attacker fine-tunes: a zoo module itself; a BERT encoder (or its R1 module)
     under the task's fresh classification head with the embedding tables frozen
@@ -326,8 +288,8 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
         raise InvalidInputError("audit expects LoadedModel inputs (see convrate.models.load_model)")
     if reference is not None:
         check_same_architecture(reference, claimed)
-    task_name = resolve_task(task, claimed)
-    the_task = build_task(task_name, claimed, prof, seed)
+    task_name = task_name_for(claimed, task)
+    the_task = task_for(claimed, task_name, seed, max_length=prof.text_max_length, per_class=prof.text_per_class)
     syms = discover_symmetries(reference if reference is not None else claimed)
     group_params = list(dict.fromkeys(n for s in syms for n in s.params))
     has_ref = reference is not None
@@ -457,5 +419,5 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
 
 
 __all__ = ["AuditError", "AuditProfile", "PROFILES", "SCHEMA", "TASKS", "TARGET_PROGRESS", "audit",
-           "attack_module", "build_task", "curvature", "function_deviation", "get_profile", "load_for_audit",
-           "pilot_target", "resolve_task"]
+           "attack_module", "curvature", "function_deviation", "get_profile", "load_for_audit",
+           "pilot_target"]

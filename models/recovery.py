@@ -68,6 +68,7 @@ import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError, PrecisionError
+from convrate.models.checks import gamma
 from convrate.models.io import LoadedModel
 from convrate.models.symmetry import Slot, TorchReparameterization, TorchSymmetry, discover_symmetries
 from convrate.theory.bounds import recovery_extra_parameters, recovery_extra_parameters_bound
@@ -376,5 +377,75 @@ def distance_to_canonical(model: LoadedModel, symmetries: Sequence[TorchSymmetry
             "sweeps": rec.meta["sweeps"]}
 
 
+# ---------------------------------------------------------------- agreement of canonical points
+def s2_log_error(meta: Mapping[str, Any]) -> float:
+    """A-posteriori error of the S2 log-scales of one canonicalization (its ``record.meta``):
+    (last correction + gamma_3) / (1 - rho), the geometric tail of sweeps contracting by rho,
+    plus the shift of the fixed point by the input's own rounding gamma_3."""
+    rho = meta["contraction"]
+    if not 0 <= rho < 1:
+        raise PrecisionError(f"R2: the balance sweeps do not contract (rho = {rho})")
+    return (meta["final_correction"] + gamma(3)) / (1 - rho)
+
+
+def s1_factor_allowance(sym: TorchSymmetry, reference: Mapping[str, torch.Tensor],
+                        versions: Sequence[Mapping[str, torch.Tensor]]) -> float:
+    """Relative Frobenius allowance for the canonical factors of one S1 group computed from each
+    of ``versions`` (the stored weights canonicalized), first-order (Wedin): with
+    eps = gamma_m ||X'||_2 ||Y'||_2 the rounding of M = X'^T Y' (m = 2 (r + p + q)), row k of
+    Sigma^1/2 U^T moves by <= sqrt(sigma_k) eps / gap_k + eps / (2 sqrt(sigma_k)), gap_k the
+    distance of sigma_k to the rest of the spectrum of M (0 included); summed over the versions.
+    An estimate, not a proof."""
+    X, Y = factor_block(sym, reference, "A"), factor_block(sym, reference, "A_invT")
+    r = sym.width
+    sig = torch.linalg.svdvals(X.T @ Y)
+    s, rest = sig[:r], torch.cat([sig, torch.zeros(1, dtype=sig.dtype)])
+    gaps = torch.stack([torch.cat([rest[:k], rest[k + 1:]]).sub(s[k]).abs().min() for k in range(r)])
+    total = 0.0
+    for v in versions:
+        Xv, Yv = factor_block(sym, v, "A"), factor_block(sym, v, "A_invT")
+        eps = gamma(2 * (r + Xv.shape[1] + Yv.shape[1])) * float(torch.linalg.matrix_norm(Xv, 2)
+                                                                   * torch.linalg.matrix_norm(Yv, 2))
+        dk = s.sqrt() * eps / gaps + eps / (2 * s.sqrt())
+        total += float(dk.norm() / s.sum().sqrt())
+    return total
+
+
+def _max_relative(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """max_i |x_i - ref_i| / |ref_i| (inf where ref_i = 0 but x_i differs)."""
+    d = (x - ref).abs()
+    zero = ref == 0
+    if bool((d[zero] > 0).any()):
+        return math.inf
+    return float((d[~zero] / ref[~zero].abs()).max()) if bool((~zero).any()) else 0.0
+
+
+def canonical_agreement(symmetries: Sequence[TorchSymmetry], a: nn.Module, b: nn.Module,
+                        meta_a: Mapping[str, Any], meta_b: Mapping[str, Any],
+                        reference: Mapping[str, torch.Tensor],
+                        versions: Sequence[Mapping[str, torch.Tensor]]) -> list[dict[str, Any]]:
+    """Two canonicalizations ``a``, ``b`` of one orbit (R2: the same point), group by group:
+    ``measured`` = S2: max entrywise relative difference of the group's parameters; S1: max over
+    the two factors of ||X_a - X_b||_F / ||X_b||_F; ``allowance`` = S2: 2 gamma_6 +
+    expm1(2 (e_a + e_b)) with e = ``s2_log_error``; S1: ``s1_factor_allowance`` of the
+    ``versions`` (the stored weights each canonical point was computed from)."""
+    pa = {n: t.detach().to(torch.float64) for n, t in a.named_parameters()}
+    pb = {n: t.detach().to(torch.float64) for n, t in b.named_parameters()}
+    out = []
+    s2_tol = 2 * gamma(6) + math.expm1(2 * (s2_log_error(meta_a) + s2_log_error(meta_b))) \
+        if any(s.family == "S2" for s in symmetries) else 0.0
+    for sym in symmetries:
+        if sym.family == "S2":
+            rel = max(_max_relative(pa[n], pb[n]) for n in sym.params)
+            out.append({"group": sym.name, "family": "S2", "measured": rel, "allowance": s2_tol})
+        else:
+            rel = max(float((factor_block(sym, pa, op) - factor_block(sym, pb, op)).norm()
+                            / factor_block(sym, pb, op).norm()) for op in ("A", "A_invT"))
+            out.append({"group": sym.name, "family": "S1", "measured": rel,
+                        "allowance": s1_factor_allowance(sym, reference, versions)})
+    return out
+
+
 __all__ = ["R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
-           "orbit_norm_sq", "factor_block", "R2_TOL", "R2_MAX_SWEEPS"]
+           "orbit_norm_sq", "factor_block", "s2_log_error", "s1_factor_allowance", "canonical_agreement",
+           "R2_TOL", "R2_MAX_SWEEPS"]

@@ -274,11 +274,11 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def digits_relabel_task(seed: int = 0, *, dtype: torch.dtype = torch.float64, standardize: bool = True,
-                        loss: str = "cross_entropy", batch_size: int | None = None) -> Task:
+                        loss: str = "cross_entropy", batch_size: int | None = None, image: bool = False) -> Task:
     """Digits with labels mapped through a seeded derangement (see module doc).
 
     ``standardize=False`` keeps pixels / 16 in [0, 1] (the scaling the zoo's digits models are
-    trained with). ``meta['mapping']`` is the derangement, ``meta['mean']``/``['std']`` the
+    trained with). ``image`` shapes the inputs (n, 1, 8, 8) for the CNN instead of (n, 64). ``meta['mapping']`` is the derangement, ``meta['mean']``/``['std']`` the
     standardization statistics."""
     if not isinstance(seed, int) or seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
@@ -294,13 +294,14 @@ def digits_relabel_task(seed: int = 0, *, dtype: torch.dtype = torch.float64, st
         stats = {}
     pi = derangement(10, seed)
     perm = np.asarray(pi)
+    shape = (-1, 1, 8, 8) if image else (-1, 64)
     return Task(
         name=f"digits-relabel(seed={seed})",
         description=("sklearn digits (load_digits, bundled), stratified 80/20 split random_state=0, "
                      + ("standardized by train mean/std" if standardize else "pixels/16")
                      + f", labels mapped by the derangement {pi}"),
-        X_train=torch.tensor(Xtr, dtype=dtype), y_train=torch.tensor(perm[ytr], dtype=torch.long),
-        X_test=torch.tensor(Xte, dtype=dtype), y_test=torch.tensor(perm[yte], dtype=torch.long),
+        X_train=torch.tensor(Xtr, dtype=dtype).reshape(shape), y_train=torch.tensor(perm[ytr], dtype=torch.long),
+        X_test=torch.tensor(Xte, dtype=dtype).reshape(shape), y_test=torch.tensor(perm[yte], dtype=torch.long),
         loss=loss, n_outputs=10, batch_size=batch_size, seed=seed,
         source="sklearn.datasets.load_digits",
         meta={"mapping": pi, **stats},
@@ -465,7 +466,66 @@ def minilm_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(minilm_dir()))
 
 
+# ---------------------------------------------------------------- the task for a model
+#: task names accepted by the CLI (``auto`` picks by architecture)
+TASKS = ("auto", "digits-relabel", "text")
+
+
+def task_name_for(model: Any, name: str = "auto") -> str:
+    """``auto`` -> "digits-relabel" (zoo net with 64 inputs or 1x8x8 images and 10 outputs)
+    or "text" (BERT-family encoder); a named task is checked against the model."""
+    if name not in TASKS:
+        raise InvalidInputError(f"unknown task {name!r} (supported: {', '.join(TASKS)})")
+    last = list(model.module.children())[-1] if model.fmt == "zoo" else None
+    digits_ok = (model.fmt == "zoo" and tuple(model.input_shape or ()) in ((64,), (1, 8, 8))
+                 and isinstance(last, nn.Linear) and last.out_features == 10)
+    if name == "auto":
+        if digits_ok:
+            return "digits-relabel"
+        if model.fmt == "hf":
+            return "text"
+        raise InvalidInputError(f"no task fits a {model.kind} with input shape {list(model.input_shape or [])}: "
+                                "digits-relabel needs 64 inputs or 1x8x8 images and 10 outputs")
+    if name == "digits-relabel" and not digits_ok:
+        raise InvalidInputError("task digits-relabel needs a zoo model with 64 inputs or 1x8x8 images and 10 outputs")
+    if name == "text" and model.fmt != "hf":
+        raise InvalidInputError("task text needs a BERT-family encoder")
+    return name
+
+
+def task_for(model: Any, name: str = "auto", seed: int = 0, *, max_length: int = 32,
+             per_class: int | None = None) -> Task:
+    """The attacker's task for ``model`` (a ``LoadedModel``): the digits relabel task in the
+    model's dtype and input shape (pixels / 16, as the zoo trains), or the text task tokenized
+    with MiniLM's tokenizer (the model's vocabulary must match it)."""
+    name = task_name_for(model, name)
+    if name == "digits-relabel":
+        return digits_relabel_task(seed, dtype=model.dtype, standardize=False,
+                                   image=tuple(model.input_shape or ()) == (1, 8, 8))
+    return text_task(tokenizer_for(model), max_length=max_length, seed=seed, per_class=per_class)
+
+
+def tokenizer_for(model: Any) -> Any:
+    """The tokenizer shipped in the model's directory (``tokenizer.json`` or ``vocab.txt``),
+    else MiniLM's; refused when it has more tokens than the model's vocabulary."""
+    src = model.source
+    if src is not None and any((Path(src) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(src))
+        except Exception as e:  # a broken tokenizer file is bad input
+            raise InvalidInputError(f"{src}: the tokenizer files cannot be loaded ({' '.join(str(e).split())[:200]})"
+                                    ) from None
+    else:
+        tok = minilm_tokenizer()
+    if len(tok) > int(model.config.get("vocab_size", 0)):
+        raise InvalidInputError(f"the tokenizer has {len(tok)} tokens but the model's vocab_size is "
+                                f"{model.config.get('vocab_size')}")
+    return tok
+
+
 __all__ = ["Task", "EncoderClassifier", "Paragraph", "LOSSES", "TOPIC_CHAPTER", "TEXT_GROUPS",
            "tensor_task", "derangement", "digits_relabel_task", "text_corpus", "text_task",
-           "pydoc_topics_path", "minilm_dir", "minilm_tokenizer", "select"]
+           "pydoc_topics_path", "minilm_dir", "minilm_tokenizer", "select", "TASKS", "task_name_for", "task_for", "tokenizer_for"]
 

@@ -29,7 +29,6 @@ Tolerances (float64, unit roundoff u = 2^-53; gamma_k = k u / (1 - k u)):
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -41,8 +40,9 @@ from convrate.models.attacks import Attack
 from convrate.models.checks import gamma, reduction_length, sequential_error_bound
 from convrate.models.curvature import Objective
 from convrate.models.defense import DiagonalScaling, SpecDef
-from convrate.models.recovery import (canonicalize, distance_to_canonical, factor_block, orbit_norm_sq,
-                                      r1_extra_parameters, r1_module)
+from convrate.models.recovery import (canonical_agreement, canonicalize, distance_to_canonical, factor_block,
+                                      orbit_norm_sq, r1_extra_parameters, r1_module, s1_factor_allowance,
+                                      s2_log_error)
 from convrate.models.symmetry import TorchReparameterization, discover_symmetries
 from convrate.models.tasks import Task, tensor_task
 from convrate.models.io import zoo_output_shape
@@ -76,45 +76,15 @@ def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- tolerance helpers (module doc)
-def _s2_log_error(meta: dict) -> float:
-    rho = meta["contraction"]
-    assert 0 <= rho < 1, f"the balance sweeps do not contract (rho = {rho})"
-    return (meta["final_correction"] + gamma(3)) / (1 - rho)
-
-
-def _assert_s2_same(a: torch.nn.Module, b: torch.nn.Module, meta_a: dict, meta_b: dict) -> None:
-    tol = 2 * gamma(6) + math.expm1(2 * (_s2_log_error(meta_a) + _s2_log_error(meta_b)))
-    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        diff = (p.detach() - q.detach()).abs()
-        assert bool((diff <= tol * q.detach().abs()).all()), (n, float((diff / q.detach().abs()).nan_to_num().max()), tol)
-
-
-def _s1_allowance(sym, reference: dict, versions: list[dict]) -> float:
-    """Relative Frobenius allowance for the canonical factors of one S1 group computed from
-    ``versions`` (the module doc's first-order estimate, summed over the versions)."""
-    X, Y = factor_block(sym, reference, "A"), factor_block(sym, reference, "A_invT")
-    r = sym.width
-    sig = torch.linalg.svdvals(X.T @ Y)
-    s, rest = sig[:r], torch.cat([sig, torch.zeros(1, dtype=sig.dtype)])
-    gaps = torch.stack([torch.cat([rest[:k], rest[k + 1:]]).sub(s[k]).abs().min() for k in range(r)])
-    total = 0.0
-    for v in versions:
-        Xv, Yv = factor_block(sym, v, "A"), factor_block(sym, v, "A_invT")
-        eps = gamma(2 * (r + Xv.shape[1] + Yv.shape[1])) * float(torch.linalg.matrix_norm(Xv, 2)
-                                                                  * torch.linalg.matrix_norm(Yv, 2))
-        dk = s.sqrt() * eps / gaps + eps / (2 * s.sqrt())
-        total += float(dk.norm() / s.sum().sqrt())
-    return total
+def _assert_s2_same(a: torch.nn.Module, b: torch.nn.Module, rec_a: TorchReparameterization,
+                    rec_b: TorchReparameterization) -> None:
+    for g in canonical_agreement([s for s, _ in rec_b.items], a, b, rec_a.meta, rec_b.meta, {}, []):
+        assert g["measured"] <= g["allowance"], g
 
 
 def _assert_s1_same(syms, a: torch.nn.Module, b: torch.nn.Module, reference: dict, versions: list[dict]) -> None:
-    pa, pb = _params(a), _params(b)
-    for sym in syms:
-        tol = _s1_allowance(sym, reference, versions)
-        for op in ("A", "A_invT"):
-            Xa, Xb = factor_block(sym, pa, op), factor_block(sym, pb, op)
-            rel = float((Xa - Xb).norm() / Xb.norm())
-            assert rel <= tol, (sym.name, op, rel, tol)
+    for g in canonical_agreement(syms, a, b, {}, {}, reference, versions):
+        assert g["measured"] <= g["allowance"], g
 
 
 def _bert_function_allowance(m, x, f, kappas: list[float]) -> float:
@@ -140,7 +110,7 @@ def test_r2_zoo_canonical_form(arch, seed, defense, K1, K2):
         ni = factor_block(sym, _params(c0.module), "A").norm(dim=1)
         no = factor_block(sym, _params(c0.module), "A_invT").norm(dim=1)
         live = (ni > 0) & (no > 0)
-        assert bool(((ni[live] / no[live]).log().abs() <= 2 * _s2_log_error(rec0.meta) + 2 * gamma(3)).all())
+        assert bool(((ni[live] / no[live]).log().abs() <= 2 * s2_log_error(rec0.meta) + 2 * gamma(3)).all())
     # the same canonical weights for every strength and defense (K-independence)
     for K in (K1, K2):
         d = _defense(defense, K, seed).apply(m, dtypes=F64).model
@@ -148,12 +118,12 @@ def test_r2_zoo_canonical_form(arch, seed, defense, K1, K2):
         with torch.no_grad():
             assert bool(((cK.output(x) - f).abs() <= sequential_error_bound(m.module, x)
                          + sequential_error_bound(cK.module, x, extra_roundings=6)).all())
-        _assert_s2_same(cK.module, c0.module, recK.meta, rec0.meta)
+        _assert_s2_same(cK.module, c0.module, recK, rec0)
     # idempotent
     cc, recc = canonicalize(c0)
-    _assert_s2_same(cc.module, c0.module, recc.meta, rec0.meta)
+    _assert_s2_same(cc.module, c0.module, recc, rec0)
     dist = distance_to_canonical(c0)
-    assert abs(dist["norm_ratio"] - 1) <= 4 * _s2_log_error(rec0.meta) + gamma(6)
+    assert abs(dist["norm_ratio"] - 1) <= 4 * s2_log_error(rec0.meta) + gamma(6)
 
 
 @given(seed=st.integers(0, 2**20), K=strengths)
@@ -172,7 +142,7 @@ def test_r2_one_layer_reaches_the_orbit_minimum(seed, K):
     # and the norms round with gamma_n (n entries); an error e in the log-scales moves F only by
     # O(e^2) at its minimum (stationary point)
     n = sum(P[name].numel() for name in sym.params)
-    tol = (2 * gamma(6) + 2 * gamma(n) + _s2_log_error(rec.meta) ** 2) * minimum
+    tol = (2 * gamma(6) + 2 * gamma(n) + s2_log_error(rec.meta) ** 2) * minimum
     assert abs(got - minimum) <= tol
     dist = distance_to_canonical(d)
     assert dist["norm_ratio"] >= 1 - tol / minimum
@@ -223,7 +193,7 @@ def test_r2_attention_canonical_form(seed, heads, width, defense, K1, K2):
         M = factor_block(sym, ref, "A").T @ factor_block(sym, ref, "A_invT")
         nuc = float(torch.linalg.matrix_norm(M, "nuc"))
         got = float(factor_block(sym, P0, "A").pow(2).sum() + factor_block(sym, P0, "A_invT").pow(2).sum())
-        d = _s1_allowance(sym, ref, [ref])  # relative perturbation of X_c, Y_c: squares move by 2 d + d^2
+        d = s1_factor_allowance(sym, ref, [ref])  # relative perturbation of X_c, Y_c: squares move by 2 d + d^2
         assert abs(got - 2 * nuc) <= 2 * nuc * (2 * d + d * d), (sym.name, got, 2 * nuc)
     versions = []
     for K in (K1, K2):
