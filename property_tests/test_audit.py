@@ -34,7 +34,6 @@ from convrate.models.fplr import ArchitectureMismatchError, slot_block
 from convrate.models.io import save_model
 from convrate.models.symmetry import TorchReparameterization
 from convrate.models.tasks import digits_relabel_task
-from convrate.models.testing import single_thread
 from convrate.models.zoo import digits_mlp
 
 U64 = 2.0 ** -53
@@ -45,10 +44,6 @@ TINY = replace(PROFILES["quick"], name="test-tiny", budget=24,
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,6 @@ from convrate.cli import app, console
 pytest_plugins = ["pytester"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    from convrate.models.testing import single_thread
-
-    with single_thread():
-        yield
 
 #: a user's defense: rescale the units of every hidden ReLU layer by d (kappa(D) = 100),
 #: relu(d z) = d relu(z), so W_a -> diag(d) W_a, b_a -> d b_a, W_b -> W_b diag(d)^-1; and

@@ -22,16 +22,11 @@ from convrate.models import byod
 from convrate.models.attacks import OPTIMIZERS, Attack
 from convrate.models.defense import SpecDef
 from convrate.models.symmetry import TorchReparameterization
-from convrate.models.testing import single_thread
 from convrate.theory.core import compare
 
 U = 2.0**-53
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 def _geometric(sigma_max: float, kappa: float, k: int) -> torch.Tensor:

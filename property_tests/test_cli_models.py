@@ -20,13 +20,9 @@ from convrate.cli import app
 from convrate.models.checks import gamma
 from convrate.models.io import load_model, save_model
 from convrate.models.symmetry import TorchReparameterization
-from convrate.models.testing import mlp_arch, random_zoo, single_thread
+from convrate.models.testing import mlp_arch, random_zoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 runner = CliRunner()

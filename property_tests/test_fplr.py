@@ -48,15 +48,11 @@ from convrate.models.checks import gamma
 from convrate.models.fplr import ArchitectureMismatchError, infer_reparameterization, slot_block
 from convrate.models.io import LoadedModel
 from convrate.models.symmetry import TorchReparameterization, discover_symmetries, random_element
-from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, single_thread, tiny_bert
+from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, tiny_bert
 
 U = 2.0 ** -53
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 zoo_archs = st.one_of(

@@ -9,13 +9,8 @@ import torch
 from convrate.models.checks import check_t1, check_t2, check_w, w_sweep
 from convrate.models.defense import DiagonalScaling, SpecDef
 from convrate.models.symmetry import discover_symmetries
-from convrate.models.testing import single_thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,9 @@ from convrate.models.curvature import (
     hutchinson_trace,
     resolve_device,
 )
-from convrate.models.testing import mlp_arch, random_zoo, single_thread
+from convrate.models.testing import mlp_arch, random_zoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 U = 2.0**-53

@@ -13,14 +13,10 @@ from convrate.errors import InvalidInputError, PrecisionError
 from convrate.models.defense import DiagonalScaling, Identity, SpecDef, defense_by_name, profile_values
 from convrate.models.io import load_model
 from convrate.models.symmetry import TorchReparameterization
-from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, single_thread, tiny_bert
+from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, tiny_bert
 from convrate.theory.bounds import specdef_geometric_profile, specdef_spike_profile
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 U = 2.0**-53

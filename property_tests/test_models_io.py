@@ -13,13 +13,9 @@ from safetensors.torch import save_file
 
 from convrate.errors import InvalidInputError
 from convrate.models.io import load_model, save_model
-from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, single_thread, tiny_bert
+from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, tiny_bert
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

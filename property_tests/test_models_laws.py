@@ -33,14 +33,10 @@ from convrate.models.checks import (
 from convrate.models.curvature import Objective, dense_hessian, extreme_eigenvalues
 from convrate.models.defense import SpecDef
 from convrate.models.symmetry import TorchReparameterization, discover_symmetries, random_element
-from convrate.models.testing import bert_inputs, mlp_arch, random_zoo, single_thread, tiny_bert
+from convrate.models.testing import bert_inputs, mlp_arch, random_zoo, tiny_bert
 from convrate.theory.bounds import lambda_max_lower_bound_hidden, lambda_max_lower_bound_relu
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 U = 2.0**-53

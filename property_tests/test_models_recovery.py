@@ -46,14 +46,10 @@ from convrate.models.recovery import (canonical_agreement, canonicalize, distanc
 from convrate.models.symmetry import TorchReparameterization, discover_symmetries
 from convrate.models.tasks import Task, tensor_task
 from convrate.models.io import zoo_output_shape
-from convrate.models.testing import bert_inputs, cnn_arch, mlp_arch, random_zoo, single_thread, tiny_bert
+from convrate.models.testing import bert_inputs, cnn_arch, mlp_arch, random_zoo, tiny_bert
 from convrate.theory.bounds import recovery_extra_parameters, recovery_extra_parameters_bound
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 F64 = (torch.float64,)

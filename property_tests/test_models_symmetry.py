@@ -22,14 +22,10 @@ from hypothesis import strategies as st
 from convrate.errors import InvalidInputError, SingularReparameterizationError
 from convrate.models.checks import gamma, sequential_error_bound
 from convrate.models.symmetry import TorchReparameterization, discover_symmetries, random_element
-from convrate.models.testing import bert_inputs, cnn_arch, mlp_arch, random_zoo, single_thread, tiny_bert
+from convrate.models.testing import bert_inputs, cnn_arch, mlp_arch, random_zoo, tiny_bert
 from convrate.theory.bounds import recovery_extra_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    with single_thread():
-        yield
 
 
 zoo_archs = st.one_of(
