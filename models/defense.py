@@ -182,6 +182,27 @@ class Defense:
         return lo
 
 
+def largest_safe_strengths(defense: "Defense", model: LoadedModel, K_max: float = 1e12,
+                           dtypes: Sequence[torch.dtype] = PRESERVATION_DTYPES, probes: Any = None,
+                           tolerance: dict[torch.dtype, float] | None = None) -> dict[str, dict[str, Any]]:
+    """Per dtype: the largest K in [1, K_max] (to 1 %, bisection in log K) at which
+    ``defense`` keeps function preservation (module doc), with the deviation at K_max.
+    K = 1 means no strength above 1 passes. Probes default to ``model.probe_inputs()``."""
+    syms = discover_symmetries(model)
+    probes = model.probe_inputs() if probes is None else probes
+    ref64 = _reference(model, probes)
+    tol = {**PRESERVATION_TOLERANCE, **(tolerance or {})}
+    top = defense.with_strength(K_max)
+    rec = top.reparameterization(model, syms)
+    out = {}
+    for d in dtypes:
+        at_max = _preservation(model, rec, probes, ref64, d, tol)
+        K = K_max if at_max.ok else top.largest_safe_strength(model, syms, probes, ref64, d, tol)
+        out[dtype_name(d)] = {"safe_K": K, "tolerance": at_max.tolerance, "deviation_at_K_max": at_max.deviation,
+                              "passes_at_K_max": at_max.ok}
+    return out
+
+
 def _reference(model: LoadedModel, probes: Any) -> torch.Tensor:
     m64 = copy.deepcopy(model.module).to(torch.float64)
     with torch.no_grad():

@@ -10,29 +10,65 @@ from __future__ import annotations
 import io
 import json
 import platform
-import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable
 
 from convrate.reports.document import Figure, Section, to_html, to_markdown
+from convrate.reports.outdir import check_out_dir, write_out_dir
+from convrate.reports.profiles import ReportProfile, profile
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reference"
 TITLE = "convrate bound-checking report"
 
-SectionBuilder = Callable[[bool, int], Section]
+
+@dataclass
+class Context:
+    """What every section builder gets: the profile, the seed, a progress callback, and
+    ``measured``: statement id -> CheckResult dicts measured on real networks (filled by the
+    sections that measure, read by the statements table, which is built last), and ``shared``."""
+
+    quick: bool
+    seed: int
+    profile: ReportProfile
+    progress: Callable[[str, int, int], None] | None = None
+    measured: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: objects one section computes and a later one reuses (e.g. the slowdown sweeps)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, what: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(what, done, total)
+
+    def record(self, results: Iterable[Any]) -> list[dict[str, Any]]:
+        """Add CheckResults (or their dicts) to ``measured``; returns the dicts."""
+        out = [r if isinstance(r, dict) else r.to_dict() for r in results]
+        for d in out:
+            self.measured.setdefault(d["statement"], []).append(d)
+        return out
+
+
+SectionBuilder = Callable[[Context], Section]
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def png(fig: Any) -> bytes:
     """Render a matplotlib figure to PNG bytes and close it."""
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -59,25 +95,13 @@ def _device() -> str:
 
 
 def sections() -> list[tuple[str, SectionBuilder]]:
-    """The report's sections in order (name, builder(quick, seed) -> Section)."""
-    from convrate.reports import sections_exact
+    """The report's sections in the order they are built; the statements table comes last
+    (it summarizes what the others measured) and is displayed first."""
+    from convrate.reports import (sections_exact, sections_laws, sections_precision, sections_recovery,
+                                  sections_slowdown, sections_spectra)
 
-    return sections_exact.SECTIONS
-
-
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace a directory that holds anything but an earlier report's files."""
-    from convrate.errors import InvalidInputError
-
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise InvalidInputError(f"--out {out_dir} exists and is not a directory")
-    foreign = [p.name for p in out_dir.iterdir()
-               if not (p.is_file() and (p.suffix == ".png" or p.name in REPORT_FILES))]
-    if foreign:
-        raise InvalidInputError(f"--out {out_dir} holds files that are not a convrate report "
-                                f"({', '.join(sorted(foreign)[:3])}); choose an empty or new directory")
+    return [*sections_laws.SECTIONS, *sections_slowdown.SECTIONS, *sections_recovery.SECTIONS,
+            *sections_spectra.SECTIONS, *sections_precision.SECTIONS, *sections_exact.SECTIONS]
 
 
 REPORT_FILES = ("report.md", "report.html", "results.json")
@@ -91,21 +115,22 @@ def build_report(out_dir: Path | None = None, quick: bool = False, seed: int = 0
     when every section succeeded, so a failed run never leaves a half-written report.
     """
     out_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT
-    _check_replaceable(out_dir)
+    check_out_dir(out_dir, "report", REPORT_FILES)
     t0 = time.perf_counter()
+    ctx = Context(quick, seed, profile(quick), progress)
     built: list[Section] = []
     timings: dict[str, float] = {}
     todo = sections()
     for i, (name, builder) in enumerate(todo):
-        if progress is not None:
-            progress(name, i, len(todo))
+        ctx.step(name, i, len(todo))
         ts = time.perf_counter()
-        built.append(builder(quick, seed))
+        built.append(builder(ctx))
         timings[name] = round(time.perf_counter() - ts, 2)
+    built.insert(0, built.pop())  # the statements table, built last, goes first
     wall = time.perf_counter() - t0
     provenance = {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "profile": "quick" if quick else "full",
+        "profile": ctx.profile.name,
         "seed": seed,
         "device": _device(),
         "platform": platform.platform(),
@@ -122,23 +147,12 @@ def build_report(out_dir: Path | None = None, quick: bool = False, seed: int = 0
     built.append(prov)
 
     results = {s.title: s.data for s in built}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir.parent))
-    try:
-        for s in built:
-            for kind, b in s.blocks:
-                if kind == "figure":
-                    (tmp / b.name).write_bytes(b.png)
-        (tmp / "report.md").write_text(to_markdown(TITLE, built))
-        (tmp / "report.html").write_text(to_html(TITLE, built))
-        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    files: dict[str, bytes | str] = {b.name: b.png for s in built for kind, b in s.blocks if kind == "figure"}
+    files["report.md"] = to_markdown(TITLE, built)
+    files["report.html"] = to_html(TITLE, built)
+    files["results.json"] = json.dumps(results, indent=2, default=str)
+    write_out_dir(out_dir, files, "report")
     return results
 
 
-__all__ = ["build_report", "png", "Figure", "Section", "DEFAULT_OUT"]
+__all__ = ["build_report", "png", "pyplot", "Context", "Figure", "Section", "DEFAULT_OUT"]

@@ -1,43 +1,60 @@
-"""Report sections built from the exact side: derivations, the check battery, exact slowdowns."""
+"""The statements table: sympy derivations, the exact battery, and what the real-network
+sections measured (``Context.measured``, filled before this section is built)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convrate.reports.document import Section
 
+if TYPE_CHECKING:
+    from convrate.reports.builder import Context
 
-def statements_section(quick: bool, seed: int) -> Section:
-    """Every statement: derivation status (sympy) and the exact battery's verdict."""
+
+STATEMENTS_TITLE = "Statements: derived, checked exactly, measured on real networks"
+
+
+def statements_section(ctx: "Context") -> Section:
+    """Every statement: derivation status, the exact battery's verdict, real-network checks."""
     from convrate.cli import summarize
     from convrate.numerics.battery import PROFILES, run_battery
     from convrate.theory import derive_runner
 
+    battery = ctx.profile.battery
     derived = derive_runner.run_all()
-    checks = {r["id"]: r for r in summarize(run_battery("quick" if quick else "full", seed=seed))}
-    s = Section("Statements: derived and checked exactly")
-    s.para("Status comes from `convrate derive` (sympy on fully symbolic small matrices); "
-           "'corrected' means THEORY.md's wording is false, the counterexample is recorded and the "
-           "corrected statement is proved. The check columns come from the exact battery "
-           f"(`convrate check --profile {'quick' if quick else 'full'}`, {PROFILES['quick' if quick else 'full']} "
-           "derandomized examples per entry): instances checked, worst relative margin (0 for exact "
-           "identities), the precision used, and whether every instance holds.")
+    checks = {r["id"]: r for r in summarize(run_battery(battery, seed=ctx.seed))}
+    measured = {sid: _measured_summary(rs) for sid, rs in ctx.measured.items()}
+    s = Section(STATEMENTS_TITLE)
+    s.para("Derivation status comes from `convrate derive` (sympy on fully symbolic small matrices); "
+           "'corrected' means THEORY.md's wording is false: the counterexample is recorded and the "
+           "corrected statement is proved. The exact columns come from the battery "
+           f"(`convrate check --profile {battery}`, {PROFILES[battery]} derandomized examples per entry): "
+           "instances, worst relative margin (0 for exact identities), precision, verdict. The real-network "
+           "columns count the checks of the later sections (digits MLP/CNN, MiniLM) and whether all hold.")
     rows = []
-    for d in derived:
-        c = checks.get(d["id"], {})
-        rows.append([d["id"], d["status"], d["title"], c.get("instances", "-"),
-                     f"{c['worst_margin']:.3g}" if c else "-", "; ".join(c.get("precision", [])) or "-",
-                     ("yes" if c.get("holds") else "NO") if c else "-"])
-    extra = sorted(set(checks) - {d["id"] for d in derived})
-    for sid in extra:
-        c = checks[sid]
-        rows.append([sid, "-", "-", c["instances"], f"{c['worst_margin']:.3g}", "; ".join(c["precision"]),
-                     "yes" if c["holds"] else "NO"])
-    s.table(["id", "derivation", "statement", "instances", "worst margin", "precision", "holds"], rows)
+    ids = [d["id"] for d in derived] + sorted((set(checks) | set(measured)) - {d["id"] for d in derived})
+    by_id = {d["id"]: d for d in derived}
+    for sid in ids:
+        d, c, m = by_id.get(sid, {}), checks.get(sid), measured.get(sid)
+        rows.append([sid, d.get("status", "-"), d.get("title", "-"),
+                     c["instances"] if c else "-", f"{c['worst_margin']:.3g}" if c else "-",
+                     "; ".join(c["precision"]) if c else "-", _yes(c["holds"]) if c else "-",
+                     m["instances"] if m else "-", _yes(m["holds"]) if m else "-"])
+    s.table(["id", "derivation", "statement", "exact instances", "worst margin", "precision", "exact holds",
+             "real-network checks", "real holds"], rows)
     for d in derived:
         if d["status"] in ("corrected", "false"):
             s.para(f"{d['id']}: counterexample: {d.get('counterexample')}. Corrected: {d.get('corrected')}")
-    s.data = {"derive": derived, "check": list(checks.values())}
+    s.data = {"derive": derived, "check": list(checks.values()), "measured": measured}
     return s
+
+
+def _measured_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"instances": len(results), "holds": all(r["holds"] for r in results),
+            "worst_margin": min(r["margin"] for r in results)}
+
+
+def _yes(holds: bool) -> str:
+    return "yes" if holds else "NO"
 
 
 SECTIONS: list[tuple[str, Any]] = [
