@@ -173,7 +173,6 @@ def _aligned_two_layer(p: Proof) -> None:
     p.equal("G_bb = I (x) W_a E[x x^T] W_a^T", Gbb, kron(sp.eye(r), Ma * S * Ma.T))
     p.zero("f is linear in W_a and in W_b: hess_aa f = hess_bb f = 0, so H_aa = G_aa and H_bb = G_bb exactly",
            Matrix([sp.hessian(f[k], list(vec(Ma))) for k in range(r)] + [sp.hessian(f[k], list(vec(Mb))) for k in range(r)]))
-    I2 = sp.eye(r)
     Wap, Wbp = A * Wa0, Wb0 * Ainv
     p.equal("aligned W_a = U diag(a) V^T, W_b = P diag(b) U^T, A = U diag(s) U^T (U, V, P rotations): "
             "(W_b A^-1)^T (W_b A^-1) = U diag((b_i/s_i)^2) U^T", Wbp.T * Wbp,

@@ -7,7 +7,8 @@ from sympy import Matrix
 from convrate.theory import bounds
 from convrate.theory import bounds_precision as bp
 from convrate.theory.core import Derivation, Status
-from convrate.theory.derive_transforms import Proof, generic_polynomial, gradient, inverse, rotation, smat, svec, tsym, two_layer
+from convrate.theory.derive_transforms import (Proof, defended_cubic, inverse, rotation,
+                                               smat, svec, tsym, two_layer)
 
 
 # ---------------------------------------------------------------- R1
@@ -17,17 +18,10 @@ def derive_R1() -> Derivation:
     """R1: with knowledge of T, preconditioning by T T^T (or inserting frozen A, A^-1) replays the
     undefended run exactly; extra parameters 2 r^2 (S1) and 2 r (S2) per pair."""
     p = Proof()
-    u, v, up, vp, eta = sp.symbols("u v up vp eta")
-    L = generic_polynomial(u, v, 3)
-    T = smat("t", 2, 2)
-    Ti = inverse(T)
-    old = Ti * Matrix([up, vp])
-    Lp = L.xreplace({u: old[0], v: old[1]})
-    th = Matrix([u, v])
-    new = T * th
-    gp = gradient(Lp, (up, vp)).xreplace({up: new[0], vp: new[1]})
+    eta = sp.Symbol("eta")
+    c = defended_cubic()
     p.equal("generic cubic L, symbolic 2x2 T: T theta - eta T T^T grad L'(T theta) = T (theta - eta grad L(theta))",
-            new - eta * T * T.T * gp, T * (th - eta * gradient(L, (u, v))))
+            c.T * c.theta - eta * c.T * c.T.T * c.grad_defended, c.T * (c.theta - eta * c.grad))
     p.argue("by induction theta'_t = T theta_t for every t and every step size or schedule: preconditioning with "
             "P' = T T^T undoes the defense exactly (slowdown 1)")
     net = two_layer(2, 2, 2)

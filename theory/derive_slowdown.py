@@ -18,9 +18,8 @@ from sympy import Matrix
 from convrate.theory import bounds
 from convrate.theory.core import Derivation, Status
 from convrate.theory.derive_transforms import (
+    defended_cubic,
     Proof,
-    generic_polynomial,
-    gradient,
     inverse,
     rotation,
     smat,
@@ -197,16 +196,9 @@ def derive_F2() -> Derivation:
 def derive_P() -> Derivation:
     """P: GD on L' from T theta_0, mapped back by T^-1, is preconditioned GD with P = T^-1 T^-T."""
     p = Proof()
-    u, v, up, vp, eta = sp.symbols("u v up vp eta")
-    L = generic_polynomial(u, v, 3)
-    T = smat("t", 2, 2)
-    Ti = inverse(T)
-    old = Ti * Matrix([up, vp])
-    Lp = L.xreplace({u: old[0], v: old[1]})
-    th = Matrix([u, v])
-    new = T * th
-    gp = gradient(Lp, (up, vp)).xreplace({up: new[0], vp: new[1]})
-    g = gradient(L, (u, v))
+    eta = sp.Symbol("eta")
+    c = defended_cubic()
+    Ti, th, new, gp, g = c.Ti, c.theta, c.T * c.theta, c.grad_defended, c.grad
     P = Ti * Ti.T
     p.equal("generic cubic L, symbolic 2x2 T, L' = L o T^-1: T^-1 (T theta - eta grad L'(T theta)) = theta - eta P grad L(theta), "
             "P = T^-1 T^-T", Ti * (new - eta * gp), th - eta * P * g)
@@ -226,18 +218,10 @@ def derive_P() -> Derivation:
 def derive_N() -> Derivation:
     """N: Newton iterates satisfy theta'_t = T theta_t."""
     p = Proof()
-    u, v, up, vp = sp.symbols("u v up vp")
-    L = generic_polynomial(u, v, 3)
-    T = smat("t", 2, 2)
-    Ti = inverse(T)
-    old = Ti * Matrix([up, vp])
-    Lp = L.xreplace({u: old[0], v: old[1]})
-    th = Matrix([u, v])
-    new = T * th
-    back = {up: new[0], vp: new[1]}
-    gp = gradient(Lp, (up, vp)).xreplace(back)
-    Hp = sp.hessian(Lp, (up, vp)).xreplace(back)
-    g, H = gradient(L, (u, v)), sp.hessian(L, (u, v))
+    c = defended_cubic()
+    T, Ti, gp, g = c.T, c.Ti, c.grad_defended, c.grad
+    Hp = sp.hessian(c.Lp, (c.up, c.vp)).xreplace(c.at_T_theta)
+    H = sp.hessian(c.L, (c.u, c.v))
     p.equal("generic cubic L (10 symbolic coefficients), symbolic 2x2 T: grad L'(T theta) = T^-T grad L(theta)", gp, Ti.T * g)
     p.equal("hess L'(T theta) = T^-T hess L(theta) T^-1", Hp, Ti.T * H * Ti)
     Hs, gs = ssym("h", 2), svec("g", 2)

@@ -260,6 +260,45 @@ def at(expr: Any, variables: Sequence[sp.Symbol], values: Iterable[Any]) -> Any:
     return expr.xreplace(dict(zip(variables, values)))
 
 
+@dataclass(frozen=True)
+class DefendedCubic:
+    """A generic cubic L(u, v) (10 symbolic coefficients), a fully symbolic 2x2 T, and the
+    defended loss L'(u', v') = L(T^-1 (u', v')) with its gradient evaluated at T theta."""
+
+    u: sp.Symbol
+    v: sp.Symbol
+    up: sp.Symbol
+    vp: sp.Symbol
+    L: sp.Expr
+    T: Matrix
+    Ti: Matrix
+    Lp: sp.Expr
+    theta: Matrix
+    at_T_theta: dict  # {u': (T theta)_1, v': (T theta)_2}
+
+    @property
+    def grad_defended(self) -> Matrix:
+        """grad L'(T theta)."""
+        return gradient(self.Lp, (self.up, self.vp)).xreplace(self.at_T_theta)
+
+    @property
+    def grad(self) -> Matrix:
+        """grad L(theta)."""
+        return gradient(self.L, (self.u, self.v))
+
+
+def defended_cubic() -> DefendedCubic:
+    u, v, up, vp = sp.symbols("u v up vp")
+    L = generic_polynomial(u, v, 3)
+    T = smat("t", 2, 2)
+    Ti = inverse(T)
+    old = Ti * Matrix([up, vp])
+    th = Matrix([u, v])
+    new = T * th
+    return DefendedCubic(u, v, up, vp, L, T, Ti, L.xreplace({u: old[0], v: old[1]}), th,
+                         {up: new[0], vp: new[1]})
+
+
 def inverse(A: Matrix) -> Matrix:
     """Inverse as adjugate / determinant (exact rational functions)."""
     return A.adjugate() / A.det()
