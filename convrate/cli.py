@@ -202,7 +202,10 @@ def report(
         def step(name: str, i: int, n: int) -> None:
             prog.update(task, description=f"report: {name}", completed=i, total=n)
 
-        results = build_report(out_dir, quick=quick, seed=seed, progress=step)
+        try:
+            results = build_report(out_dir, quick=quick, seed=seed, progress=step)
+        except ConvrateError as err:
+            _fail(err)
     target = out_dir or DEFAULT_OUT
     console.print(f"report written to {target}")
     if as_json:
