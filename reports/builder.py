@@ -97,11 +97,12 @@ def _device() -> str:
 def sections() -> list[tuple[str, SectionBuilder]]:
     """The report's sections in the order they are built; the statements table comes last
     (it summarizes what the others measured) and is displayed first."""
-    from convrate.reports import (sections_exact, sections_laws, sections_precision, sections_recovery,
-                                  sections_slowdown, sections_spectra)
+    from convrate.reports import (sections_bench, sections_exact, sections_laws, sections_precision,
+                                  sections_recovery, sections_slowdown, sections_spectra)
 
     return [*sections_laws.SECTIONS, *sections_slowdown.SECTIONS, *sections_recovery.SECTIONS,
-            *sections_spectra.SECTIONS, *sections_precision.SECTIONS, *sections_exact.SECTIONS]
+            *sections_spectra.SECTIONS, *sections_precision.SECTIONS, *sections_bench.SECTIONS,
+            *sections_exact.SECTIONS]
 
 
 REPORT_FILES = ("report.md", "report.html", "results.json")
