@@ -127,12 +127,14 @@ SECTION_NOTES = {
     "eigs": ("Same module (a deep copy per tool), batch, loss, parameters and float64 everywhere; the same start "
              "vector (PyHessian's seeded draw, reproduced and checked); products counted where they happen; wall "
              "times exclude the instrumentation. Cells: HVPs / seconds after which the estimate stays within the "
-             "tolerance (top: relative to lambda_max; bottom: relative to ||H||_2). PyHessian reuses its gradient "
-             "graph (one backward per product), convrate recomputes it (the 's per HVP' column; Lanczos' includes "
-             "its reorthogonalization)."),
+             "tolerance (top: relative to lambda_max; bottom: relative to ||H||_2). PyHessian and convrate's default HVP "
+             "('reuse', used by the Lanczos and the power-iteration rows) both keep the gradient graph of the "
+             "fixed theta and do one backward per product (the 's per HVP' column; Lanczos' includes its "
+             "reorthogonalization)."),
     "hvp": ("Seconds: minimum over interleaved rounds after a warm-up. 'from scratch' = forward, gradient and "
-            "product; 'graph reused' = PyHessian's product on its retained gradient graph (amortized cost inside "
-            "an eigensolver run)."),
+            "product for 'double_backward' and 'func'; 'reuse' (convrate's default) = one more backward through the "
+            "gradient graph kept for this theta (the first product builds it: its own row); 'graph reused' = "
+            "PyHessian's product on its retained graph (amortized cost inside an eigensolver run)."),
     "steps": "GD at eta* = 2/(1 + kappa) to q_t <= tol q_0; closed form: best of 3; iteration: one run.",
     "enclosures": ("Random symmetric rational matrices; seconds: minimum of 3 interleaved rounds; 'consistent': "
                    "convrate's and flint's rigorous intervals intersect."),

@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from convrate.models.attacks import Attack, LRSearchResult, Progress, Slowdown, lr_search
-from convrate.models.defense import defense_by_name
+from convrate.errors import InvalidInputError
+from convrate.models.defense import Defense, defense_by_name
 from convrate.models.io import LoadedModel
 from convrate.models.tasks import Task
 
@@ -85,12 +86,23 @@ def best_trajectory(model: nn.Module, task: Task, search: LRSearchResult, seed: 
     return atk.run(model, task).losses
 
 
+def sweep_defense(name: str, K: float, seed: int = 0) -> Defense:
+    """A sweep's defense by name: "specdef" (geometric profile), "specdef:spike" (the spike
+    profile, THEORY's SPECDEF-OPT correction), "diagonal" (seeded coordinate order)."""
+    base, _, profile = name.partition(":")
+    if base == "specdef":
+        return defense_by_name("specdef", K, profile=profile or "geometric")
+    if profile:
+        raise InvalidInputError(f"defense {name!r}: only specdef takes a profile (specdef:geometric, specdef:spike)")
+    return defense_by_name(base, K, seed=seed)
+
+
 def slowdown_sweep(model: LoadedModel, task: Task, *, defenses: Sequence[str], Ks: Sequence[float],
                    optimizers: Sequence[str], target: float, search: SearchProfile,
                    wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0,
-                   profile: str = "geometric", progress: Progress | None = None,
-                   **attack_options: Any) -> list[SweepRun]:
-    """Runs for K = 1 (undefended, once per optimizer) and every defense x K > 1 x optimizer.
+                   progress: Progress | None = None, **attack_options: Any) -> list[SweepRun]:
+    """Runs for K = 1 (undefended, once per optimizer) and every defense x K > 1 x optimizer
+    (defenses named as in ``sweep_defense``).
 
     ``wrap`` turns the (defended) released module into the attacked one (e.g. an encoder
     with a classification head and frozen embeddings); it must not depend on K."""
@@ -104,8 +116,7 @@ def slowdown_sweep(model: LoadedModel, task: Task, *, defenses: Sequence[str], K
         if dname == "none":
             released, kappa = model, 1.0
         else:
-            kw = {"profile": profile} if dname == "specdef" else {"seed": seed}
-            result = defense_by_name(dname, K, **kw).apply(model)
+            result = sweep_defense(dname, K, seed).apply(model)
             released, kappa = result.model, result.record.kappa_T()
         attacked = wrap(released.module)
         for opt in optimizers:
@@ -159,5 +170,5 @@ def encoder_wrap(task: Task, seed: int = 0, freeze_embeddings: bool = True) -> C
     return wrap
 
 
-__all__ = ["SearchProfile", "SweepRun", "slowdown_sweep", "best_trajectory", "within_reference", "encoder_wrap",
+__all__ = ["SearchProfile", "SweepRun", "slowdown_sweep", "sweep_defense", "best_trajectory", "within_reference", "encoder_wrap",
            "REFERENCE_EXPONENT"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -73,6 +74,14 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px sol
 th{background:#eee}img{max-width:100%}figcaption{font-style:italic;color:#555}pre{background:#f4f4f4;padding:.5em;overflow-x:auto}"""
 
 
+def _inline(text: str) -> str:
+    """Escape ``text`` for HTML, then render the two Markdown inlines the sections use:
+    **bold** and `code`."""
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+
+
 def to_html(title: str, sections: Sequence[Section]) -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
@@ -81,7 +90,7 @@ def to_html(title: str, sections: Sequence[Section]) -> str:
         parts.append(f"<h2>{e(s.title)}</h2>")
         for kind, b in s.blocks:
             if kind == "p":
-                parts.append(f"<p>{e(b)}</p>")
+                parts.append(f"<p>{_inline(b)}</p>")
             elif kind == "code":
                 parts.append(f"<pre>{e(b)}</pre>")
             elif kind == "table":

@@ -65,7 +65,7 @@ def _curve_gap(a: Any, b: Any) -> float:
 
 def _network(ctx: "Context", rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[Any]]:
     from convrate.models.attacks import lr_search
-    from convrate.models.defense import defense_by_name
+    from convrate.models.experiments import sweep_defense
     from convrate.models.recovery import canonical_agreement, canonicalize, r1_extra_parameters, r1_module
     from convrate.theory.core import compare
 
@@ -91,8 +91,7 @@ def _network(ctx: "Context", rec: "SweepRecord") -> tuple[list[dict[str, Any]], 
     for i, run in enumerate(defended_runs):
         ctx.step(f"recovery: {rec.label} {run.defense} K={run.K:g} {run.optimizer}", i, len(defended_runs))
         if (run.defense, run.K) not in released:
-            kw = {"profile": "geometric"} if run.defense == "specdef" else {"seed": ctx.seed}
-            dres = defense_by_name(run.defense, run.K, **kw).apply(model)
+            dres = sweep_defense(run.defense, run.K, ctx.seed).apply(model)
             released[run.defense, run.K] = (dres, *canonicalize(dres.model))
         dres, canon, crec = released[run.defense, run.K]
         b = base[run.optimizer]
