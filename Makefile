@@ -29,7 +29,7 @@ $(BYOD_STAMP): $(STAMP) $(BYOD)/pyproject.toml $(wildcard $(BYOD)/src/toydefense
 	touch $(BYOD_STAMP)
 
 test: $(STAMP) $(BYOD_STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider property_tests
+	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider property_tests benchmarks/tests
 	cd $(BYOD) && ../../$(BIN)/python -m pytest -p no:cacheprovider tests
 
 check: $(STAMP)
