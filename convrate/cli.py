@@ -188,12 +188,13 @@ def check(
 @app.command()
 def report(
     quick: bool = typer.Option(False, "--quick", help="the quick profile (fits in 10 minutes on 2 CPU cores)"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="output directory (default reports/reference/)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="output directory (default reports/reference/, "
+                                            "reports/reference-quick/ with --quick)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print results.json on stdout as well"),
 ) -> None:
     """Regenerate the bound-checking report (report.md, report.html, results.json, figures)."""
-    from convrate.reports.builder import DEFAULT_OUT, build_report
+    from convrate.reports.builder import build_report, default_out
     from convrate.reports.sections_exact import STATEMENTS_TITLE
 
     with _progress() as prog:
@@ -206,7 +207,7 @@ def report(
             results = build_report(out_dir, quick=quick, seed=seed, progress=step)
         except ConvrateError as err:
             _fail(err)
-    target = out_dir or DEFAULT_OUT
+    target = out_dir or default_out(quick)
     console.print(f"report written to {target}")
     if as_json:
         out.print_json(json.dumps(results, default=str))

@@ -101,8 +101,8 @@ class PreconditionedGD:
 
 
 @dataclass(frozen=True)
-class HeavyBall:
-    """Polyak heavy ball, step eta > 0, momentum beta in [0, 1), optional preconditioner P."""
+class _MomentumMethod:
+    """Step eta > 0, momentum beta in [0, 1), optional preconditioner P (shared fields)."""
 
     step: Any
     momentum: Any
@@ -114,16 +114,13 @@ class HeavyBall:
 
 
 @dataclass(frozen=True)
-class Nesterov:
+class HeavyBall(_MomentumMethod):
+    """Polyak heavy ball, step eta > 0, momentum beta in [0, 1), optional preconditioner P."""
+
+
+@dataclass(frozen=True)
+class Nesterov(_MomentumMethod):
     """Nesterov's accelerated gradient (constant momentum beta in [0, 1)), optional P."""
-
-    step: Any
-    momentum: Any
-    P: Any = None
-
-    def __post_init__(self) -> None:
-        _positive(self.step, "step")
-        _unit_interval(self.momentum, "momentum")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Build the bound-checking report: ``convrate report [--quick] [--out DIR]``.
 
 Writes ``report.md``, a self-contained ``report.html`` (figures embedded), ``results.json``
-and the PNG figures into the output directory (default ``reports/reference/``). Every
+and the PNG figures into the output directory (default ``reports/reference/`` for the full
+profile, ``reports/reference-quick/`` for ``--quick``; both are committed). Every
 number in the Markdown/HTML is taken from the same Python objects that go to
 ``results.json``. Records versions, seed, device and wall time.
 """
@@ -22,6 +23,12 @@ from convrate.reports.outdir import check_out_dir, write_out_dir
 from convrate.reports.profiles import ReportProfile, profile
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reference"
+DEFAULT_OUT_QUICK = Path(__file__).resolve().parent / "reference-quick"
+
+
+def default_out(quick: bool) -> Path:
+    """Where a profile's report goes when no ``--out`` is given."""
+    return DEFAULT_OUT_QUICK if quick else DEFAULT_OUT
 TITLE = "convrate bound-checking report"
 
 
@@ -115,7 +122,7 @@ def build_report(out_dir: Path | None = None, quick: bool = False, seed: int = 0
     Files are first written to a temporary directory beside ``out_dir`` and moved in only
     when every section succeeded, so a failed run never leaves a half-written report.
     """
-    out_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT
+    out_dir = Path(out_dir) if out_dir is not None else default_out(quick)
     check_out_dir(out_dir, "report", REPORT_FILES)
     t0 = time.perf_counter()
     ctx = Context(quick, seed, profile(quick), progress)
@@ -156,4 +163,5 @@ def build_report(out_dir: Path | None = None, quick: bool = False, seed: int = 0
     return results
 
 
-__all__ = ["build_report", "png", "pyplot", "Context", "Figure", "Section", "DEFAULT_OUT"]
+__all__ = ["build_report", "png", "pyplot", "Context", "Figure", "Section", "DEFAULT_OUT", "DEFAULT_OUT_QUICK",
+           "default_out"]

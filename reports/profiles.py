@@ -31,9 +31,11 @@ class ReportProfile:
     name: str
     #: examples per battery entry of the exact checks (numerics.battery.PROFILES key)
     battery: str
-    #: MiniLM encoder layers kept, and the heads checked for T1/T2 (None: all)
+    #: MiniLM encoder layers kept for the laws (T1/T2, W) and the precision limit, and the heads
+    #: checked for T1/T2 (None: all); layers kept for the slowdown sweeps and recoveries
     minilm_layers: int
     minilm_heads: tuple[int, ...] | None
+    minilm_sweep_layers: int
     #: text task size for MiniLM attacks: paragraphs per class, tokens
     text_per_class: int
     text_tokens: int
@@ -49,7 +51,7 @@ class ReportProfile:
 
 
 QUICK = ReportProfile(
-    name="quick", battery="quick", minilm_layers=1, minilm_heads=(0, 5),
+    name="quick", battery="quick", minilm_layers=1, minilm_heads=(0, 5), minilm_sweep_layers=1,
     text_per_class=12, text_tokens=24, W_Ks=(1, 10, 100, 1000),
     mlp=NetSweep((10, 100, 1000), ("sgd", "momentum", "adam"), ("specdef", "diagonal"), 0.05,
                  SearchProfile(1500, tuple(log_grid(1e-3, 10, 1)), refine=1)),
@@ -62,14 +64,14 @@ QUICK = ReportProfile(
 )
 
 FULL = ReportProfile(
-    name="full", battery="full", minilm_layers=6, minilm_heads=None,
-    text_per_class=24, text_tokens=32, W_Ks=(1, 10, 100, 1000),
+    name="full", battery="full", minilm_layers=6, minilm_heads=None, minilm_sweep_layers=2,
+    text_per_class=16, text_tokens=32, W_Ks=(1, 10, 100, 1000),
     mlp=NetSweep((10, 100, 1000, 10000), ("sgd", "momentum", "adam", "lora-sgd"),
                  ("specdef", "specdef:spike", "diagonal"), 0.02,
                  SearchProfile(3000, tuple(log_grid(1e-4, 10, 2)), refine=1)),
     cnn=NetSweep((10, 100, 1000), ("sgd", "adam"), ("specdef",), 0.2,
                  SearchProfile(1000, tuple(log_grid(1e-3, 1, 1)), refine=1)),
-    minilm=NetSweep((100,), ("sgd", "adam"), ("specdef", "specdef:spike"), 0.1,
+    minilm=NetSweep((100,), ("sgd", "adam"), ("specdef",), 0.1,
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
     spectra_lanczos_steps=80, spectra_probes=32,

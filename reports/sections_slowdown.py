@@ -60,7 +60,7 @@ def slowdown_section(ctx: "Context") -> Section:
     nets = [
         ("digits MLP", p.mlp, zoo.digits_mlp(), digits, None),
         ("digits CNN", p.cnn, zoo.digits_cnn(), images, None),
-        (f"MiniLM ({p.minilm_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_layers), text,
+        (f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_sweep_layers), text,
          encoder_wrap(text, ctx.seed)),
     ]
     s = Section("Slowdown vs defense strength on real networks")
