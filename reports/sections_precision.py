@@ -43,8 +43,8 @@ def precision_section(ctx: "Context") -> Section:
            "it; the growth exponent is the fitted slope of log error vs log K (PREC predicts 1).")
     s.table(["dtype", "u", "safe K @1e-2", "cause", "certified K @1e-2", "safe K @1e-3", "certified K @1e-3",
              "growth exponent"],
-            [[r["dtype"], f"{r['u']:.3g}", f"{r['safe_K@0.01']:.3g}", r["cause@0.01"], f"{r['certified_K@0.01']:.3g}",
-              f"{r['safe_K@0.001']:.3g}", f"{r['certified_K@0.001']:.3g}",
+            [[r["dtype"], f"{r['u']:.3g}", _safe(r["safe_K@0.01"]), r["cause@0.01"], _safe(r["certified_K@0.01"]),
+              _safe(r["safe_K@0.001"]), _safe(r["certified_K@0.001"]),
               "-" if r["growth_exponent"] is None else f"{r['growth_exponent']:.3f}"] for r in table])
     s.figure(_figure(curve, DTYPES))
     s.para("Real networks: largest SpecDef strength K (geometric profile, searched up to 1e12) keeping the "
@@ -59,6 +59,11 @@ def precision_section(ctx: "Context") -> Section:
               else "non-finite"] for net, per in real.items() for dt, v in per.items()])
     s.data = {"exact_table": table, "error_vs_K": curve, "real_networks": real}
     return s
+
+
+def _safe(K: float) -> str:
+    """A safe strength for the table; K = 0 means even the undefended pair (K = 1) fails."""
+    return "none (K = 1 fails)" if K < 1 else f"{K:.3g}"
 
 
 def _figure(curve: list[dict[str, Any]], dtypes: tuple[str, ...]) -> Figure:
