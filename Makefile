@@ -5,6 +5,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.convrate-installed
 JOBS    ?= 2
+# Hypothesis profile of `make test` (ci: derandomized; dev and thorough search more)
+HYPOTHESIS_PROFILE ?= ci
+export HYPOTHESIS_PROFILE
 
 .PHONY: venv test report check derive bench clean
 
