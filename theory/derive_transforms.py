@@ -110,6 +110,12 @@ class Proof:
         self.checked = 0
 
     # -- checked steps
+    def _failed(self, failure: str, step: str) -> bool:
+        """Record a failed sympy step (``failure`` for the report, ``step`` for the trace)."""
+        self.failures.append(failure)
+        self.steps.append(f"[sympy] FAILED {step}")
+        return False
+
     def zero(self, label: str, expr: Any, circles: Sequence[Circle] = ()) -> bool:
         """Record ``expr == 0`` (scalar or every matrix entry; with ``circles``, on the unit
         circles c^2 + d^2 = 1) as proved, or the failure."""
@@ -122,9 +128,7 @@ class Proof:
         for e in bad:
             found = probe(e, circles=circles)
             if found is not None:
-                self.failures.append(f"{label}: residual nonzero, {found}")
-                self.steps.append(f"[sympy] FAILED {label}: {found}")
-                return False
+                return self._failed(f"{label}: residual nonzero, {found}", f"{label}: {found}")
         self.unproved.append(label)
         self.steps.append(f"[sympy] NOT REDUCED {label} (random rational probes give 0)")
         return False
@@ -133,9 +137,7 @@ class Proof:
         """Record ``lhs == rhs`` (matrices entrywise)."""
         if isinstance(lhs, sp.MatrixBase) or isinstance(rhs, sp.MatrixBase):
             if lhs.shape != rhs.shape:
-                self.failures.append(f"{label}: shapes {lhs.shape} != {rhs.shape}")
-                self.steps.append(f"[sympy] FAILED {label}: shapes differ")
-                return False
+                return self._failed(f"{label}: shapes {lhs.shape} != {rhs.shape}", f"{label}: shapes differ")
         return self.zero(label, lhs - rhs, circles)
 
     def true(self, label: str, cond: Any) -> bool:
@@ -146,9 +148,7 @@ class Proof:
             self.checked += 1
             return True
         if c is sp.false or c is False:
-            self.failures.append(f"{label}: sympy evaluates it to False")
-            self.steps.append(f"[sympy] FAILED {label}")
-            return False
+            return self._failed(f"{label}: sympy evaluates it to False", label)
         self.unproved.append(label)
         self.steps.append(f"[sympy] NOT DECIDED {label}: {c}")
         return False
