@@ -89,6 +89,22 @@ def test_proof_machinery_refutes_and_never_proves_silently() -> None:
     assert derive_runner._downgrade(p4.done().status, derive_runner._checked(p4.steps)) is Status.CHECKED_ONLY
 
 
+@given(m=st.fractions(-10, 10, max_denominator=50), b=st.fractions(-10, 10, max_denominator=50),
+       e=st.fractions(0, 5, max_denominator=50), rel=st.sampled_from(["<=", ">=", "=="]))
+def test_compare_verdict_and_margin(m: Fraction, b: Fraction, e: Fraction, rel: str) -> None:
+    """The verdict is the exact inequality with allowance e; the margin is >= -1 whenever the
+    check holds, < 0 whenever it fails, and 0 exactly when measured == bound for '=='."""
+    r = compare("X", "instance", m, rel, b, precision="exact rational", err=e)
+    expected = {"<=": m - b <= e, ">=": b - m <= e, "==": abs(m - b) <= e}[rel]
+    assert r.holds is expected
+    if r.holds:
+        assert r.margin >= -1 - 1e-12
+    else:
+        assert r.margin < 0
+    if rel == "==":
+        assert (r.margin == 0) is (m == b)
+
+
 def test_renderers(results: dict[str, dict]) -> None:
     rs = list(results.values())
     md = derive_runner.to_markdown(rs)

@@ -28,9 +28,9 @@ def statements_section(ctx: "Context") -> Section:
            "'corrected' means THEORY.md's wording is false: the counterexample is recorded and the "
            "corrected statement is proved. The exact columns come from the battery "
            f"(`convrate check --profile {battery}`, {PROFILES[battery]} derandomized examples per entry): "
-           "instances, worst relative margin (the bound's slack over max(|bound|, |measured|); for "
-           "equalities minus the residual over max(|bound|, allowance): 0 when exact, >= -1 whenever it "
-           "holds), precision, verdict. The real-network "
+           "instances, worst relative margin (the bound's slack over max(|bound|, |measured|, allowance); "
+           "for equalities minus the residual over max(|bound|, allowance): 0 when exact, >= -1 whenever "
+           "the check holds), precision, verdict. The real-network "
            "columns count the checks of the later sections (digits MLP/CNN, MiniLM) and whether all hold.")
     rows = []
     ids = [d["id"] for d in derived] + sorted((set(checks) | set(measured)) - {d["id"] for d in derived})

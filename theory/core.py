@@ -75,9 +75,10 @@ class CheckResult:
     from the precision used (0 for exact rational or integer arithmetic). The verdict
     ``holds`` is ``measured - bound <= err`` for "<=" (mirrored for ">="), and
     ``|measured - bound| <= err`` for "==". ``margin`` is the relative slack
-    (bound - measured) / max(|bound|, |measured|, 1e-300) for "<=", its mirror for ">=",
+    (bound - measured) / max(|bound|, |measured|, err, 1e-300) for "<=", its mirror for ">=",
     and for "==" minus the residual |measured - bound| / max(|bound|, err, 1e-300): 0 means
-    exactly equal; for a bound of 0 it is the share of the allowance used (>= -1 when it holds).
+    exactly equal. The allowance in the scale makes a check decided at round-off level (both
+    sides within err of 0) read as slack ~0, and gives margin >= -1 whenever the check holds.
     """
 
     statement: str
@@ -115,7 +116,7 @@ def compare(
     if relation not in ("<=", ">=", "=="):
         raise ValueError(f"unknown relation {relation!r}")
     m, b, e = _as_mpf(measured), _as_mpf(bound), abs(_as_mpf(err))
-    scale = max(abs(m), abs(b), mpmath.mpf("1e-300"))
+    scale = max(abs(m), abs(b), e, mpmath.mpf("1e-300"))
     if relation == "<=":
         holds = m - b <= e
         margin = (b - m) / scale
