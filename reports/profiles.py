@@ -3,7 +3,7 @@
 ``QUICK`` fits in 10 minutes on a 2-core CPU (``convrate report --quick``: 460 s measured);
 ``FULL`` is the default profile (T1/T2 on all six MiniLM layers and their heads, the sweeps and
 recoveries on two layers; more strengths, optimizers and defenses, larger budgets and finer
-learning-rate grids; 2907 s measured on 2 cores, 70% of it the slowdown sweeps).
+learning-rate grids; 2907 and 3050 s measured on 2 cores, two thirds of it the slowdown sweeps).
 Targets are losses of the attacker's task (cross-entropy, nats per example); the digits task
 starts near 18 nats (the released model is confident in the original labels), the text task
 near ln 4 = 1.39 (a fresh 4-way head).
