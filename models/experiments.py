@@ -170,5 +170,5 @@ def encoder_wrap(task: Task, seed: int = 0, freeze_embeddings: bool = True) -> C
     return wrap
 
 
-__all__ = ["SearchProfile", "SweepRun", "slowdown_sweep", "sweep_defense", "best_trajectory", "within_reference", "encoder_wrap",
-           "REFERENCE_EXPONENT"]
+__all__ = ["SearchProfile", "SweepRun", "slowdown_sweep", "sweep_defense", "best_trajectory", "within_reference",
+           "encoder_wrap", "REFERENCE_EXPONENT"]

@@ -24,12 +24,12 @@ from convrate.reports.profiles import ReportProfile, profile
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reference"
 DEFAULT_OUT_QUICK = Path(__file__).resolve().parent / "reference-quick"
+TITLE = "convrate bound-checking report"
 
 
 def default_out(quick: bool) -> Path:
     """Where a profile's report goes when no ``--out`` is given."""
     return DEFAULT_OUT_QUICK if quick else DEFAULT_OUT
-TITLE = "convrate bound-checking report"
 
 
 @dataclass
