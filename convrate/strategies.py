@@ -138,7 +138,8 @@ def _element(sym: Any, kappa: float, seed: int) -> Any:
 
 
 def _record(model: Any, kappa: float, family: str | None, seed: int) -> Any:
-    from convrate.models.symmetry import TorchReparameterization, discover_symmetries
+    from convrate.models.symmetry import TorchReparameterization
+    from convrate.models.families import discover_symmetries
 
     syms = [s for s in discover_symmetries(model) if family is None or s.family == family]
     return TorchReparameterization([(s, _element(s, kappa, seed * 1009 + i)) for i, s in enumerate(syms)],

@@ -46,12 +46,12 @@ from convrate.models.recovery import (
     r1_extra_parameters,
     r1_module,
 )
+from convrate.models.families import discover_symmetries
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
     TorchSymmetry,
     describe,
-    discover_symmetries,
     random_element,
 )
 from convrate.models.zoo import cache_dir, digits_cnn, digits_data, digits_mlp, minilm, minilm_path

@@ -63,7 +63,8 @@ from convrate.models.fplr import (check_same_architecture, float64_parameters, i
                                   parameter_distance, unit_roundoff)
 from convrate.models.io import HF_CONFIG, LoadedModel, _read_json, load_model
 from convrate.models.recovery import R1Module, canonicalize, distance_to_canonical, r1_extra_parameters, r1_module
-from convrate.models.symmetry import TorchReparameterization, discover_symmetries
+from convrate.models.symmetry import TorchReparameterization
+from convrate.models.families import discover_symmetries
 from convrate.models.runtime import single_thread
 from convrate.models.tasks import TASKS, Task, task_for, task_name_for
 from convrate.theory.bounds import ostrowski_interval

@@ -90,7 +90,8 @@ from convrate.models.checks import (
 from convrate.models.curvature import Objective
 from convrate.models.defense import Defense, DefenseResult
 from convrate.models.io import LoadedModel, model_output
-from convrate.models.symmetry import TorchReparameterization, discover_symmetries
+from convrate.models.symmetry import TorchReparameterization
+from convrate.models.families import discover_symmetries
 from convrate.numerics.battery import Entry, run_entry
 from convrate.numerics.fp_precision import controlled_pair
 from convrate.theory.core import CheckResult, compare

@@ -320,7 +320,7 @@ def measure(minilm_layers: int = 1, device: str = "cpu") -> dict[str, Any]:
     digits MLP / CNN and on MiniLM's first ``minilm_layers`` layers (heads 0 and 5)."""
     from convrate.models import zoo
     from convrate.models.curvature import benchmark_hvp
-    from convrate.models.symmetry import discover_symmetries
+    from convrate.models.families import discover_symmetries
 
     out: dict[str, Any] = {}
     mlp = zoo.digits_mlp()

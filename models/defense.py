@@ -33,7 +33,8 @@ import torch
 
 from convrate.errors import InvalidInputError, PrecisionError
 from convrate.models.io import LoadedModel, dtype_name, model_output, save_model
-from convrate.models.symmetry import TorchReparameterization, TorchSymmetry, discover_symmetries
+from convrate.models.symmetry import TorchReparameterization, TorchSymmetry
+from convrate.models.families import discover_symmetries
 from convrate.theory.bounds import specdef_geometric_profile, specdef_spike_profile
 
 PRESERVATION_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)

@@ -50,7 +50,8 @@ from torch import nn
 
 from convrate.errors import InvalidInputError, SingularReparameterizationError
 from convrate.models.io import LoadedModel
-from convrate.models.symmetry import Slot, TorchReparameterization, TorchSymmetry, discover_symmetries
+from convrate.models.symmetry import Slot, TorchReparameterization, TorchSymmetry
+from convrate.models.families import discover_symmetries
 
 U64 = 2.0 ** -53
 

@@ -70,7 +70,8 @@ from torch import nn
 from convrate.errors import InvalidInputError, PrecisionError
 from convrate.models.checks import gamma
 from convrate.models.io import LoadedModel
-from convrate.models.symmetry import Slot, TorchReparameterization, TorchSymmetry, discover_symmetries
+from convrate.models.symmetry import Slot, TorchReparameterization, TorchSymmetry
+from convrate.models.families import discover_symmetries
 from convrate.theory.bounds import recovery_extra_parameters, recovery_extra_parameters_bound
 
 R2_TOL = 1e-12

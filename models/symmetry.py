@@ -12,26 +12,13 @@ with X_s the slice moved to the front and reshaped to (r, -1) (``repeat`` consec
 indices per group coordinate, for the channel -> feature expansion at a flatten).
 So T restricted to a slot is A (x) I or A^-T (x) I up to a permutation; for disjoint
 slots the singular values of T are sigma(A) on "A" slots and 1/sigma(A) on "A_invT" slots.
-
-Families found automatically:
-* S2 ``relu-linear`` / ``relu-conv`` / ``relu-conv-linear``: consecutive Linear / Conv2d
-  layers of an ``nn.Sequential`` separated only by positively homogeneous per-channel
-  maps (ReLU, LeakyReLU, MaxPool2d, AvgPool2d, Flatten): W_a -> D W_a, b_a -> D b_a,
-  W_b -> W_b D^-1 (Conv2d: per output / input channel; across a flatten each channel
-  covers H*W consecutive features).
-* S1 ``attention-qk`` per head of a BERT self-attention: W_Q -> A W_Q, b_Q -> A b_Q,
-  W_K -> A^-T W_K, b_K -> A^-T b_K. Queries become A q and keys A^-T k, so every score
-  (A q)^T (A^-T k) = q^T k is unchanged, biases included.
-* S1 ``attention-vo`` per head: W_V -> A W_V, b_V -> A b_V, W_O[:, head] -> W_O[:, head] A^-1.
-  The head's context sum_j p_ij (W_V x_j + b_V) is linear in the value vectors
-  (sum_j p_ij = 1), so W_O context is unchanged.
+The architecture families that produce such groups live in ``convrate.models.families``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -41,10 +28,6 @@ from torch import nn
 
 from convrate.errors import InvalidInputError, SingularReparameterizationError
 from convrate.theory.bounds import recovery_extra_parameters
-
-_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity)
-_AFFINE = (nn.Linear, nn.Conv2d)
-
 
 @dataclass(frozen=True)
 class Slot:
@@ -315,122 +298,11 @@ def _param_shape(name: str, groups: Sequence[tuple[TorchSymmetry, torch.Tensor]]
     raise InvalidInputError(f"the record does not know the shape of parameter {name!r}")
 
 
-# ---------------------------------------------------------------- discovery
-def _record_shapes(sym: TorchSymmetry, named: Mapping[str, torch.Tensor]) -> TorchSymmetry:
+def record_shapes(sym: TorchSymmetry, named: Mapping[str, torch.Tensor]) -> TorchSymmetry:
+    """``sym`` with the shapes of the parameters it touches recorded (needed for sigma(T))."""
     from dataclasses import replace
 
     return replace(sym, shapes=tuple((n, tuple(named[n].shape)) for n in sym.params))
-
-
-def _sequential_symmetries(net: nn.Sequential, input_shape: Sequence[int]) -> list[TorchSymmetry]:
-    mods = list(net)
-    shapes: list[tuple[int, ...]] = []
-    p0 = next(net.parameters())
-    x = torch.zeros((1, *input_shape), device=p0.device, dtype=p0.dtype)
-    with torch.no_grad():
-        for m in mods:
-            x = m(x)
-            shapes.append(tuple(x.shape[1:]))
-    idx = [i for i, m in enumerate(mods) if isinstance(m, _AFFINE)]
-    out: list[TorchSymmetry] = []
-    for a, b in zip(idx, idx[1:]):
-        between = mods[a + 1:b]
-        if not all(isinstance(m, _HOMOGENEOUS) for m in between):
-            continue
-        ma, mb = mods[a], mods[b]
-        r = ma.out_features if isinstance(ma, nn.Linear) else ma.out_channels
-        slots = [Slot(f"{a}.weight", 0, 0, r, "A")]
-        if ma.bias is not None:
-            slots.append(Slot(f"{a}.bias", 0, 0, r, "A"))
-        if isinstance(mb, nn.Conv2d):
-            if not isinstance(ma, nn.Conv2d) or mb.in_channels != r:
-                continue
-            kind, rep = "relu-conv", 1
-        elif isinstance(ma, nn.Linear):
-            kind, rep = "relu-linear", 1
-        else:  # Conv2d -> ... -> Flatten -> Linear
-            flat = [j for j in range(a + 1, b) if isinstance(mods[j], nn.Flatten)]
-            if len(flat) != 1:
-                continue
-            pre = shapes[flat[0] - 1]
-            if len(pre) != 3 or pre[0] != r:
-                continue
-            kind, rep = "relu-conv-linear", pre[1] * pre[2]
-        if mb.weight.shape[1] != r * rep:
-            continue
-        slots.append(Slot(f"{b}.weight", 1, 0, r * rep, "A_invT", rep))
-        out.append(_record_shapes(TorchSymmetry("S2", kind, f"{kind}:{a}->{b}", r, tuple(slots), layer=a),
-                                  dict(net.named_parameters())))
-    return out
-
-
-def _attention_modules(module: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(prefix, self-attention, its output projection) for every BERT-style attention block."""
-    found = []
-    for name, m in module.named_modules():
-        sa = getattr(m, "self", None)
-        outp = getattr(getattr(m, "output", None), "dense", None)
-        if (sa is not None and isinstance(outp, nn.Linear)
-                and all(isinstance(getattr(sa, k, None), nn.Linear) for k in ("query", "key", "value"))
-                and hasattr(sa, "num_attention_heads") and hasattr(sa, "attention_head_size")):
-            found.append((name, sa, outp))
-    return found
-
-
-def _bert_symmetries(module: nn.Module, layers: Sequence[int] | None, heads: Sequence[int] | None,
-                     kinds: Sequence[str]) -> list[TorchSymmetry]:
-    named = dict(module.named_parameters())
-    out: list[TorchSymmetry] = []
-    for prefix, sa, outp in _attention_modules(module):
-        m = re.search(r"layer\.(\d+)\.", prefix + ".")
-        li = int(m.group(1)) if m else None
-        if layers is not None and li not in layers:
-            continue
-        nh, d = int(sa.num_attention_heads), int(sa.attention_head_size)
-        p = f"{prefix}.self" if prefix else "self"
-        o = f"{prefix}.output.dense" if prefix else "output.dense"
-        for h in range(nh):
-            if heads is not None and h not in heads:
-                continue
-            lo, hi = h * d, (h + 1) * d
-            tag = f"layer{li}.head{h}" if li is not None else f"{prefix}.head{h}"
-            if "attention-qk" in kinds:
-                slots = [Slot(f"{p}.query.weight", 0, lo, hi, "A"), Slot(f"{p}.key.weight", 0, lo, hi, "A_invT")]
-                if sa.query.bias is not None:
-                    slots.append(Slot(f"{p}.query.bias", 0, lo, hi, "A"))
-                if sa.key.bias is not None:
-                    slots.append(Slot(f"{p}.key.bias", 0, lo, hi, "A_invT"))
-                out.append(_record_shapes(TorchSymmetry("S1", "attention-qk", f"{tag}.qk", d, tuple(slots), li, h), named))
-            if "attention-vo" in kinds:
-                slots = [Slot(f"{p}.value.weight", 0, lo, hi, "A"), Slot(f"{o}.weight", 1, lo, hi, "A_invT")]
-                if sa.value.bias is not None:
-                    slots.append(Slot(f"{p}.value.bias", 0, lo, hi, "A"))
-                out.append(_record_shapes(TorchSymmetry("S1", "attention-vo", f"{tag}.vo", d, tuple(slots), li, h), named))
-    return out
-
-
-def discover_symmetries(model: Any, *, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-                        kinds: Sequence[str] = ("relu-linear", "relu-conv", "relu-conv-linear",
-                                                "attention-qk", "attention-vo"),
-                        input_shape: Sequence[int] | None = None) -> list[TorchSymmetry]:
-    """Every applicable group of a ``LoadedModel`` (or module): S2 groups of an
-    ``nn.Sequential`` zoo net, S1 per-head QK and VO groups of BERT attention. ``layers`` /
-    ``heads`` restrict attention groups (layer index = encoder layer; for S2 groups the
-    index of the producing layer); ``kinds`` restricts the kinds. Raises InvalidInputError
-    when the module has no known symmetry structure."""
-    module = getattr(model, "module", model)
-    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
-    if isinstance(module, nn.Sequential):
-        if shape is None:
-            raise InvalidInputError("discovering S2 groups of an nn.Sequential needs its input_shape")
-        syms = [s for s in _sequential_symmetries(module, shape) if s.kind in kinds]
-        if layers is not None:
-            syms = [s for s in syms if s.layer in layers]
-        return syms
-    if _attention_modules(module):
-        return _bert_symmetries(module, layers, heads, kinds)
-    raise InvalidInputError(f"no symmetry discovery for {type(module).__name__} "
-                            "(supported: zoo nn.Sequential MLP/CNN, BERT self-attention)")
 
 
 def describe(syms: Sequence[TorchSymmetry]) -> list[str]:

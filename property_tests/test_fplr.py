@@ -47,7 +47,8 @@ from convrate.errors import ConvrateError
 from convrate.models.checks import gamma
 from convrate.models.fplr import ArchitectureMismatchError, infer_reparameterization, slot_block
 from convrate.models.io import LoadedModel
-from convrate.models.symmetry import TorchReparameterization, discover_symmetries, random_element
+from convrate.models.symmetry import TorchReparameterization, random_element
+from convrate.models.families import discover_symmetries
 from convrate.models.testing import cnn_arch, mlp_arch, random_zoo, tiny_bert
 
 U = 2.0 ** -53

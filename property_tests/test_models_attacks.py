@@ -25,7 +25,7 @@ from torch import nn
 
 from convrate.errors import ConvrateError, InvalidInputError
 from convrate.models.attacks import OPTIMIZERS, Attack, lr_search, log_grid, slowdown
-from convrate.models.lora import LoRALinear, lora_merge, lora_targets, lora_wrap
+from convrate.models.attacks.lora import LoRALinear, lora_merge, lora_targets, lora_wrap
 from convrate.models.tasks import (TEXT_GROUPS, TOPIC_CHAPTER, Task, digits_relabel_task, minilm_tokenizer,
                                    pydoc_topics_path, tensor_task, text_task)
 from convrate.numerics.linalg import sym_eig

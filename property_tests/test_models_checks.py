@@ -8,7 +8,7 @@ import torch
 
 from convrate.models.checks import check_t1, check_t2, check_w, w_sweep
 from convrate.models.defense import DiagonalScaling, SpecDef
-from convrate.models.symmetry import discover_symmetries
+from convrate.models.families import discover_symmetries
 
 
 

@@ -32,7 +32,8 @@ from convrate.models.checks import (
 )
 from convrate.models.curvature import Objective, dense_hessian, extreme_eigenvalues
 from convrate.models.defense import SpecDef
-from convrate.models.symmetry import TorchReparameterization, discover_symmetries, random_element
+from convrate.models.symmetry import TorchReparameterization, random_element
+from convrate.models.families import discover_symmetries
 from convrate.models.testing import bert_inputs, mlp_arch, random_zoo, tiny_bert
 from convrate.theory.bounds import lambda_max_lower_bound_hidden, lambda_max_lower_bound_relu
 

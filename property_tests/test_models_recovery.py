@@ -43,7 +43,8 @@ from convrate.models.defense import DiagonalScaling, SpecDef
 from convrate.models.recovery import (canonical_agreement, canonicalize, distance_to_canonical, factor_block,
                                       orbit_norm_sq, r1_extra_parameters, r1_module, s1_factor_allowance,
                                       s2_log_error)
-from convrate.models.symmetry import TorchReparameterization, discover_symmetries
+from convrate.models.symmetry import TorchReparameterization
+from convrate.models.families import discover_symmetries
 from convrate.models.tasks import Task, tensor_task
 from convrate.models.io import zoo_output_shape
 from convrate.models.testing import bert_inputs, cnn_arch, mlp_arch, random_zoo, tiny_bert

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from convrate.errors import InvalidInputError, SingularReparameterizationError
 from convrate.models.checks import gamma, sequential_error_bound
-from convrate.models.symmetry import TorchReparameterization, discover_symmetries, random_element
+from convrate.models.symmetry import TorchReparameterization, random_element
+from convrate.models.families import discover_symmetries
 from convrate.models.testing import bert_inputs, cnn_arch, mlp_arch, random_zoo, tiny_bert
 from convrate.theory.bounds import recovery_extra_parameters
 

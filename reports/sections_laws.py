@@ -26,7 +26,7 @@ def laws_section(ctx: "Context") -> Section:
     from convrate.models import zoo
     from convrate.models.checks import check_t1, check_t2, w_sweep
     from convrate.models.defense import SpecDef
-    from convrate.models.symmetry import discover_symmetries
+    from convrate.models.families import discover_symmetries
     from convrate.models.runtime import single_thread
 
     p = ctx.profile
