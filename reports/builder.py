@@ -101,15 +101,18 @@ def _device() -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
+#: modules of ``convrate.reports`` whose ``SECTIONS`` make the report, in build order; the
+#: statements table (``sections_exact``) comes last: it summarizes what the others measured
+SECTION_MODULES: tuple[str, ...] = ("sections_laws", "sections_slowdown", "sections_recovery", "sections_spectra",
+                                    "sections_precision", "sections_bench", "sections_exact")
+
+
 def sections() -> list[tuple[str, SectionBuilder]]:
     """The report's sections in the order they are built; the statements table comes last
     (it summarizes what the others measured) and is displayed first."""
-    from convrate.reports import (sections_bench, sections_exact, sections_laws, sections_precision,
-                                  sections_recovery, sections_slowdown, sections_spectra)
+    import importlib
 
-    return [*sections_laws.SECTIONS, *sections_slowdown.SECTIONS, *sections_recovery.SECTIONS,
-            *sections_spectra.SECTIONS, *sections_precision.SECTIONS, *sections_bench.SECTIONS,
-            *sections_exact.SECTIONS]
+    return [s for mod in SECTION_MODULES for s in importlib.import_module(f"convrate.reports.{mod}").SECTIONS]
 
 
 REPORT_FILES = ("report.md", "report.html", "results.json")

@@ -175,7 +175,16 @@ _STATEMENTS = [
         derive_PREC, bound="bounds_precision.kappa_form_bound"),
 ]
 
+#: modules holding further statements (THEORY.md section 6 and later), each defining
+#: ``STATEMENTS: list[Statement]`` and ``FORMULAS: dict[str, sympy.Basic]`` (key relation per id)
+STATEMENT_MODULES: tuple[str, ...] = ()
+
+for _mod in STATEMENT_MODULES:
+    _STATEMENTS += importlib.import_module(f"convrate.theory.{_mod}").STATEMENTS
+
 REGISTRY: dict[str, Statement] = {s.id: s for s in _STATEMENTS}
+if len(REGISTRY) != len(_STATEMENTS):
+    raise ImportError("two statements share an id")
 
 
 def bound_function(sid: str) -> Callable[..., Any] | None:
@@ -233,6 +242,8 @@ def _formulas() -> dict[str, str]:
                       sp.Symbol("c") * t("kappa(A)", r"\kappa(A)") * t("||W_b||_F", r"\|W_b\|_F")
                       * t("||W_a||_F", r"\|W_a\|_F") * t("||x||", r"\|x\|_2")),
     }
+    for mod in STATEMENT_MODULES:
+        f.update(importlib.import_module(f"convrate.theory.{mod}").FORMULAS)
     return {k: sp.latex(v) for k, v in f.items()}
 
 
