@@ -112,9 +112,12 @@ def model_output(module: nn.Module, inputs: Any) -> torch.Tensor:
 
 
 def unwrap_output(out: Any) -> torch.Tensor:
-    """The tensor of a module's output (HF outputs: ``last_hidden_state``)."""
+    """The tensor of a module's output (HF outputs: ``logits`` of a causal LM, else
+    ``last_hidden_state``)."""
     if isinstance(out, torch.Tensor):
         return out
+    if getattr(out, "logits", None) is not None:
+        return out.logits
     if hasattr(out, "last_hidden_state"):
         return out.last_hidden_state
     if isinstance(out, (tuple, list)):

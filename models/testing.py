@@ -1,7 +1,7 @@
-"""Small deterministic models for property tests: random zoo MLP/CNN and a tiny BERT.
+"""Small deterministic models for property tests: random zoo MLP/CNN, a tiny BERT, tiny decoder LMs.
 
 Everything is built from a seed in float64, so a Hypothesis example is reproducible and
-cheap (milliseconds); the tiny BERT uses ``transformers.BertModel`` itself with eager
+cheap (milliseconds); the tiny BERT and decoders use transformers' own classes with eager
 attention, so the symmetry discovery runs on the real attention module.
 """
 from __future__ import annotations
@@ -63,3 +63,52 @@ def bert_inputs(model: LoadedModel, batch: int, seq: int, seed: int) -> dict[str
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, int(model.config["vocab_size"]), (batch, seq), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+
+
+DECODER_TYPES = ("llama", "qwen2", "mistral")
+
+
+def tiny_decoder(model_type: str = "llama", seed: int = 0, *, hidden: int = 16, heads: int = 4, kv_heads: int = 2,
+                 head_dim: int | None = None, layers: int = 1, vocab: int = 32, intermediate: int = 24,
+                 max_len: int = 32, tie_embeddings: bool = False, attention_bias: bool = False,
+                 rope_theta: float = 10000.0) -> LoadedModel:
+    """A random Hugging Face decoder LM (``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` /
+    ``MistralForCausalLM``; RoPE, GQA with ``kv_heads`` key/value heads, SwiGLU, RMSNorm) in
+    float64, eager attention, eval mode, as a LoadedModel of kind ``model_type``, fmt "hf".
+    ``attention_bias`` applies to Llama (q, k, v, o biases); Qwen2 always has q, k, v biases.
+    RMSNorm weights are drawn around 1 (not all ones) so that the norm groups are exercised."""
+    import transformers
+
+    if model_type not in DECODER_TYPES:
+        raise ValueError(f"model_type must be one of {DECODER_TYPES}, got {model_type!r}")
+    Config = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+              "mistral": transformers.MistralConfig}[model_type]
+    Model = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+             "mistral": transformers.MistralForCausalLM}[model_type]
+    kw: dict[str, Any] = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                              max_position_embeddings=max_len, tie_word_embeddings=tie_embeddings,
+                              rope_theta=rope_theta, attn_implementation="eager")
+    if head_dim is not None:
+        kw["head_dim"] = head_dim
+    if model_type == "llama":
+        kw["attention_bias"] = attention_bias
+    cfg = Config(**kw)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Model(cfg).double().eval()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.2 * torch.randn_like(p))
+                elif n.endswith("bias"):
+                    p.copy_(0.1 * torch.randn_like(p))
+    return LoadedModel(model, model_type, "hf", model.config.to_dict(), None, None, {"n_layers": layers})
+
+
+def decoder_inputs(model: LoadedModel, batch: int, seq: int, seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic token ids (uniform over the vocabulary) and an all-ones attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, int(model.config["vocab_size"]), (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
+
