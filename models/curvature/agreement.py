@@ -1,0 +1,81 @@
+"""The data-parallel agreement check: the same curvature computation at world size 1 and W.
+
+``agreement_case(name)`` builds a small float64 problem (module, inputs, targets, loss):
+``mlp`` (a random zoo MLP, squared loss), ``bert`` (``testing.tiny_bert``, squared loss on
+its last hidden state), ``decoder`` (``testing.tiny_decoder``, the causal-LM loss on its own
+token ids). ``measure(world, names)`` computes, for each case, the gradient, one H v, the
+extreme eigenvalues (``lanczos_run``, tolerance 1e-12) and the Hutchinson trace on this
+rank's shard, every product all-reduced. ``property_tests`` runs it in one process and under
+``distributed.launch`` with 2 and 3 workers (3 shards of 11 examples are uneven) and compares.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from convrate.models.curvature.distributed import World
+from convrate.models.curvature.lanczos import lanczos_run
+from convrate.models.curvature.objective import Objective
+from convrate.models.curvature.trace import hutchinson_trace
+
+CASES = ("mlp", "bert", "decoder")
+#: examples per case: not divisible by 2 or 3, so every multi-process shard split is uneven
+N_EXAMPLES = 11
+
+
+def agreement_case(name: str, seed: int = 0) -> tuple[torch.nn.Module, Any, torch.Tensor, str]:
+    """(module, inputs, targets, loss) of a named case (module doc), float64."""
+    from convrate.models.testing import bert_inputs, decoder_inputs, mlp_arch, random_zoo, tiny_bert, tiny_decoder
+
+    g = torch.Generator().manual_seed(seed + 1)
+    if name == "mlp":
+        m = random_zoo(mlp_arch([5, 6, 4, 3]), seed)
+        X = torch.randn(N_EXAMPLES, 5, generator=g, dtype=torch.float64)
+        return m.module, X, torch.randn(N_EXAMPLES, 3, generator=g, dtype=torch.float64), "squared"
+    if name == "bert":
+        m = tiny_bert(seed)
+        x = bert_inputs(m, N_EXAMPLES, 5, seed)
+        with torch.no_grad():
+            h = m.module(**x).last_hidden_state
+        return m.module, x, torch.randn(h.shape, generator=g, dtype=torch.float64), "squared"
+    if name == "decoder":
+        m = tiny_decoder("llama", seed, hidden=4, heads=2, kv_heads=1, vocab=6, intermediate=4, max_len=8)
+        x = decoder_inputs(m, N_EXAMPLES, 5, seed)
+        return m.module, x, x["input_ids"].clone(), "causal_lm"
+    raise ValueError(f"unknown agreement case {name!r} ({', '.join(CASES)})")
+
+
+def measure(world: World, names: Sequence[str] = CASES, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per case: gradient, H v, lambda_max / lambda_min (with residuals), trace, on this rank."""
+    out = {}
+    for name in names:
+        module, X, Y, loss = agreement_case(name, seed)
+        obj = Objective(module, X, Y, loss=loss, device="cpu", world=world)
+        v = torch.randn(obj.n, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64)
+        run = lanczos_run(obj.hvp, obj.n, obj.n, top=1, bottom=1, tol=1e-12, seed=seed, world=world)
+        tr, se = hutchinson_trace(obj, samples=6, seed=seed)
+        out[name] = {"n": obj.n, "loss": float(obj.loss()), "gradient": obj.gradient().numpy(),
+                     "hvp": obj.hvp(v).numpy(), "lambda_max": run.top[0].value,
+                     "lambda_max_residual": run.top[0].residual, "lambda_min": run.bottom[0].value,
+                     "lambda_min_residual": run.bottom[0].residual, "trace": tr, "trace_se": se,
+                     "steps": run.steps, "shard": len(world.shard(N_EXAMPLES)), "checksum": run.checksum}
+    return out
+
+
+
+
+
+def measure_and_probe(world: World, names: Sequence[str] = CASES, seed: int = 0) -> dict[str, Any]:
+    """``measure``, plus whether ``World.require_agreement`` rejects values that differ by rank
+    (it must, whenever the world has more than one rank)."""
+    from convrate.models.curvature.distributed import RankDisagreementError
+
+    out: dict[str, Any] = {"cases": measure(world, names, seed)}
+    try:
+        world.require_agreement([float(world.rank)], "a rank-dependent value")
+        out["disagreement_detected"] = False
+    except RankDisagreementError:
+        out["disagreement_detected"] = True
+    return out
+__all__ = ["CASES", "N_EXAMPLES", "agreement_case", "measure", "measure_and_probe"]
