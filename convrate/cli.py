@@ -229,3 +229,4 @@ def main() -> None:
 
 from convrate import cli_models  # noqa: E402,F401  (registers defend, attack)
 from convrate import cli_audit  # noqa: E402,F401  (registers audit)
+from convrate import cli_hessian  # noqa: E402,F401  (registers hessian)

@@ -53,7 +53,10 @@ def test_lanczos_extremes_against_dense(widths, seed, top, bottom, basis):
         return out
 
     tops, bottoms = distinct(ev[::-1]), distinct(ev)
-    assert len(run.top) == min(top, len(run.ritz)) and len(run.bottom) == min(bottom, len(run.ritz))
+    # fewer pairs only when the Krylov space holds fewer independent directions (near copies)
+    assert len(run.top) <= top and len(run.bottom) <= bottom
+    if run.converged:
+        assert len(run.top) == min(top, len(tops)) and len(run.bottom) == min(bottom, len(bottoms))
     for i, p in enumerate(run.top):
         assert float(np.abs(ev - p.value).min()) <= p.residual + err  # the certificate
         if run.converged and i < len(tops):
@@ -70,10 +73,12 @@ def test_no_basis_memory_does_not_grow_with_steps():
     a = lanczos_run(obj.hvp, obj.n, 10, top=2, bottom=1, basis="none")
     b = lanczos_run(obj.hvp, obj.n, 40, top=2, bottom=1, basis="none")
     c = lanczos_run(obj.hvp, obj.n, 40, top=2, bottom=1, basis="full")
-    assert a.steps < b.steps and a.vector_bytes == b.vector_bytes == (4 + 3) * obj.n * 8
+    assert a.steps < b.steps and a.vector_bytes == b.vector_bytes == (4 + 2 * 3) * obj.n * 8  # no ghosts: tol 0
     assert c.vector_bytes > b.vector_bytes
-    # the second pass costs about the first pass again (the price of O(n) memory)
-    assert b.matvecs == 2 * b.steps - 1 + 3 and c.matvecs == c.steps + 3
+    # the second pass costs the first pass again, less one product (the price of O(n) memory);
+    # the Rayleigh-Ritz refinement one product per vector, the residuals one per pair
+    assert b.refine_products == c.refine_products == 3 + 3
+    assert b.matvecs == 2 * b.steps - 1 + b.refine_products and c.matvecs == c.steps + c.refine_products
 
 
 def test_regeneration_detects_a_nondeterministic_operator():

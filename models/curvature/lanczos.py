@@ -17,7 +17,9 @@ three-term recurrence beta_j q_{j+1} = H q_j - alpha_j q_j - beta_{j-1} q_{j-1}.
 - ``basis="full"``: every q_j is kept (memory k n) and w is reorthogonalized against all of
   them (classical Gram-Schmidt twice); one pass. Choose it when k n float64 fits.
 
-Each reported pair (lambda, y), ||y|| = 1, has lambda = y^T H y (Rayleigh quotient) and the
+The wanted Ritz vectors (with the ghost copies of converged ones) are refined by Rayleigh-Ritz
+on their span (one product each). Each reported pair (lambda, y), ||y|| = 1, has
+lambda = y^T H y (Rayleigh quotient) and the
 residual r = ||H y - lambda y|| of a fresh product, so some eigenvalue of H lies in
 [lambda - r, lambda + r] (H symmetric), whatever the rounding of the Lanczos process. Vectors
 and coefficients are float64 whatever the operator's dtype. Every rank of a data-parallel
@@ -28,7 +30,7 @@ BLAS threads are limited to 1 while torch works (threadpoolctl).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -82,8 +84,8 @@ class LanczosRun:
     tol: float
     converged: bool
     vector_bytes: int
+    refine_products: int = 0
     checksum: str = ""
-    memory: dict = field(default_factory=dict)
 
 
 def _tridiag(alphas: Sequence[float], betas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +170,8 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
                 world: World | None = None, progress: Progress | None = None, meter: MemoryMeter | None = None
                 ) -> LanczosRun:
     """Lanczos for the ``top`` largest and ``bottom`` smallest distinct eigenpairs of the
-    symmetric operator ``matvec`` (in ``dtype`` on ``device``), at most ``max_steps`` steps,
+    symmetric operator ``matvec`` (in ``dtype`` on ``device``; fewer when the Krylov space
+    holds fewer independent directions), at most ``max_steps`` steps,
     stopping once every wanted Ritz pair's estimate beta_k |s_k| is <= tol max|theta|
     (tol 0: all steps). Start vector ``v0`` or a float64 normal draw from ``seed`` (the same on
     every rank). See the module doc for the two ``basis`` modes."""
@@ -219,18 +222,23 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
         theta, S = _tridiag(alphas, betas)
         est = last_beta * np.abs(S[-1])
         scale = float(np.abs(theta).max()) or 1.0
-        t_idx, b_idx = select_distinct(theta, est, top, bottom, max(tol, 0.0) * scale)
-        wanted = t_idx + [i for i in b_idx if i not in t_idx]
+        tol_abs = max(tol, 0.0) * scale
+        t_idx, b_idx = select_distinct(theta, est, top, bottom, tol_abs)
+        # the wanted Ritz vectors and, for converged ones, their ghost copies (basis "none")
+        groups = [[j for j in range(k) if j == i or (est[i] <= tol_abs and est[j] <= tol_abs
+                                                      and abs(theta[j] - theta[i]) <= 2 * tol_abs)]
+                  for i in dict.fromkeys(t_idx + b_idx)]
+        wanted = sorted({j for grp in groups for j in grp})
         n_vec = len(wanted)
-        vector_bytes = (steps + 2 + n_vec) * n * 8 if basis == "full" else (4 + n_vec) * n * 8
+        vector_bytes = ((steps + 2 + 2 * n_vec) if basis == "full" else (4 + 2 * n_vec)) * n * 8
         if meter is not None:
             meter.count(vector_bytes)
-        Y = torch.zeros(n, n_vec, dtype=torch.float64, device=dev)
         Sw = torch.from_numpy(np.ascontiguousarray(S[:, wanted])).to(dev)
         if keep is not None:
             Y = keep[:k].T @ Sw
             del keep
         else:
+            Y = torch.zeros(n, n_vec, dtype=torch.float64, device=dev)
             drift = 0.0
             for j, q, a, b in _recurrence(mv, q0, k, None, None, last_product=False):
                 Y += torch.outer(q, Sw[j])
@@ -242,22 +250,57 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
                 raise NondeterministicLossError(
                     f"the regenerated Lanczos coefficients differ from the first pass by {drift:.2e} "
                     f"(scale {scale:.2e}): the operator is not deterministic")
-        pairs: dict[int, EigenEstimate] = {}
-        for col, i in enumerate(wanted):
-            y = Y[:, col]
-            y = y / y.norm()
-            hy = mv(y)
-            lam = float(y @ hy)
-            which = "LA" if i in t_idx else "SA"
-            pairs[i] = EigenEstimate(lam, float((hy - lam * y).norm()), y.cpu(), which, f"lanczos/{basis}", 0)
-    converged = tol > 0 and all(est[i] <= tol * scale for i in wanted)
-    for p in pairs.values():
+        before = calls
+        top_pairs, bottom_pairs = _rayleigh_ritz(mv, Y, [[wanted.index(j) for j in grp] for grp in groups],
+                                                 len(t_idx), len(b_idx), f"lanczos/{basis}")
+        refine_products = calls - before
+    converged = tol > 0 and all(est[i] <= tol_abs for i in t_idx + b_idx)
+    for p in top_pairs + bottom_pairs:
         p.matvecs = calls
-    run = LanczosRun(alphas, betas, [float(t) for t in theta], [pairs[i] for i in t_idx], [pairs[i] for i in b_idx],
-                     k, calls, basis, tol, converged, vector_bytes)
+    run = LanczosRun(alphas, betas, [float(t) for t in theta], top_pairs, bottom_pairs, k, calls, basis, tol,
+                     converged, vector_bytes, refine_products=refine_products)
     w = world if world is not None else World()
-    run.checksum = w.require_agreement(alphas + betas + [p.value for p in pairs.values()], "the Lanczos coefficients")
+    run.checksum = w.require_agreement(alphas + betas + [p.value for p in top_pairs + bottom_pairs],
+                                       "the Lanczos coefficients")
     return run
+
+
+def _rayleigh_ritz(mv: Callable[[torch.Tensor], torch.Tensor], Y: torch.Tensor, groups: list[list[int]], top: int,
+                   bottom: int, method: str) -> tuple[list[EigenEstimate], list[EigenEstimate]]:
+    """Refine the wanted Ritz vectors (columns of Y; ``groups``: the columns that are copies of
+    one converged Ritz value). One fresh product per column; of each group the column with the
+    smallest residual is kept (copies are near-parallel, but their quality differs). On the
+    span of the kept columns, with their Gram matrix V diag(g) V^T (directions with
+    g <= 1e-6 max g dropped), B = Y V g^(-1/2) is orthonormal and the Ritz pairs of
+    B^T H B = W^T (Y^T H Y) W are the best approximations in the span (Courant-Fischer: the
+    k-th largest is at least the k-th largest Rayleigh quotient of any k kept columns, at most
+    lambda_k(H)). The ``top`` largest and ``bottom`` smallest are returned, normalized, with
+    lambda the Rayleigh quotient and the residual of a fresh product."""
+    cols, hcols, res = [], [], []
+    for c in range(Y.shape[1]):
+        y = Y[:, c] / Y[:, c].norm()
+        hy = mv(y)
+        cols.append(y)
+        hcols.append(hy)
+        res.append(float((hy - float(y @ hy) * y).norm()))
+    best = [min(grp, key=lambda c: res[c]) for grp in groups]
+    Ys, HYs = torch.stack([cols[c] for c in best], 1), torch.stack([hcols[c] for c in best], 1)
+    g, V = torch.linalg.eigh(Ys.T @ Ys)
+    keep = g > 1e-6 * float(g.max())
+    W = V[:, keep] / g[keep].sqrt()
+    B, HB = Ys @ W, HYs @ W
+    T = B.T @ HB
+    th, C = torch.linalg.eigh(0.5 * (T + T.T))
+    m = len(th)
+
+    def pair(i: int, which: str) -> EigenEstimate:
+        z = B @ C[:, i]
+        z = z / z.norm()
+        hz = mv(z)
+        lam = float(z @ hz)
+        return EigenEstimate(lam, float((hz - lam * z).norm()), z.cpu(), which, method, 0)
+
+    return [pair(m - 1 - i, "LA") for i in range(min(top, m))], [pair(i, "SA") for i in range(min(bottom, m))]
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int, *,
