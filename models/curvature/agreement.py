@@ -78,4 +78,47 @@ def measure_and_probe(world: World, names: Sequence[str] = CASES, seed: int = 0)
     except RankDisagreementError:
         out["disagreement_detected"] = True
     return out
-__all__ = ["CASES", "N_EXAMPLES", "agreement_case", "measure", "measure_and_probe"]
+def sharded_measure(world: World, lanczos_cases: Sequence[str] = ("mlp",),
+                    gradient_cases: Sequence[str] = ("bert", "decoder"), seed: int = 0) -> dict[str, Any]:
+    """With each case's model sharded over ``world`` by FSDP2 (``sharded.ShardedObjective``):
+    the gradient (all cases), and for ``lanczos_cases`` H v by finite differences and
+    lambda_max / lambda_min by sharded Lanczos (tolerance 1e-9), as global vectors; plus the
+    error that double backward through the sharded parameters raises (None if it worked)."""
+    from convrate.models.curvature.sharded import ShardedObjective
+
+    out: dict[str, Any] = {}
+    for name in list(lanczos_cases) + list(gradient_cases):
+        module, X, Y, loss = agreement_case(name, seed)
+        obj = ShardedObjective(module, X, Y, loss=loss, world=world)
+        res: dict[str, Any] = {"gradient": obj.full(obj.gradient()).numpy(), "loss": obj.loss(),
+                               "n_local": obj.n_local, "n": obj.n}
+        if name in lanczos_cases:
+            g = torch.Generator().manual_seed(seed + 7)
+            v = obj.local(torch.randn(obj.n, generator=g, dtype=torch.float64))
+            v0 = obj.local(torch.randn(obj.n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+            run = lanczos_run(obj.hvp, obj.n, obj.n, top=1, bottom=1, tol=1e-9, v0=v0, sharded=world, world=world)
+            res.update(hvp=obj.full(obj.hvp(v)).numpy(), lambda_max=run.top[0].value,
+                       lambda_max_residual=run.top[0].residual, lambda_min=run.bottom[0].value,
+                       lambda_min_residual=run.bottom[0].residual)
+        out[name] = res
+    out["double_backward_error"] = _double_backward_error(world)
+    return out
+
+
+def _double_backward_error(world: World) -> str | None:
+    """Try H v by double backward on an FSDP2-sharded MLP; the error message, or None."""
+    from convrate.models.curvature.sharded import shard_module
+
+    module, X, Y, _ = agreement_case("mlp")
+    net = shard_module(module)
+    params = [p for p in net.parameters()]
+    try:
+        loss = ((net(X) - Y) ** 2).sum()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        torch.autograd.grad(sum((gi * gi).sum() for gi in grads), params)
+        return None
+    except RuntimeError as e:
+        return str(e).splitlines()[0]
+
+
+__all__ = ["CASES", "N_EXAMPLES", "agreement_case", "measure", "measure_and_probe", "sharded_measure"]

@@ -88,6 +88,28 @@ class LanczosRun:
     checksum: str = ""
 
 
+class _Space:
+    """Inner products of float64 vectors: local, or all-reduced when the vectors are slices of
+    global vectors sharded over ``world`` (``sharded``)."""
+
+    def __init__(self, world: World | None = None) -> None:
+        self.world = world
+
+    def gram(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        """A^T B (A, B: matrices or vectors)."""
+        out = A.T @ B
+        return out if self.world is None else self.world.sum(out)
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(self.gram(a, b))
+
+    def norm(self, a: torch.Tensor) -> float:
+        return math.sqrt(max(self.dot(a, a), 0.0))
+
+
+LOCAL = _Space()
+
+
 def _tridiag(alphas: Sequence[float], betas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(alphas, dtype=np.float64)
     if len(a) == 1:
@@ -122,7 +144,7 @@ def select_distinct(theta: np.ndarray, est: np.ndarray, top: int, bottom: int, t
 
 def _recurrence(matvec: Callable[[torch.Tensor], torch.Tensor], q0: torch.Tensor, steps: int,
                 keep: torch.Tensor | None, check: Callable[[list[float], list[float], float], bool] | None,
-                last_product: bool = True) -> Iterator[tuple[int, torch.Tensor, float, float]]:
+                last_product: bool = True, space: _Space = LOCAL) -> Iterator[tuple[int, torch.Tensor, float, float]]:
     """Yields (j, q_j, alpha_j, beta_j) for j = 0 .. ; beta_j is ||r_j|| (the next vector's
     scale). With ``keep`` (a (steps, n) buffer: the full basis) q_j is stored in row j and w is
     reorthogonalized against rows 0..j; without, only q_{j-1}, q_j are held. Stops after
@@ -142,19 +164,19 @@ def _recurrence(matvec: Callable[[torch.Tensor], torch.Tensor], q0: torch.Tensor
             yield j, q, math.nan, math.nan
             return
         w = matvec(q)
-        a = float(q @ w)
+        a = space.dot(q, w)
         if keep is not None:
             for _ in range(2):
-                w = w - keep[: j + 1].T @ (keep[: j + 1] @ w)
+                w = w - keep[: j + 1].T @ space.gram(keep[: j + 1].T, w)
         else:
             w = w - a * q - beta_prev * q_prev
-            c = float(q @ w)  # local reorthogonalization (twice is enough)
+            c = space.dot(q, w)  # local reorthogonalization (twice is enough)
             w = w - c * q
             a += c
             if j > 0:
-                w = w - float(q_prev @ w) * q_prev
+                w = w - space.dot(q_prev, w) * q_prev
         alphas.append(a)
-        b = float(w.norm())
+        b = space.norm(w)
         yield j, q, a, b
         if j + 1 == steps or b <= 1e3 * eps * max(abs(x) for x in alphas):
             return
@@ -167,14 +189,17 @@ def _recurrence(matvec: Callable[[torch.Tensor], torch.Tensor], q0: torch.Tensor
 def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_steps: int, *, top: int = 1,
                 bottom: int = 1, tol: float = 0.0, basis: str = "none", v0: torch.Tensor | None = None,
                 seed: int = 0, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-                world: World | None = None, progress: Progress | None = None, meter: MemoryMeter | None = None
-                ) -> LanczosRun:
+                world: World | None = None, progress: Progress | None = None, meter: MemoryMeter | None = None,
+                sharded: World | None = None) -> LanczosRun:
     """Lanczos for the ``top`` largest and ``bottom`` smallest distinct eigenpairs of the
     symmetric operator ``matvec`` (in ``dtype`` on ``device``; fewer when the Krylov space
     holds fewer independent directions), at most ``max_steps`` steps,
     stopping once every wanted Ritz pair's estimate beta_k |s_k| is <= tol max|theta|
     (tol 0: all steps). Start vector ``v0`` or a float64 normal draw from ``seed`` (the same on
-    every rank). See the module doc for the two ``basis`` modes."""
+    every rank). See the module doc for the two ``basis`` modes. ``sharded``: the vectors are
+    this rank's slices of global vectors of length ``n`` sharded over that world (an FSDP model,
+    ``sharded.ShardedObjective``): every inner product is all-reduced and ``v0`` (this rank's
+    slice) must be given."""
     if basis not in BASES:
         raise InvalidInputError(f"unknown Lanczos basis mode {basis!r} (supported: {', '.join(BASES)})")
     if not (isinstance(max_steps, int) and max_steps >= 1):
@@ -182,12 +207,17 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
     if not (math.isfinite(tol) and 0 <= tol < 1):
         raise InvalidInputError(f"Lanczos tolerance must lie in [0, 1), got {tol!r}")
     dev = torch.device(device)
+    space = _Space(sharded)
     if v0 is None:
+        if sharded is not None:
+            raise InvalidInputError("sharded Lanczos needs this rank's slice of the start vector")
         v0 = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    if v0.shape != (n,) or not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0:
-        raise InvalidInputError(f"Lanczos start vector must be a finite nonzero vector of length {n}")
     q0 = v0.to(dev, torch.float64)
-    q0 = q0 / q0.norm()
+    if (sharded is None and v0.shape != (n,)) or v0.ndim != 1 or not bool(torch.isfinite(v0).all()) \
+            or space.norm(q0) == 0:
+        raise InvalidInputError(f"Lanczos start vector must be a finite nonzero vector of length {n}")
+    n_local = q0.numel()
+    q0 = q0 / space.norm(q0)
     steps = max(1, min(max_steps, n))
     calls = 0
 
@@ -208,12 +238,12 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
         return len(t_idx) == min(top, len(theta)) and len(b_idx) == min(bottom, len(theta)) and \
             all(est[i] <= tol * scale for i in t_idx + b_idx) and len(theta) >= top + bottom
 
-    keep = torch.zeros(steps, n, dtype=torch.float64, device=dev) if basis == "full" else None
+    keep = torch.zeros(steps, n_local, dtype=torch.float64, device=dev) if basis == "full" else None
     alphas: list[float] = []
     betas: list[float] = []
     last_beta = 0.0
     with threadpool_limits(limits=1, user_api="blas"):
-        for j, _, a, b in _recurrence(mv, q0, steps, keep, check):
+        for j, _, a, b in _recurrence(mv, q0, steps, keep, check, space=space):
             alphas.append(a)
             betas.append(b)
             last_beta = b
@@ -230,7 +260,7 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
                   for i in dict.fromkeys(t_idx + b_idx)]
         wanted = sorted({j for grp in groups for j in grp})
         n_vec = len(wanted)
-        vector_bytes = ((steps + 2 + 2 * n_vec) if basis == "full" else (4 + 2 * n_vec)) * n * 8
+        vector_bytes = ((steps + 2 + 2 * n_vec) if basis == "full" else (4 + 2 * n_vec)) * n_local * 8
         if meter is not None:
             meter.count(vector_bytes)
         Sw = torch.from_numpy(np.ascontiguousarray(S[:, wanted])).to(dev)
@@ -238,9 +268,9 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
             Y = keep[:k].T @ Sw
             del keep
         else:
-            Y = torch.zeros(n, n_vec, dtype=torch.float64, device=dev)
+            Y = torch.zeros(n_local, n_vec, dtype=torch.float64, device=dev)
             drift = 0.0
-            for j, q, a, b in _recurrence(mv, q0, k, None, None, last_product=False):
+            for j, q, a, b in _recurrence(mv, q0, k, None, None, last_product=False, space=space):
                 Y += torch.outer(q, Sw[j])
                 if j < k - 1:
                     drift = max(drift, abs(a - alphas[j]), abs(b - betas[j]))
@@ -252,7 +282,7 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
                     f"(scale {scale:.2e}): the operator is not deterministic")
         before = calls
         top_pairs, bottom_pairs = _rayleigh_ritz(mv, Y, [[wanted.index(j) for j in grp] for grp in groups],
-                                                 len(t_idx), len(b_idx), f"lanczos/{basis}")
+                                                 len(t_idx), len(b_idx), f"lanczos/{basis}", space)
         refine_products = calls - before
     converged = tol > 0 and all(est[i] <= tol_abs for i in t_idx + b_idx)
     for p in top_pairs + bottom_pairs:
@@ -266,7 +296,7 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
 
 
 def _rayleigh_ritz(mv: Callable[[torch.Tensor], torch.Tensor], Y: torch.Tensor, groups: list[list[int]], top: int,
-                   bottom: int, method: str) -> tuple[list[EigenEstimate], list[EigenEstimate]]:
+                   bottom: int, method: str, space: _Space = LOCAL) -> tuple[list[EigenEstimate], list[EigenEstimate]]:
     """Refine the wanted Ritz vectors (columns of Y; ``groups``: the columns that are copies of
     one converged Ritz value). One fresh product per column; of each group the column with the
     smallest residual is kept (copies are near-parallel, but their quality differs). On the
@@ -278,27 +308,27 @@ def _rayleigh_ritz(mv: Callable[[torch.Tensor], torch.Tensor], Y: torch.Tensor, 
     lambda the Rayleigh quotient and the residual of a fresh product."""
     cols, hcols, res = [], [], []
     for c in range(Y.shape[1]):
-        y = Y[:, c] / Y[:, c].norm()
+        y = Y[:, c] / space.norm(Y[:, c])
         hy = mv(y)
         cols.append(y)
         hcols.append(hy)
-        res.append(float((hy - float(y @ hy) * y).norm()))
+        res.append(space.norm(hy - space.dot(y, hy) * y))
     best = [min(grp, key=lambda c: res[c]) for grp in groups]
     Ys, HYs = torch.stack([cols[c] for c in best], 1), torch.stack([hcols[c] for c in best], 1)
-    g, V = torch.linalg.eigh(Ys.T @ Ys)
+    g, V = torch.linalg.eigh(space.gram(Ys, Ys))
     keep = g > 1e-6 * float(g.max())
     W = V[:, keep] / g[keep].sqrt()
     B, HB = Ys @ W, HYs @ W
-    T = B.T @ HB
+    T = space.gram(B, HB)
     th, C = torch.linalg.eigh(0.5 * (T + T.T))
     m = len(th)
 
     def pair(i: int, which: str) -> EigenEstimate:
         z = B @ C[:, i]
-        z = z / z.norm()
+        z = z / space.norm(z)
         hz = mv(z)
-        lam = float(z @ hz)
-        return EigenEstimate(lam, float((hz - lam * z).norm()), z.cpu(), which, method, 0)
+        lam = space.dot(z, hz)
+        return EigenEstimate(lam, space.norm(hz - lam * z), z.cpu(), which, method, 0)
 
     return [pair(m - 1 - i, "LA") for i in range(min(top, m))], [pair(i, "SA") for i in range(min(bottom, m))]
 
