@@ -1,8 +1,10 @@
 """Slowdown vs defense strength K per optimizer on the digits MLP, the digits CNN and MiniLM,
-with the attacks' loss curves (``models.experiments.slowdown_sweep``)."""
+with the attacks' loss curves (``models.experiments``: one job per (network, defense, K,
+optimizer) learning-rate search, run in parallel by the report builder)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 from convrate.reports.document import Figure, Section
@@ -10,32 +12,88 @@ from convrate.reports.document import Figure, Section
 if TYPE_CHECKING:
     from convrate.models.experiments import SweepRun
     from convrate.reports.builder import Context
-    from convrate.reports.profiles import NetSweep
+    from convrate.reports.profiles import NetSweep, ReportProfile
+
+
+def network_labels(p: "ReportProfile") -> list[tuple[str, "NetSweep"]]:
+    """(label, sweep settings) of the swept networks, in display order."""
+    return [("digits MLP", p.mlp), ("digits CNN", p.cnn), (f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm)]
+
+
+@lru_cache(maxsize=None)
+def network(p: "ReportProfile", seed: int, label: str) -> tuple[Any, Any, Any]:
+    """(model, task, wrap) of a swept network, built once per process (zoo models come from
+    the cache; MiniLM is truncated to the profile's sweep layers under the seeded head)."""
+    from convrate.models import zoo
+    from convrate.models.experiments import encoder_wrap
+    from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, text_task
+
+    if label == "digits MLP":
+        return zoo.digits_mlp(), digits_relabel_task(seed, standardize=False), None
+    if label == "digits CNN":
+        return zoo.digits_cnn(), digits_relabel_task(seed, standardize=False, image=True), None
+    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=seed)
+    return zoo.minilm(n_layers=p.minilm_sweep_layers), text, encoder_wrap(text, seed)
+
+
+@lru_cache(maxsize=8)
+def _attacked(p: "ReportProfile", seed: int, label: str, defense: str, K: float) -> tuple[Any, float]:
+    from convrate.models.experiments import released_model
+
+    model, _, wrap = network(p, seed, label)
+    released, kappa = released_model(model, defense, K, seed)
+    return (released.module if wrap is None else wrap(released.module)), kappa
+
+
+def sweep_job(p: "ReportProfile", seed: int, label: str, defense: str, K: float, optimizer: str
+              ) -> tuple[str, "SweepRun", str]:
+    """One learning-rate search of a sweep: (label, the run, the task's description)."""
+    from convrate.models.experiments import sweep_run
+    from convrate.models.runtime import single_thread
+
+    cfg = dict(network_labels(p))[label]
+    model, task, _ = network(p, seed, label)
+    with single_thread():
+        attacked, kappa = _attacked(p, seed, label, defense, K)
+        run = sweep_run(attacked, task, model.kind, defense, K, kappa, optimizer, cfg.target, cfg.search, seed,
+                        device="cpu")
+    return label, run, task.description
 
 
 @dataclass
 class SweepRecord:
-    """A network's sweep as later sections reuse it (recoveries run at its learning rates)."""
+    """A network's sweep as later sections reuse it (recoveries run at its learning rates);
+    ``model``, ``task``, ``wrap`` are rebuilt where needed (``network``), so the record travels
+    between processes as settings and runs."""
 
     label: str
     cfg: "NetSweep"
-    model: Any
-    task: Any
-    wrap: Any
+    profile: "ReportProfile"
+    seed: int
     runs: list["SweepRun"]
 
+    @property
+    def model(self) -> Any:
+        return network(self.profile, self.seed, self.label)[0]
 
-def _sweep(ctx: "Context", label: str, cfg: "NetSweep", model: Any, task: Any, wrap: Any = None) -> list["SweepRun"]:
-    from convrate.models.experiments import slowdown_sweep
-    from convrate.models.runtime import single_thread
+    @property
+    def task(self) -> Any:
+        return network(self.profile, self.seed, self.label)[1]
 
-    def step(what: str, done: int, total: int) -> None:
-        ctx.step(f"slowdown: {what}", done, total)
+    @property
+    def wrap(self) -> Any:
+        return network(self.profile, self.seed, self.label)[2]
 
-    with single_thread():
-        kw = {} if wrap is None else {"wrap": wrap}
-        return slowdown_sweep(model, task, defenses=cfg.defenses, Ks=cfg.Ks, optimizers=cfg.optimizers,
-                              target=cfg.target, search=cfg.search, seed=ctx.seed, progress=step, device="cpu", **kw)
+
+def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    """One job per search; the long ones (CNN, MiniLM) first, so that they start early."""
+    from convrate.models.experiments import sweep_jobs
+
+    jobs = []
+    for label, cfg in network_labels(ctx.profile):
+        jobs += [(sweep_job, (ctx.profile, ctx.seed, label, d, K, o)) for d, K, o in
+                 sweep_jobs(cfg.defenses, cfg.Ks, cfg.optimizers)]
+    return sorted(jobs, key=lambda j: j[1][2] == "digits MLP")
 
 
 def _steps(d: dict[str, Any]) -> str:
@@ -48,21 +106,9 @@ def _slow(d: dict[str, Any]) -> str:
     return (">= " if d["slowdown_is_lower_bound"] else "") + f"{d['slowdown']:.3g}"
 
 
-def slowdown_section(ctx: "Context") -> Section:
-    from convrate.models import zoo
-    from convrate.models.experiments import encoder_wrap, within_reference
-    from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, text_task
+def _assemble(ctx: "Context", results: list[tuple[str, "SweepRun", str]]) -> Section:
+    from convrate.models.experiments import set_slowdowns, sweep_jobs, within_reference
 
-    p = ctx.profile
-    digits = digits_relabel_task(ctx.seed, standardize=False)
-    images = digits_relabel_task(ctx.seed, standardize=False, image=True)
-    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed)
-    nets = [
-        ("digits MLP", p.mlp, zoo.digits_mlp(), digits, None),
-        ("digits CNN", p.cnn, zoo.digits_cnn(), images, None),
-        (f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_sweep_layers), text,
-         encoder_wrap(text, ctx.seed)),
-    ]
     s = Section("Slowdown vs defense strength on real networks")
     s.para("Each cell is a learning-rate search (log grid, pruned, refined around the best; the same grid "
            "for every K) for the fewest full-batch steps to reach the target loss; slowdown = steps(K) / "
@@ -73,15 +119,18 @@ def slowdown_section(ctx: "Context") -> Section:
            "attacker's minimum the reference is a comparison, not a theorem.")
     data: dict[str, Any] = {"networks": {}}
     ctx.shared["sweeps"] = sweeps = {}
-    for label, cfg, model, task, wrap in nets:
-        runs = _sweep(ctx, label, cfg, model, task, wrap)
-        sweeps[label] = SweepRecord(label, cfg, model, task, wrap, runs)
+    by = {(label, r.defense, r.K, r.optimizer): (r, desc) for label, r, desc in results}
+    for label, cfg in network_labels(ctx.profile):
+        runs = [by[label, d, K, o][0] for d, K, o in sweep_jobs(cfg.defenses, cfg.Ks, cfg.optimizers)]
+        description = by[label, "none", 1.0, cfg.optimizers[0]][1]
+        set_slowdowns(runs)
+        sweeps[label] = SweepRecord(label, cfg, ctx.profile, ctx.seed, runs)
         rows = [r.to_dict() for r in runs]
         for d, r in zip(rows, runs):
             d["within_reference"] = within_reference(r)
         data["networks"][label] = {"target": cfg.target, "budget": cfg.search.budget, "grid": list(cfg.search.grid),
-                                   "task": task.description, "runs": rows}
-        s.para(f"**{label}**: task {task.description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps.")
+                                   "task": description, "runs": rows}
+        s.para(f"**{label}**: task {description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps.")
         s.table(["defense", "K", "kappa(T)", "optimizer", "best lr", "steps", "slowdown", "reference", "<= ref"],
                 [[d["defense"], f"{d['K']:g}", f"{d['kappa_T']:.4g}", d["optimizer"], f"{d['best_lr']:.3g}", _steps(d),
                   _slow(d), "-" if d["reference"] is None else f"{d['reference']:.3g} ({d['reference_formula']})",
@@ -165,4 +214,11 @@ def _curves_figure(label: str, rows: Sequence[dict[str, Any]], target: float) ->
                                                   "learning rate (dotted: target).")
 
 
+def _planned() -> Any:
+    from convrate.reports.builder import Planned
+
+    return Planned(_parts, _assemble)
+
+
+slowdown_section = _planned()
 SECTIONS: list[tuple[str, Any]] = [("slowdown", slowdown_section)]

@@ -4,19 +4,37 @@
 points per decade), then on a finer log grid around the best, and returns the lr with the
 fewest steps. ``slowdown`` runs it on an undefended and a defended model and returns the
 ratio of best step counts (dimensionless).
+
+Work the search does not do, without changing what it returns:
+- *pruning*: a trial runs only up to the incumbent's step count (it stops as soon as it cannot
+  beat the best count so far; ties are still seen, as the trial may reach the target exactly at
+  that count). The lr with the fewest steps is therefore the same as an unpruned search's; ties
+  are broken by the final loss, which a tied trial has computed in full. When no lr reaches
+  the target there is never an incumbent and every trial runs its whole budget, so the
+  fallback (lowest final loss) is unchanged too. Only the table's ``budget`` / ``ran`` of
+  slower trials differ from an unpruned search.
+- *known prefixes*: ``known`` maps learning rates to trajectories already run from the same
+  model, task, optimizer, seed and attack options with no target stop (e.g. the audit's pilot).
+  A trial at such an lr is the prefix cut at the first step that meets the target or diverges
+  (runs are deterministic and a trial differs from the prefix only in where it stops), so when
+  the prefix decides it (target met, divergence, or budget reached within the prefix) it is
+  answered from it (``source`` "known", 0 steps run).
+- *best curve*: ``best_losses`` is the best trial's own loss curve, the same deterministic run
+  as re-running the best lr to the target with the whole budget (the best trial either met
+  the target within its budget, where both stop, or ran the whole budget).
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks.attack import (Attack, Progress, _check_optimizer, _check_target, _positive_finite,
-                                            _positive_int, require_finite_parameters)
+from convrate.models.attacks.attack import (Attack, Progress, Trajectory, _check_optimizer, _check_target,
+                                            _positive_finite, _positive_int, require_finite_parameters)
 from convrate.models.tasks import Task
 
 
@@ -34,7 +52,8 @@ def log_grid(lo: float = 1e-5, hi: float = 10.0, per_decade: int = 2) -> list[fl
 @dataclass(frozen=True)
 class LRTrial:
     """One learning rate tried: ``steps`` to target (None: not within ``budget``, the budget
-    this trial ran under, which pruning may set below the search's budget)."""
+    this trial ran under, which pruning may set below the search's budget); ``ran``: optimizer
+    steps executed (0 when answered from a known prefix, ``source`` "known"; else "run")."""
 
     lr: float
     steps: int | None
@@ -43,6 +62,8 @@ class LRTrial:
     budget: int
     stage: str
     wall_s: float
+    ran: int = 0
+    source: str = "run"
 
 
 def _rank(tr: LRTrial) -> tuple[float, int, float, float]:
@@ -63,10 +84,22 @@ class LRSearchResult:
     best_steps: int | None
     table: tuple[LRTrial, ...]
     wall_s: float
+    best_losses: tuple[float, ...] = ()
 
     @property
     def reached(self) -> bool:
         return self.best_steps is not None
+
+    @property
+    def steps_run(self) -> int:
+        """Optimizer steps the search executed (trials answered from known prefixes: 0)."""
+        return sum(t.ran for t in self.table)
+
+    @property
+    def steps_unpruned(self) -> int:
+        """Steps an unpruned search of the same trials would take at most (each trial its whole
+        budget): the yardstick of what pruning and known prefixes saved."""
+        return len(self.table) * self.budget
 
     def steps_text(self) -> str:
         return str(self.best_steps) if self.reached else f">{self.budget}"
@@ -75,14 +108,15 @@ class LRSearchResult:
 def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budget: int, *,
               grid: Sequence[float] | None = None, refine: int = 2, refine_rounds: int = 1,
               per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
-              progress: Progress | None = None, **attack_options: Any) -> LRSearchResult:
+              progress: Progress | None = None, known: Mapping[float, Trajectory] | None = None,
+              **attack_options: Any) -> LRSearchResult:
     """Steps to ``target`` for each lr of ``grid`` (default ``log_grid(1e-5, 10, per_decade)``),
     tried from the largest down, then ``refine`` log-spaced points on each side of the best
     (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
 
     With ``prune`` a trial runs only up to the incumbent's step count (a slower lr cannot
-    win); its row then records that smaller budget. The returned lr has the fewest steps
-    among all trials."""
+    win); its row then records that smaller budget. ``known``: prefix trajectories (module
+    doc). The returned lr has the fewest steps among all trials."""
     _check_optimizer(optimizer)
     tgt = _check_target(target)
     if tgt is None:
@@ -98,8 +132,10 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     require_finite_parameters(model)
     start = time.perf_counter()
     table: list[LRTrial] = []
+    curves: dict[float, list[float]] = {}
     tried: set[float] = set()
     n_total = len(set(lrs)) + 2 * refine * refine_rounds
+    factor = float(attack_options.get("divergence_factor", Attack.divergence_factor))
 
     def attempt(lr: float, stage: str) -> None:
         if any(math.isclose(lr, x, rel_tol=1e-12) for x in tried):
@@ -107,9 +143,17 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         tried.add(lr)
         best = min((tr.steps for tr in table if tr.steps is not None), default=None)
         b = min(budget, best) if (prune and best is not None and best >= 1) else budget
-        atk = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
-        traj = atk.run(model, task)
-        table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s))
+        prefix = _from_prefix(known, lr, b, tgt, factor)
+        if prefix is not None:
+            losses, diverged = prefix
+            table.append(LRTrial(lr, _first_at_most(losses, tgt), diverged, losses[-1], b, stage, 0.0, 0, "known"))
+        else:
+            atk = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
+            traj = atk.run(model, task)
+            losses = traj.losses
+            table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s,
+                                 traj.steps, "run"))
+        curves[lr] = list(losses)
         if progress is not None:
             progress(f"lr search {optimizer}", len(table), n_total)
 
@@ -126,7 +170,34 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
             attempt(centre / ratio**j, f"refine{rnd + 1}")
     best = _best(table)
     return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, tuple(table),
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, tuple(curves[best.lr]))
+
+
+def _first_at_most(losses: Sequence[float], target: float) -> int | None:
+    return next((t for t, v in enumerate(losses) if v <= target), None)
+
+
+def _from_prefix(known: Mapping[float, Trajectory] | None, lr: float, budget: int, target: float,
+                 factor: float) -> tuple[list[float], bool] | None:
+    """(losses, diverged) of a trial at ``lr`` with ``budget`` and ``target``, read off a known
+    prefix trajectory when the prefix decides it (see the module doc), else None. Mirrors
+    ``Attack.run``: at each step the loss is recorded, then divergence (non-finite, or above
+    factor x max(|L_0|, 1e-300)) stops the run, then the target does, then the budget."""
+    if not known:
+        return None
+    traj = next((tr for x, tr in known.items() if math.isclose(x, lr, rel_tol=1e-12)), None)
+    if traj is None or not traj.losses:
+        return None
+    losses = traj.losses
+    floor = factor * max(abs(losses[0]), 1e-300)
+    for t, v in enumerate(losses):
+        if t > budget:
+            break
+        if not math.isfinite(v) or v > floor:
+            return losses[: t + 1], True
+        if v <= target or t == budget:
+            return losses[: t + 1], False
+    return None  # the prefix ends before the trial is decided
 
 
 def _best(table: Sequence[LRTrial]) -> LRTrial:
