@@ -13,6 +13,15 @@ Work the search does not do, without changing what it returns:
   the target there is never an incumbent and every trial runs its whole budget, so the
   fallback (lowest final loss) is unchanged too. Only the table's ``budget`` / ``ran`` of
   slower trials differ from an unpruned search.
+- *successive halving over the grid*: rounds with budgets budget/64, x4, ..., budget; each
+  round reruns every live lr (not diverged, not yet decided) from the start up to the round's
+  budget (and the incumbent's count). An lr is dropped only when it diverged (it diverges at
+  the same step in a longer run) or, after the round in which the first lr met the target,
+  because it did not meet the target within a budget at most the incumbent's (so it needs
+  more steps than the best). So the fewest-steps lr is the unpruned one; what changes is the
+  order of work: an lr that is stable but slow (e.g. Adam at too large a rate, which neither
+  diverges nor converges) costs a round's budget instead of the whole budget before a fast one
+  is found. Reruns from the start cost at most 4/3 of the last round's steps per lr.
 - *known prefixes*: ``known`` maps learning rates to trajectories already run from the same
   model, task, optimizer, seed and attack options with no target stop (e.g. the audit's pilot).
   A trial at such an lr is the prefix cut at the first step that meets the target or diverges
@@ -109,14 +118,18 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
               grid: Sequence[float] | None = None, refine: int = 2, refine_rounds: int = 1,
               per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
               progress: Progress | None = None, known: Mapping[float, Trajectory] | None = None,
-              **attack_options: Any) -> LRSearchResult:
+              schedule: str = "halving", **attack_options: Any) -> LRSearchResult:
     """Steps to ``target`` for each lr of ``grid`` (default ``log_grid(1e-5, 10, per_decade)``),
-    tried from the largest down, then ``refine`` log-spaced points on each side of the best
-    (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
+    then ``refine`` log-spaced points on each side of the best (spacing
+    10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
 
     With ``prune`` a trial runs only up to the incumbent's step count (a slower lr cannot
-    win); its row then records that smaller budget. ``known``: prefix trajectories (module
-    doc). The returned lr has the fewest steps among all trials."""
+    win); its row then records that smaller budget. ``schedule`` "halving" (with ``prune``)
+    runs the grid in successive-halving rounds (``halving_budgets``: every live lr, largest
+    first, up to budget/64, then the survivors -- not diverged -- up to 4x that, ...) and stops
+    after the first round in which some lr meets the target; "descending" runs each lr once,
+    largest first. ``known``: prefix trajectories (module doc). Either way the returned lr is
+    the one with the fewest steps among all lrs, as an unpruned search's (module doc)."""
     _check_optimizer(optimizer)
     tgt = _check_target(target)
     if tgt is None:
@@ -130,47 +143,76 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     if not lrs:
         raise InvalidInputError("the learning-rate grid is empty")
     require_finite_parameters(model)
+    if schedule not in SCHEDULES:
+        raise InvalidInputError(f"unknown lr-search schedule {schedule!r} (supported: {', '.join(SCHEDULES)})")
     start = time.perf_counter()
-    table: list[LRTrial] = []
+    table: dict[float, LRTrial] = {}
     curves: dict[float, list[float]] = {}
-    tried: set[float] = set()
     n_total = len(set(lrs)) + 2 * refine * refine_rounds
     factor = float(attack_options.get("divergence_factor", Attack.divergence_factor))
 
-    def attempt(lr: float, stage: str) -> None:
-        if any(math.isclose(lr, x, rel_tol=1e-12) for x in tried):
-            return
-        tried.add(lr)
-        best = min((tr.steps for tr in table if tr.steps is not None), default=None)
-        b = min(budget, best) if (prune and best is not None and best >= 1) else budget
+    def incumbent() -> int | None:
+        return min((tr.steps for tr in table.values() if tr.steps is not None), default=None)
+
+    def attempt(lr: float, stage: str, cap: int) -> LRTrial:
+        best = incumbent()
+        b = min(cap, best) if (prune and best is not None and best >= 1) else cap
         prefix = _from_prefix(known, lr, b, tgt, factor)
+        before = table[lr].ran if lr in table else 0
         if prefix is not None:
             losses, diverged = prefix
-            table.append(LRTrial(lr, _first_at_most(losses, tgt), diverged, losses[-1], b, stage, 0.0, 0, "known"))
+            tr = LRTrial(lr, _first_at_most(losses, tgt), diverged, losses[-1], b, stage, 0.0, before, "known")
         else:
-            atk = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
-            traj = atk.run(model, task)
+            traj = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).run(model, task)
             losses = traj.losses
-            table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s,
-                                 traj.steps, "run"))
+            tr = LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage,
+                         traj.wall_s + (table[lr].wall_s if lr in table else 0.0), before + traj.steps, "run")
+        table[lr] = tr  # a later (longer) trial of the same lr replaces the earlier one
         curves[lr] = list(losses)
         if progress is not None:
             progress(f"lr search {optimizer}", len(table), n_total)
+        return tr
 
-    for lr in sorted(set(lrs), reverse=True):
-        attempt(lr, "grid")
+    grid = sorted(set(lrs), reverse=True)
+    caps = halving_budgets(budget) if (prune and schedule == "halving") else [budget]
+    alive = grid
+    for cap in caps:  # successive halving: every live lr up to cap, then the survivors up to 4 cap, ...
+        for lr in alive:
+            attempt(lr, "grid", cap)
+        if incumbent() is not None:
+            break  # every lr that has not met the target within its budget needs more steps than the best
+        alive = [lr for lr in alive if not table[lr].diverged]
     ratio = 10.0 ** (1.0 / per_decade)
     for rnd in range(refine_rounds):
         if refine == 0:
             break
-        centre = _best(table).lr
+        centre = _best(list(table.values())).lr
         ratio = ratio ** (1.0 / (refine + 1))
         for j in range(refine, 0, -1):
-            attempt(centre * ratio**j, f"refine{rnd + 1}")
-            attempt(centre / ratio**j, f"refine{rnd + 1}")
-    best = _best(table)
-    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, tuple(table),
-                          time.perf_counter() - start, tuple(curves[best.lr]))
+            for lr in (centre * ratio**j, centre / ratio**j):
+                if not any(math.isclose(lr, x, rel_tol=1e-12) for x in table):
+                    attempt(lr, f"refine{rnd + 1}", budget)
+    rows = tuple(table.values())
+    best = _best(rows)
+    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, rows, time.perf_counter() - start,
+                          tuple(curves[best.lr]))
+
+
+#: first budget of the successive-halving rounds (a fraction of the search's budget) and the
+#: factor between rounds
+HALVING_FIRST = 1 / 64
+HALVING_FACTOR = 4
+SCHEDULES = ("halving", "descending")
+
+
+def halving_budgets(budget: int) -> list[int]:
+    """The round budgets ceil(budget / 64), x 4, ..., ending with ``budget``."""
+    caps = []
+    b = max(1, math.ceil(budget * HALVING_FIRST))
+    while b < budget:
+        caps.append(b)
+        b *= HALVING_FACTOR
+    return caps + [budget]
 
 
 def _first_at_most(losses: Sequence[float], target: float) -> int | None:
