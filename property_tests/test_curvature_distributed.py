@@ -23,7 +23,7 @@ from convrate.models.curvature.agreement import CASES, N_EXAMPLES, measure, meas
 from convrate.models.curvature.distributed import chunks
 
 RTOL = 1e-10
-QUANTITIES = ("loss", "gradient", "hvp", "lambda_max", "lambda_min", "trace")
+QUANTITIES = ("loss", "gradient", "hvp", "lambda_max", "lambda_min", "trace", "attack_losses")
 
 
 def _rel(a, b) -> float:
@@ -40,6 +40,14 @@ def single():
 def test_distributed_equals_single_process(single, nproc):
     ranks = launch(measure_and_probe, nproc, threads=1)
     assert all(r["disagreement_detected"] for r in ranks)  # the rank check can fail
+    # the attack with gradients reduced over micro-batches and ranks follows the plain one
+    from convrate.models.attacks import Attack
+    from convrate.models.curvature.agreement import agreement_case
+    from convrate.models.tasks import tensor_task
+
+    module, X, Y, _ = agreement_case("mlp")
+    plain = Attack("adam", 0.05, 6, None, seed=0, device="cpu").run(module, tensor_task(X, Y, loss="squared")).losses
+    assert _rel(single["mlp"]["attack_losses"], plain) <= RTOL
     for case in CASES:
         shards = [r["cases"][case]["shard"] for r in ranks]
         assert sum(shards) == N_EXAMPLES and len(set(shards)) > 1  # uneven shards

@@ -31,7 +31,7 @@ def _problem(seed: int):
        frac=st.sampled_from([0.3, 0.6, 0.9]))
 def test_pruned_searches_equal_the_unpruned_one(optimizer, seed, frac):
     model, task = _problem(seed)
-    target, budget = frac * task.evaluate(model), 64
+    target, budget = frac * task.evaluate(model), 96
     grid = log_grid(1e-3, 30.0, per_decade=1)
     full = lr_search(model, task, optimizer, target, budget, grid=grid, refine=1, seed=seed, device="cpu", prune=False)
     assert all(t.budget == budget for t in full.table)
@@ -68,4 +68,4 @@ def test_known_prefixes_answer_trials_exactly(optimizer, seed, pilot):
 
 def test_halving_budgets():
     assert halving_budgets(3000) == [47, 188, 752, 3000]
-    assert halving_budgets(1) == [1] and halving_budgets(64) == [1, 4, 16, 64]
+    assert halving_budgets(1) == [1] and halving_budgets(64) == [16, 64] and halving_budgets(16) == [16]

@@ -156,6 +156,9 @@ class Attack:
     train_mode: bool = False
     seed: int = 0
     device: str = "auto"
+    #: full-batch loss and gradient through ``curvature.distributed.BatchReduction`` (micro-batches,
+    #: data-parallel ranks); None: one forward pass over the batch
+    reduction: Any = None
 
     def __post_init__(self) -> None:
         _check_optimizer(self.optimizer)
@@ -214,7 +217,9 @@ class Attack:
             for step in range(self.budget + 1):
                 idx = t.batch_indices(step)
                 opt.zero_grad(set_to_none=True)
-                if idx is None:  # full batch: the recorded loss is the one differentiated
+                if idx is None and self.reduction is not None:  # gradient accumulated here already
+                    loss, value = None, self.reduction.loss_and_backward(net, t)
+                elif idx is None:  # full batch: the recorded loss is the one differentiated
                     loss = t.loss_fn(t.forward(net, t.X_train), t.y_train)
                     value = float(loss.detach())
                 else:
@@ -237,7 +242,8 @@ class Attack:
                 if idx is not None:
                     Xb, yb = t.batch(step)
                     loss = t.loss_fn(t.forward(net, Xb), yb)
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
                 opt.step()
         traj.wall_s = time.perf_counter() - start
         return traj

@@ -13,7 +13,7 @@ Work the search does not do, without changing what it returns:
   the target there is never an incumbent and every trial runs its whole budget, so the
   fallback (lowest final loss) is unchanged too. Only the table's ``budget`` / ``ran`` of
   slower trials differ from an unpruned search.
-- *successive halving over the grid*: rounds with budgets budget/64, x4, ..., budget; each
+- *successive halving over the grid*: rounds with budgets max(16, budget/64), x4, ..., budget; each
   round reruns every live lr (not diverged, not yet decided) from the start up to the round's
   budget (and the incumbent's count). An lr is dropped only when it diverged (it diverges at
   the same step in a longer run) or, after the round in which the first lr met the target,
@@ -126,7 +126,7 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     With ``prune`` a trial runs only up to the incumbent's step count (a slower lr cannot
     win); its row then records that smaller budget. ``schedule`` "halving" (with ``prune``)
     runs the grid in successive-halving rounds (``halving_budgets``: every live lr, largest
-    first, up to budget/64, then the survivors -- not diverged -- up to 4x that, ...) and stops
+    first, up to max(16, budget/64), then the survivors -- not diverged -- up to 4x that, ...) and stops
     after the first round in which some lr meets the target; "descending" runs each lr once,
     largest first. ``known``: prefix trajectories (module doc). Either way the returned lr is
     the one with the fewest steps among all lrs, as an unpruned search's (module doc)."""
@@ -198,17 +198,18 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
                           tuple(curves[best.lr]))
 
 
-#: first budget of the successive-halving rounds (a fraction of the search's budget) and the
-#: factor between rounds
+#: first budget of the successive-halving rounds (a fraction of the search's budget, at least
+#: HALVING_MIN steps: shorter rounds cost more in reruns than they save) and the factor between rounds
 HALVING_FIRST = 1 / 64
+HALVING_MIN = 16
 HALVING_FACTOR = 4
 SCHEDULES = ("halving", "descending")
 
 
 def halving_budgets(budget: int) -> list[int]:
-    """The round budgets ceil(budget / 64), x 4, ..., ending with ``budget``."""
+    """The round budgets max(16, ceil(budget / 64)), x 4, ..., ending with ``budget``."""
     caps = []
-    b = max(1, math.ceil(budget * HALVING_FIRST))
+    b = max(HALVING_MIN, math.ceil(budget * HALVING_FIRST))
     while b < budget:
         caps.append(b)
         b *= HALVING_FACTOR

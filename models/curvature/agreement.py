@@ -56,6 +56,7 @@ def measure(world: World, names: Sequence[str] = CASES, seed: int = 0) -> dict[s
         run = lanczos_run(obj.hvp, obj.n, obj.n, top=1, bottom=1, tol=1e-12, seed=seed, world=world)
         tr, se = hutchinson_trace(obj, samples=6, seed=seed)
         out[name] = {"n": obj.n, "loss": float(obj.loss()), "gradient": obj.gradient().numpy(),
+                     "attack_losses": _attack_losses(module, X, Y, world) if name == "mlp" else [],
                      "hvp": obj.hvp(v).numpy(), "lambda_max": run.top[0].value,
                      "lambda_max_residual": run.top[0].residual, "lambda_min": run.bottom[0].value,
                      "lambda_min_residual": run.bottom[0].residual, "trace": tr, "trace_se": se,
@@ -64,6 +65,18 @@ def measure(world: World, names: Sequence[str] = CASES, seed: int = 0) -> dict[s
 
 
 
+
+
+def _attack_losses(module: torch.nn.Module, X: Any, Y: torch.Tensor, world: World) -> list[float]:
+    """Six full-batch Adam steps on the squared loss with gradients reduced over ``world`` in
+    micro-batches of 2 (``BatchReduction``): the attack's loss curve."""
+    from convrate.models.attacks import Attack
+    from convrate.models.curvature.distributed import BatchReduction
+    from convrate.models.tasks import tensor_task
+
+    task = tensor_task(X, Y, loss="squared")
+    atk = Attack("adam", 0.05, 6, None, seed=0, device="cpu", reduction=BatchReduction(world, micro_batch=2))
+    return atk.run(module, task).losses
 
 
 def measure_and_probe(world: World, names: Sequence[str] = CASES, seed: int = 0) -> dict[str, Any]:

@@ -27,7 +27,6 @@ import hashlib
 import os
 import pickle
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -160,6 +159,42 @@ def chunks(indices: range, size: int | None) -> list[range]:
     return [indices[i:i + size] for i in range(0, len(indices), size)]
 
 
+@dataclass(frozen=True)
+class BatchReduction:
+    """The full-batch training loss of an attack and its gradient, as sums over this rank's
+    shard in micro-batches of at most ``micro_batch`` examples and over the ranks of ``world``:
+    each piece contributes loss(piece) x terms(piece) / C (``task.loss_fn`` is a mean over its
+    terms: rows, or target tokens for a causal LM), its backward accumulates into ``.grad``, and
+    one all-reduce per parameter adds the ranks' gradients. Every rank then holds the same
+    gradient and takes the same optimizer step (no DistributedDataParallel). Equal to one
+    forward pass over all examples up to the order of float64/float32 additions."""
+
+    world: World = World()
+    micro_batch: int | None = None
+
+    def loss_and_backward(self, net: torch.nn.Module, task: Any) -> float:
+        from convrate.models.curvature.objective import _rows, loss_terms
+
+        n = int(task.y_train.shape[0])
+        mine = self.world.shard(n)
+        pieces = chunks(mine, self.micro_batch)
+        terms = [loss_terms(task.loss, task.y_train[p.start:p.stop]) for p in pieces]
+        total_terms = self.world.sum_int(sum(terms))
+        total = 0.0
+        for piece, k in zip(pieces, terms):
+            loss = task.loss_fn(task.forward(net, _rows(task.X_train, piece)), task.y_train[piece.start:piece.stop])
+            loss = loss * (k / total_terms)
+            loss.backward()
+            total += float(loss.detach())
+        if self.world.distributed:
+            for p in net.parameters():
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    p.grad.copy_(self.world.sum(p.grad))
+        return self.world.sum_float(total)
+
+
 # ---------------------------------------------------------------- local launch
 def _worker(rank: int, fn: Callable[..., Any], size: int, store: str, backend: str, threads: int | None,
             out_dir: str, args: tuple) -> None:
@@ -223,9 +258,4 @@ def _reraised(e: Exception) -> Exception:
     return ConvrateError(f"a worker failed: {last}")
 
 
-def wall_and_cpu() -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) now; subtract two readings."""
-    return time.perf_counter(), time.process_time()
-
-
-__all__ = ["World", "RankDisagreementError", "backend_for", "chunks", "launch", "wall_and_cpu"]
+__all__ = ["World", "BatchReduction", "RankDisagreementError", "backend_for", "chunks", "launch"]

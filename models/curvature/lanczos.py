@@ -43,7 +43,9 @@ from convrate.models.curvature.distributed import World
 from convrate.models.curvature.memory import MemoryMeter
 from convrate.models.curvature.objective import NondeterministicLossError, Objective
 
-BASES = ("none", "full")
+BASES = ("none", "full", "auto")
+#: basis "auto" keeps the full basis when its (steps + 2) n float64 fit in this many bytes
+FULL_BASIS_BYTES = 256 * 2**20
 Progress = Callable[[str, int, int], None]
 
 
@@ -97,7 +99,7 @@ class _Space:
 
     def gram(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         """A^T B (A, B: matrices or vectors)."""
-        out = A.T @ B
+        out = (A.T if A.ndim > 1 else A) @ B
         return out if self.world is None else self.world.sum(out)
 
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -196,7 +198,8 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
     holds fewer independent directions), at most ``max_steps`` steps,
     stopping once every wanted Ritz pair's estimate beta_k |s_k| is <= tol max|theta|
     (tol 0: all steps). Start vector ``v0`` or a float64 normal draw from ``seed`` (the same on
-    every rank). See the module doc for the two ``basis`` modes. ``sharded``: the vectors are
+    every rank). See the module doc for the two ``basis`` modes ("auto": "full" when the basis
+    fits in ``FULL_BASIS_BYTES``, else "none"). ``sharded``: the vectors are
     this rank's slices of global vectors of length ``n`` sharded over that world (an FSDP model,
     ``sharded.ShardedObjective``): every inner product is all-reduced and ``v0`` (this rank's
     slice) must be given."""
@@ -206,6 +209,8 @@ def lanczos_run(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, max_step
         raise InvalidInputError(f"Lanczos steps must be a positive integer, got {max_steps!r}")
     if not (math.isfinite(tol) and 0 <= tol < 1):
         raise InvalidInputError(f"Lanczos tolerance must lie in [0, 1), got {tol!r}")
+    if basis == "auto":
+        basis = "full" if (min(max_steps, n) + 2) * n * 8 <= FULL_BASIS_BYTES and sharded is None else "none"
     dev = torch.device(device)
     space = _Space(sharded)
     if v0 is None:
