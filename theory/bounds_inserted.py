@@ -28,7 +28,8 @@ added once at the end, identically with and without the defense).
 I (joint training): the update of the product W = C W' under one GD step on (C, W') is
 -eta (C C^T G + G W'^T W') + eta^2 G W'^T C^T G (output side), i.e. to first order the
 preconditioner P = C C^T (x) I_n + I_m (x) W'^T W' (Kronecker sum, row-major vec), whose
-eigenvalues are c_i + w_j (c = sigma(C)^2, w = sigma(W')^2 padded to n). The imbalance
+eigenvalues are c_i + w_j (c = sigma(C)^2, w = sigma(W')^2 padded to n); with a bias b' on W'
+(output side) the same law holds for the augmented [W' | b'] and [G | g_b]. The imbalance
 Q = C^T C - W' W'^T is conserved by gradient flow, so lambda_max(W' W'^T) >= -lambda_min(Q)
 = alpha^2 sigma_1^2 - alpha^-2 (alpha >= 1) for all time.
 

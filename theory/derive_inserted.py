@@ -126,6 +126,14 @@ def _joint(p: Proof) -> None:
             "(bounds_inserted.joint_preconditioner_range), up to 1 + alpha^2 sigma_1^2 against alpha^-2 + "
             "sigma_min(W')^2: the joint attacker faces kappa(P) ~ alpha^4 sigma_1^2 where W' has a null space, "
             "against alpha^2 = kappa(C C^T) with C frozen")
+    bp, gb = svec("b", m), svec("q", m)  # bias b' on W' (output side) and its gradient g_b = dL/db at b = C b'
+    Ga, Wa = G.row_join(gb), Wp.row_join(bp)
+    step_b = (C - eta * (G * Wp.T + gb * bp.T)) * (Wp - eta * C.T * G)
+    law_a = -eta * (C * C.T * Ga + Ga * Wa.T * Wa) + eta**2 * Ga * Wa.T * C.T * Ga
+    p.equal("with a bias b' on W' (output side) dL/dC = G W'^T + g_b b'^T, and the product moves by the law written for "
+            "the augmented [W' | b'] and [G | g_b] (its first n columns)", step_b - C * Wp, law_a[:, :n])
+    p.equal("... and the merged bias C b' by its last column", (C - eta * (G * Wp.T + gb * bp.T)) * (bp - eta * C.T * gb)
+            - C * bp, law_a[:, n])
     Ci, Wi = smat("e", n, n), smat("w", m, n)
     p.equal("input side (y = W' C' x): the product W' C' moves by -eta (W' W'^T G + G C'^T C') + eta^2 G C'^T W'^T G",
             (Wi - eta * G * Ci.T) * (Ci - eta * Wi.T * G) - Wi * Ci,

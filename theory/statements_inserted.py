@@ -20,7 +20,7 @@ STATEMENTS = [
         "frozen: a one-sided preconditioner CCᵀ (statements P, T2 apply). With C trained too: the update on W = CW' is "
         "−η(CCᵀG + G W'ᵀW') to first order — an unbalanced factorization.",
         (_CONS, "G = ∂L/∂W at W = C W'; row-major vec", "gradient flow for the conservation law; one GD step for the "
-         "exact update"),
+         "exact update", "output side with a bias b' on W': the law holds for the augmented [W' | b'] and [G | g_b]"),
         derive_I, bound="bounds_inserted.joint_preconditioner_range"),
     Statement(
         "PREC-ALPHA", "Precision limit of the inserted form",
