@@ -62,8 +62,8 @@ def test_acceptance_digits_mlp_cli(tmp_path):
     res = json.loads((O / "audit.json").read_text())
     assert res["class"] == "fplr"
     assert [(x["layer"], x["inserted"]) for x in res["inserted"]["layers"]] == [("0", ["1"]), ("2", ["4"])]
-    assert all(abs(x["kappa_C"] / 1000 - 1) < 1e-9 and x["k"] == 4 and x["matches_reference"]
-               for x in res["inserted"]["layers"])
+    assert all(abs(x["kappa_C"] / 1000 - 1) < 1e-9 and abs(x["amplification"] / 1000 - 1) < 1e-9 and x["k"] == 4
+               and x["matches_reference"] for x in res["inserted"]["layers"])
     assert res["extra_parameters"]["merge"] == -info["inserted_parameters"]
     _merge_recovers(res)
     assert set(res["slowdown_C_frozen"]) == set(res["slowdown"]) == {"sgd", "adam"}
@@ -96,17 +96,48 @@ def _float32_release(tmp_path: Path, alpha: float):
 
 
 def test_alpha_beyond_the_float32_limit_is_reported(tmp_path):
-    rel, ref = _float32_release(tmp_path, 1e7)
+    """The digits MLP in float32 grown at an alpha whose weights, read in float64, still compute the
+    function within the float32 tolerance, while the release evaluated in float32 does not (its
+    forward pass rounds with u32 rho, rho = alpha, on top of the storage): the audit reports it not
+    function-preserving in float32, with the limit, as class outside-class. alpha is chosen by
+    measuring both deviations on the audit's own probes (first of a grid in that window)."""
+    from convrate.models.audit import function_deviation
+    from convrate.models.defense import PRESERVATION_TOLERANCE, _reference
+    from convrate.models.inserted import preservation
+
+    m = digits_mlp()
+    m32 = m.with_module(m.module.to(torch.float32))
+    probes = m32.probe_inputs(n=TINY.probes, seed=0)
+    ref64 = _reference(m32, probes)
+    for alpha in (5e3, 1e4, 2e4, 4e4):
+        g = InsertedSpecDef(4, alpha).apply(m32, check=False).model
+        p = preservation(g.module, m32.module, probes, ref64, torch.float32, dict(PRESERVATION_TOLERANCE))
+        if function_deviation(m32, g, TINY.probes, 0) <= PRESERVATION_TOLERANCE[torch.float32] and not p.ok:
+            break
+    else:
+        pytest.fail("no alpha of the grid lies between the storage and the evaluation limits")
+    ref, rel = save_model(m32, tmp_path / "ref32"), save_model(g, tmp_path / "rel")
     res = audit(load_for_audit(rel), load_for_audit(ref), profile=TINY, device="cpu")
     ins = res["inserted"]
+    assert res["function_deviation"] <= res["function_tolerance"]  # read in float64 it would pass
     assert not ins["preservation"]["ok"] and ins["preservation"]["dtype"] == "float32"
-    assert ins["safe_alpha"] is not None and ins["safe_alpha"] < 1e7 and ins["exceeds_safe_alpha"]
+    assert ins["safe_alpha"] is not None and ins["safe_alpha"] < alpha and ins["exceeds_safe_alpha"]
     assert res["class"] == "outside-class"
     assert any("not function-preserving in float32" in e and "largest safe alpha" in e for e in res["evidence"])
     # and defend refuses such an alpha, naming the limit
-    r = runner.invoke(app, ["defend", str(ref), "--form", "inserted", "-k", "4", "--alpha", "1e7",
+    r = runner.invoke(app, ["defend", str(ref), "--form", "inserted", "-k", "4", "--alpha", f"{alpha:g}",
                             "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "largest safe alpha for float32" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_chain_that_does_not_match_its_reference_layer(tmp_path):
+    """A reference whose layer differs from the chain's product (here: the grown layer of another
+    seed's model in place) is reported chain by chain, and the class is not fplr."""
+    rel, ref = _float32_release(tmp_path, 30.0)
+    other = random_zoo(mlp_arch([64, 16, 10]), 6)
+    res = audit(load_for_audit(rel), other.with_module(other.module.to(torch.float32)), profile=TINY, device="cpu")
+    assert all(not x["matches_reference"] and x["product_residual"] > x["tolerance"] for x in res["inserted"]["layers"])
+    assert res["class"] != "fplr"
 
 
 def test_without_reference_the_merge_is_the_baseline(tmp_path):

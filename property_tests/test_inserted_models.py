@@ -24,6 +24,7 @@ from convrate.models.chains import chain_affine, find_chains, freeze_inserted, m
 from convrate.models.inserted import InsertedLinear, InsertedSpecDef, linear_layers, select_layers
 from convrate.models.inserted_io import INSERTED_JSON
 from convrate.models.io import load_model, save_model, zoo_model
+from convrate.theory import bounds_inserted as bi
 from inserted_helpers import external_hf_release
 from convrate.models.testing import (bert_inputs, cnn_arch, decoder_inputs, mlp_arch, random_zoo, tiny_bert,
                                      tiny_decoder)
@@ -82,6 +83,9 @@ def test_inserted_form_preserves_function_and_deforms_spectrum(family, side):
         sc = torch.linalg.svdvals(C)
         assert abs(float(sc[0] / sc[-1]) / alpha - 1) <= TOL  # kappa(C) = alpha (k < s)
     assert res.preservation["float64"].ok
+    for i in res.layers:  # rho = ||C||_2 ||W'||_2 / ||W||_2 of the built chain = the closed form (= alpha, k < s)
+        S = torch.linalg.svdvals(mods[i.name].weight.detach()).tolist()
+        assert abs(i.amplification / float(bi.amplification(S, k, alpha, bi.side_width(side, *i.shape))) - 1) <= TOL
 
 
 @pytest.mark.parametrize("family", ["mlp", "cnn", "bert", "llama"])
@@ -275,3 +279,18 @@ def test_one_sgd_step_obeys_the_update_law(seed, side, frozen):
     if side == "output":
         assert _rel(db, law[:, G.shape[1]]) <= 1e-9
     assert _rel(dW, -eta * G) > 1e-3  # the law is not plain SGD on W: the defense acts
+
+
+@pytest.mark.parametrize("k, alpha, side", [(5, 1000.0, "output"), (2, 0.1, "output"), (2, 50.0, "input"),
+                                            (5, 7.0, "input")])
+def test_amplification_closed_form(k, alpha, side):
+    """rho = ||C||_2 ||W'||_2 / ||W||_2 of the built chain equals bounds_inserted.amplification in
+    every regime: alpha for k < s, 1 for k = s (output side of the 5x6 layer), a shrink alpha < 1."""
+    m = random_zoo(mlp_arch([8, 6, 5]), 1)
+    res = InsertedSpecDef(k, alpha, layers="2", side=side).apply(m)
+    (i,) = res.layers
+    S = torch.linalg.svdvals(m.module[2].weight.detach()).tolist()
+    want = float(bi.amplification(S, k, alpha, bi.side_width(side, *i.shape)))
+    assert abs(i.amplification / want - 1) <= TOL
+    if k == bi.side_width(side, *i.shape):
+        assert abs(want - 1) <= TOL
