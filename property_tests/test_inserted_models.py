@@ -294,3 +294,15 @@ def test_amplification_closed_form(k, alpha, side):
     assert abs(i.amplification / want - 1) <= TOL
     if k == bi.side_width(side, *i.shape):
         assert abs(want - 1) <= TOL
+
+
+@pytest.mark.parametrize("family", ["mlp", "bert"])
+def test_freeze_inserted_freezes_exactly_the_inserted_factors(family):
+    m = _family(family)
+    g = InsertedSpecDef(1, 10.0).apply(m).model
+    chains = find_chains(g)
+    frozen = freeze_inserted(g.module, chains)
+    ins = {f"{c.factors[i]}.{w}" for c in chains for i in c.inserted for w in ("weight", "bias")}
+    for n, p in frozen.named_parameters():
+        assert p.requires_grad == (n not in ins), n
+    assert all(p.requires_grad for p in g.module.parameters())  # the input is untouched
