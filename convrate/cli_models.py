@@ -161,13 +161,18 @@ def defend(
     out.print(f"defended release: {release}   secret record (keep private, needed only for R1): {rec_path}")
     out.print(f"groups: {len(res.record.items)} ({', '.join(f'{k} x{v}' for k, v in kinds.items())});  "
               f"max kappa(A) = {summary['kappa_A']:.4g};  kappa(T) = {summary['kappa_T']:.4g}")
-    table = Table(title=f"function preservation (release dtype {res.release_dtype})")
+    out.print(_preservation_table(res.preservation, res.release_dtype))
+
+
+def _preservation_table(preservation: dict[str, Any], release_dtype: str) -> Table:
+    """Function preservation per dtype (``models.defense.Preservation`` objects) as a rich table."""
+    table = Table(title=f"function preservation (release dtype {release_dtype})")
     for col in ("dtype", "max rel. deviation", "undefended", "tolerance", "ok"):
         table.add_column(col)
-    for d, p in res.preservation.items():
+    for d, p in preservation.items():
         table.add_row(d, f"{p.deviation:.3e}", f"{p.baseline:.3e}", f"{p.tolerance:.1e}",
                       "[green]yes[/]" if p.ok else "[red]no[/]")
-    out.print(table)
+    return table
 
 
 def _layer_count(layers: Optional[str]) -> Optional[int]:
@@ -217,13 +222,7 @@ def _defend_inserted(model: str, strength: Optional[float], method: str, profile
         t.add_row(i.name, "x".join(map(str, i.shape)), f"{i.sigma_1:.4g}", f"{i.kappa_C:.4g}", f"{i.amplification:.4g}",
                   str(i.inserted_parameters))
     out.print(t)
-    table = Table(title=f"function preservation (release dtype {res.release_dtype})")
-    for col in ("dtype", "max rel. deviation", "undefended", "tolerance", "ok"):
-        table.add_column(col)
-    for d, p in res.preservation.items():
-        table.add_row(d, f"{p.deviation:.3e}", f"{p.baseline:.3e}", f"{p.tolerance:.1e}",
-                      "[green]yes[/]" if p.ok else "[red]no[/]")
-    out.print(table)
+    out.print(_preservation_table(res.preservation, res.release_dtype))
 
 
 # ---------------------------------------------------------------- attack
