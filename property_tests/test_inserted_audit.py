@@ -182,3 +182,19 @@ def test_defend_and_audit_refuse_nan_and_wrong_reference(tmp_path):
     other = save_model(random_zoo(mlp_arch([64, 12, 10]), 2), tmp_path / "other")
     r = runner.invoke(app, ["audit", str(rel), "--reference", str(other), "--quick", "--out", str(tmp_path / "a")])
     assert r.exit_code == 2 and "differs from the reference" in r.stderr and not (tmp_path / "a").exists()
+
+
+def test_python_api_unmarked_chain_audits_as_fplr():
+    """The Python API: a user's module whose first Linear became nn.Sequential-style adjacent
+    Linear(W') -> Linear(C) with no marker at all is read as a chain because the reference has one
+    Linear there; the audit merges it and finds the reference."""
+    from torch import nn
+
+    ref = random_zoo(mlp_arch([64, 16, 10]), 7)
+    g = InsertedSpecDef(3, 50.0, layers="0").apply(ref).model
+    plain = nn.Sequential(*[m for m in g.module])  # the same maps, no arch.json marker
+    res = audit(ref.with_module(plain), ref, profile=TINY, device="cpu")
+    assert res["class"] == "fplr"
+    (layer,) = res["inserted"]["layers"]
+    assert layer["layer"] == "0" and layer["inserted"] == ["1"] and not layer["marked"]
+    _merge_recovers(res)
