@@ -70,10 +70,12 @@ def inserted_section(ctx: "Context") -> Section:
 
     p, ip = ctx.profile, ctx.profile.inserted
     digits = digits_relabel_task(ctx.seed, standardize=False)
-    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed)
-    nets = [("digits MLP", p.mlp, zoo.digits_mlp(), digits, None, ip.mlp_alphas, None, ip.mlp_optimizers),
-            (f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_sweep_layers), text,
-             encoder_wrap(text, ctx.seed), ip.minilm_alphas, ip.minilm_layers, p.minilm.optimizers)]
+    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed) \
+        if ip.minilm_alphas else None
+    nets = [("digits MLP", p.mlp, zoo.digits_mlp(), digits, None, ip.mlp_alphas, None, ip.mlp_optimizers)]
+    if ip.minilm_alphas:
+        nets.append((f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_sweep_layers),
+                     text, encoder_wrap(text, ctx.seed), ip.minilm_alphas, ip.minilm_layers, p.minilm.optimizers))
     s = Section("SpecDef with an inserted layer: slowdown, frozen vs trained C, merge, precision (I, PREC-ALPHA, M)")
     s.para(f"The paper's construction: each chosen Linear W = U Sigma V^T is released as W' (top-{ip.k} singular "
            "values x alpha) followed by a new layer C = U diag(1/d) U^T, C W' = W (output side). 'inserted' trains "
@@ -110,9 +112,9 @@ def inserted_section(ctx: "Context") -> Section:
                                               b.search.best_steps, precision="exact (integer step counts)"))
         ctx.step("inserted: precision", 0, 1)
         real = {"digits MLP": error_vs_alpha(zoo.digits_mlp(), ip.precision_alphas, k=ip.k)}
-        real[f"MiniLM ({p.minilm_layers} layer(s))"] = error_vs_alpha(zoo.minilm(n_layers=p.minilm_layers),
-                                                                      ip.precision_alphas, k=ip.k,
-                                                                      layers=ip.minilm_layers)
+        real[f"MiniLM ({p.minilm_sweep_layers} layer(s))"] = error_vs_alpha(zoo.minilm(n_layers=p.minilm_sweep_layers),
+                                                                            ip.precision_alphas, k=ip.k,
+                                                                            layers=ip.minilm_layers)
     exact = _exact_table(ctx.seed, ip.precision_alphas, ip.k)
     data["precision"] = {"real": real, "exact": exact}
     s.para("Precision (PREC-ALPHA, corrected): the chain's rounding error grows like u rho with rho = "
