@@ -55,6 +55,8 @@ from convrate.models.symmetry import (
     random_element,
 )
 from convrate.models.zoo import cache_dir, digits_cnn, digits_data, digits_mlp, minilm, minilm_path
+from convrate.models.inserted import InsertedLinear, InsertedResult, InsertedSpecDef
+from convrate.models.chains import Chain, find_chains, merge_chains
 
 __all__ = [
     "LoadedModel", "load_model", "save_model", "zoo_model",
@@ -67,4 +69,5 @@ __all__ = [
     "Objective", "EigenEstimate", "NondeterministicLossError", "benchmark_hvp", "dense_hessian",
     "extreme_eigenvalues", "hutchinson_trace", "lanczos", "resolve_device",
     "check_t1", "check_t2", "check_w", "w_sweep", "dense_reparameterization", "sequential_error_bound",
+    "InsertedSpecDef", "InsertedLinear", "InsertedResult", "Chain", "find_chains", "merge_chains",
 ]
