@@ -140,7 +140,7 @@ PROFILES: dict[str, AuditProfile] = {
                             lr_ranges=(("zoo", "sgd", 1e-5, 10.0), ("zoo", "adam", 1e-5, 1.0),
                                        ("hf", "sgd", 1e-5, 10.0), ("hf", "adam", 1e-6, 1e-1)),
                             per_decade=2, refine=2, lanczos_steps=60, trace_samples=32, probes=16,
-                            text_per_class=None, text_max_length=32, bert_layers=None, micro_batch=32),
+                            text_per_class=None, text_max_length=32, bert_layers=None, micro_batch=16),
 }
 
 

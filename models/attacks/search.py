@@ -21,7 +21,10 @@ Work the search does not do, without changing what it returns:
   more steps than the best). So the fewest-steps lr is the unpruned one; what changes is the
   order of work: an lr that is stable but slow (e.g. Adam at too large a rate, which neither
   diverges nor converges) costs a round's budget instead of the whole budget before a fast one
-  is found. Reruns from the start cost at most 4/3 of the last round's steps per lr.
+  is found, and from the second round on the lr with the lowest loss so far runs first, so
+  the others are capped by its count. Reruns from the start cost at most 4/3 of the last
+  round's steps per lr: when no lr meets the target (every lr then runs its whole budget) the
+  search costs up to 4/3 of the descending one.
 - *known prefixes*: ``known`` maps learning rates to trajectories already run from the same
   model, task, optimizer, seed and attack options with no target stop (e.g. the audit's pilot).
   A trial at such an lr is the prefix cut at the first step that meets the target or diverges
@@ -181,7 +184,9 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
             attempt(lr, "grid", cap)
         if incumbent() is not None:
             break  # every lr that has not met the target within its budget needs more steps than the best
-        alive = [lr for lr in alive if not table[lr].diverged]
+        # survivors, lowest loss first: the likeliest to meet the target runs first and caps the others
+        alive = sorted((lr for lr in alive if not table[lr].diverged),
+                       key=lambda lr: (table[lr].final_loss if math.isfinite(table[lr].final_loss) else math.inf, -lr))
     ratio = 10.0 ** (1.0 / per_decade)
     for rnd in range(refine_rounds):
         if refine == 0:
