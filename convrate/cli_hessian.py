@@ -279,6 +279,7 @@ def hessian(
                 local = _Local(show) if world.rank == 0 else None
                 mine = compute(world, spec, local)
                 ranks = _gather(world, mine)
+                world.close()
         doc = _document(spec, ranks, time.perf_counter() - t0)
         if world.rank != 0:
             return

@@ -92,3 +92,23 @@ def test_bad_input_is_one_line_exit_2(bad, match, tmp_path):
 def test_unknown_model_with_workers_fails_before_spawning():
     r = runner.invoke(app, ["hessian", "no-such-model", "--nproc", "2"])
     assert r.exit_code == 2 and "neither an existing checkpoint" in r.output
+
+
+def test_torchrun_launch_agrees(runs):
+    """``torchrun --standalone --nproc-per-node 2 -m convrate hessian ...``: every process joins
+    torchrun's process group (env://); rank 0 prints the same eigenvalues (1e-10 relative)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    exe = str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+    p = subprocess.run([exe, "--standalone", "--nproc-per-node", "2", "-m", "convrate", *ARGS],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    assert doc["world_size"] == 2 and doc["nproc"] == 2
+    for key in ("top", "bottom"):
+        for a, b in zip(runs[0][key], doc[key]):
+            assert abs(a["value"] - b["value"]) <= 1e-10 * abs(a["value"])

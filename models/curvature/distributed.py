@@ -141,6 +141,15 @@ class World:
 
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group after a barrier (a process that exits with gloo's threads
+        still running aborts)."""
+        import torch.distributed as dist
+
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def backend_for(device: str | torch.device) -> str:
     """gloo for CPU tensors, nccl for CUDA."""
@@ -205,13 +214,12 @@ def _worker(rank: int, fn: Callable[..., Any], size: int, store: str, backend: s
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=size)
-    try:
-        result = fn(World(rank, size), *args)
-        tmp = Path(out_dir) / f"{rank}.tmp"
-        tmp.write_bytes(pickle.dumps(result))
-        tmp.replace(Path(out_dir) / f"{rank}.pkl")
-    finally:
-        dist.destroy_process_group()
+    world = World(rank, size)
+    result = fn(world, *args)
+    tmp = Path(out_dir) / f"{rank}.tmp"
+    tmp.write_bytes(pickle.dumps(result))
+    tmp.replace(Path(out_dir) / f"{rank}.pkl")
+    world.close()
 
 
 def launch(fn: Callable[..., Any], nproc: int, *args: Any, device: str = "cpu", threads: int | None = None,
