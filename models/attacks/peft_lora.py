@@ -1,0 +1,114 @@
+"""LoRA on Hugging Face models through ``peft``, the library attackers use.
+
+Every Hugging Face ``PreTrainedModel`` inside the attacked module (a decoder under
+``tasks.NextTokenLM``, a BERT encoder under ``tasks.EncoderClassifier``, or such a model
+itself) is replaced by ``peft.get_peft_model(model, LoraConfig(...))``: each targeted
+``nn.Linear`` computes y = W x + b + s B A x with A (r x in) drawn by peft's default
+(Kaiming-uniform), B = 0 and s = alpha / r, so the wrapped model starts at exactly the base
+function; only A and B (and parameters matching ``extra_trainable``, e.g. a fresh
+classification head) train.
+
+Default targets: the attention and MLP projections -- ``q_proj k_proj v_proj o_proj
+gate_proj up_proj down_proj`` of Llama / Qwen2 / Mistral; ``query key value`` and the
+``dense`` layers of the encoder blocks of BERT (not the pooler, which the task heads do not
+read). ``targets`` (regular expressions, ``re.search`` on the module names of the whole
+attacked module, as for the in-project LoRA) overrides them.
+
+The in-project ``lora.LoRALinear`` stays for what peft cannot serve as the reports use it:
+the zoo ``nn.Sequential`` nets and R1 modules without a Hugging Face model inside (adapter
+init drawn from a seeded generator, ``lora_merge``, parameter counts in the report).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from convrate.errors import InvalidInputError
+from convrate.models.attacks.lora import Targets, _matches, _patterns
+
+#: default LoRA targets (last component of the module name) per Hugging Face family
+DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ENCODER_PROJECTIONS = ("query", "key", "value", "dense")
+
+
+def hf_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the outermost ``transformers.PreTrainedModel`` submodules (name ""
+    when ``model`` is one); empty without transformers."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - optional dependency
+        return []
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, PreTrainedModel) and not any(p == "" or name.startswith(p + ".") for p, _ in found):
+            found.append((name, m))
+    return found
+
+
+def _default_target(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    if last in DECODER_PROJECTIONS:
+        return True
+    return last in ENCODER_PROJECTIONS and "pooler" not in name.split(".")
+
+
+def peft_wrap(model: nn.Module, rank: int, targets: Targets = None, *, alpha: float | None = None, seed: int = 0,
+              extra_trainable: Targets = None) -> tuple[nn.Module, list[nn.Parameter]]:
+    """(copy of ``model`` with peft LoRA of rank ``rank`` on its Hugging Face models, its
+    trainable parameters); the input is not modified. The adapters are drawn under
+    ``torch.manual_seed(seed)`` in a forked RNG (the caller's RNG state is untouched)."""
+    from peft import LoraConfig, get_peft_model
+
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise InvalidInputError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise InvalidInputError(f"LoRA alpha must be positive and finite, got {alpha!r}")
+    pats = _patterns(targets, "LoRA target")
+    net = copy.deepcopy(model)
+    hf = hf_models(net)
+    if not hf:
+        raise InvalidInputError("peft LoRA needs a Hugging Face model inside the attacked module")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for prefix, sub in hf:
+            names = [n for n, m in sub.named_modules() if isinstance(m, nn.Linear) and n
+                     and (_default_target(n) if pats is None else _matches(f"{prefix}.{n}" if prefix else n, pats))]
+            if not names:
+                raise InvalidInputError(f"no nn.Linear layer of {type(sub).__name__} matches the LoRA targets "
+                                        f"{targets!r}")
+            cfg = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), lora_dropout=0.0,
+                             bias="none", target_modules=names)  # full names: exact matches
+            with warnings.catch_warnings():  # peft calls transformers APIs deprecated in v5
+                warnings.simplefilter("ignore", FutureWarning)
+                wrapped = get_peft_model(sub, cfg)
+            if prefix:
+                parent, _, child = prefix.rpartition(".")
+                setattr(net.get_submodule(parent) if parent else net, child, wrapped)
+            else:
+                net = wrapped
+    extra = _patterns(extra_trainable, "extra_trainable")
+    if extra is not None:
+        for n, p in net.named_parameters():
+            if _matches(n, extra):
+                p.requires_grad_(True)
+    return net, [p for p in net.parameters() if p.requires_grad]
+
+
+def lora_parameters(model: nn.Module) -> int:
+    """Number of peft adapter parameters (``lora_A`` / ``lora_B`` weights) in ``model``."""
+    return sum(p.numel() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n)
+
+
+def uses_peft(model: Any) -> bool:
+    """Whether ``Attack`` puts LoRA on ``model`` through peft (it holds a Hugging Face model)."""
+    return isinstance(model, nn.Module) and bool(hf_models(model))
+
+
+__all__ = ["DECODER_PROJECTIONS", "ENCODER_PROJECTIONS", "hf_models", "peft_wrap", "lora_parameters", "uses_peft"]
