@@ -12,6 +12,7 @@ directory's tokenizer, else ``lm-tokens``; every parameter trained, LoRA through
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import Counter
@@ -28,6 +29,10 @@ from convrate.errors import ConvrateError, InvalidInputError
 ZOO_NAMES = ("digits-mlp", "digits-cnn", "minilm", "llama-tiny")
 METHODS = ("specdef", "diagonal")
 RECOVERIES = ("none", "r1", "r2")
+#: models up to this size are attacked with one torch thread on the CPU: their kernels are too
+#: small for intra-op parallelism, and on shared cores the threads contend (the zoo Llama: 0.05 s
+#: of CPU per Adam step on one thread, 1.7 s on two at load 10 on 2 cores)
+SMALL_MODEL_PARAMETERS = 10_000_000
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -208,6 +213,7 @@ def attack(
     """
     try:
         from convrate.models.attacks import OPTIMIZERS, Attack, lr_search, resolve_device
+        from convrate.models.runtime import single_thread
 
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -233,7 +239,8 @@ def attack(
         net, info = _attack_network(loaded, recovery, record_dir, task, seed)
         initial = task.evaluate(net)  # on the CPU copy; function-preserving, so the defense does not change it
         tgt = 0.5 * initial if target is None else float(target)
-        with _progress() as prog:
+        small = dev.type == "cpu" and sum(p.numel() for p in net.parameters()) <= SMALL_MODEL_PARAMETERS
+        with _progress() as prog, (single_thread() if small else contextlib.nullcontext()):
             bar = prog.add_task("attack", total=None)
 
             def step(label: str, done: int, total: int) -> None:

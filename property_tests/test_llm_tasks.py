@@ -197,6 +197,15 @@ def test_peft_lora_targets_and_fallback(lm_case):
     assert sorted({n.rsplit(".", 1)[-1] for n in lora_layers}) == sorted(DECODER_PROJECTIONS)
     assert sum(p.numel() for p in params) == lora_parameters(wrapped)
     assert all(".lora_" in n for n, p in wrapped.named_parameters() if p.requires_grad)
+    # the adapters depend on the seed only, not on the caller's RNG state (which is left alone)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    again, _ = peft_wrap(net, 2, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other, _ = peft_wrap(net, 2, seed=1)
+    adapters = [n for n, _ in wrapped.named_parameters() if ".lora_A." in n]
+    sw, sa, so = (dict(x.named_parameters()) for x in (wrapped, again, other))
+    assert all(torch.equal(sw[n], sa[n]) for n in adapters) and not all(torch.equal(sw[n], so[n]) for n in adapters)
     only_q, _ = peft_wrap(net, 2, r"q_proj$")
     assert [n.rsplit(".", 1)[-1] for n, mod in only_q.named_modules() if isinstance(mod, LoraLayer)] == ["q_proj"]
     with pytest.raises(InvalidInputError, match="matches the LoRA targets"):

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from convrate.errors import InvalidInputError
+from convrate.models.io import _one_line, _read_json
 
 DECODER_TYPES = ("llama", "qwen2", "mistral")
 WEIGHTS = "model.safetensors"
@@ -48,10 +49,6 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
-
-
 # ---------------------------------------------------------------- layout
 def weight_layout(path: Path) -> dict[str, str] | None:
     """None for a single ``model.safetensors``; else the index's ``weight_map`` (tensor ->
@@ -61,11 +58,7 @@ def weight_layout(path: Path) -> dict[str, str] | None:
     index = path / INDEX
     if not index.is_file():
         raise InvalidInputError(f"{path}: missing weights: neither {WEIGHTS} nor {INDEX}")
-    try:
-        obj = json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"{index}: not valid JSON ({_one_line(e)})") from None
-    wm = obj.get("weight_map") if isinstance(obj, dict) else None
+    wm = _read_json(index).get("weight_map")
     if not isinstance(wm, dict) or not wm or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise InvalidInputError(f"{index}: expected a non-empty 'weight_map' object of tensor name -> shard file")
     for shard in sorted(set(wm.values())):
