@@ -220,7 +220,7 @@ def test_peft_lora_targets_and_fallback(lm_case):
     assert {n for n, p in wb.named_parameters() if p.requires_grad and ".lora_" not in n} == {"head.weight", "head.bias"}
     # zoo nets keep the in-project LoRA
     zoo = random_zoo(mlp_arch([4, 3, 2]), 0).module
-    assert uses_peft(net) and uses_peft(bert) and not uses_peft(zoo)
+    assert uses_peft(net) and not uses_peft(bert) and not uses_peft(zoo)
     from convrate.models.attacks.attack import Attack as A
 
     mod, _ = A("lora-sgd", 0.1, 1)._prepare(zoo, torch.device("cpu"))
@@ -245,3 +245,27 @@ def test_exact_float64_leaves_other_dtypes_alone(dtype):
     x = decoder_inputs(m, 2, 5, 0)
     with torch.no_grad():
         assert torch.equal(m.output(x), exact_float64(copy.deepcopy(m.module))(**x).logits)
+
+
+def test_peft_and_in_project_lora_take_the_same_steps(lm_case):
+    """On the same targets, peft's LoRA and the in-project LoRA start at the same adapters and
+    compute the same function, so SGD on either gives the same losses (to float64 rounding of
+    the same operations: relative 1e-12)."""
+    from convrate.models.attacks.lora import lora_wrap
+
+    _, task, net = lm_case
+    targets = r"(q|k|v|o|gate|up|down)_proj$"
+    runs = []
+    for wrap in (peft_wrap, lora_wrap):
+        mod, params = wrap(net, 3, targets, seed=7)
+        opt = torch.optim.SGD(params, lr=1.0)
+        losses = []
+        for _ in range(4):
+            opt.zero_grad()
+            loss = task.loss_fn(task.forward(mod, task.X_train), task.y_train)
+            losses.append(float(loss))
+            loss.backward()
+            opt.step()
+        runs.append(losses)
+    assert runs[0][-1] < runs[0][0]
+    assert all(abs(a - b) <= 1e-12 * abs(b) for a, b in zip(*runs)), runs

@@ -1,12 +1,14 @@
-"""LoRA on Hugging Face models through ``peft``, the library attackers use.
+"""LoRA on Hugging Face decoder LMs through ``peft``, the library attackers use.
 
 Every Hugging Face ``PreTrainedModel`` inside the attacked module (a decoder under
-``tasks.NextTokenLM``, a BERT encoder under ``tasks.EncoderClassifier``, or such a model
-itself) is replaced by ``peft.get_peft_model(model, LoraConfig(...))``: each targeted
-``nn.Linear`` computes y = W x + b + s B A x with A (r x in) drawn by peft's default
-(Kaiming-uniform), B = 0 and s = alpha / r, so the wrapped model starts at exactly the base
-function; only A and B (and parameters matching ``extra_trainable``, e.g. a fresh
-classification head) train.
+``tasks.NextTokenLM``, or such a model itself) is replaced by
+``peft.get_peft_model(model, LoraConfig(...))``: each targeted ``nn.Linear`` computes
+y = W x + b + s B A x with B = 0 and s = alpha / r, so the wrapped model starts at exactly the
+base function; only A and B (and parameters matching ``extra_trainable``) train. A (r x in) is
+drawn as the in-project LoRA draws it (``lora.lora_a_init``: U(-1/sqrt in, 1/sqrt in), the
+distribution of peft's default Kaiming-uniform(a = sqrt 5), from a float64 generator seeded
+with ``seed``, in module order), so peft and the in-project LoRA on the same targets start at
+the same adapters and compute the same function step by step.
 
 Default targets: the attention and MLP projections -- ``q_proj k_proj v_proj o_proj
 gate_proj up_proj down_proj`` of Llama / Qwen2 / Mistral; ``query key value`` and the
@@ -14,9 +16,11 @@ gate_proj up_proj down_proj`` of Llama / Qwen2 / Mistral; ``query key value`` an
 read). ``targets`` (regular expressions, ``re.search`` on the module names of the whole
 attacked module, as for the in-project LoRA) overrides them.
 
-The in-project ``lora.LoRALinear`` stays for what peft cannot serve as the reports use it:
-the zoo ``nn.Sequential`` nets and R1 modules without a Hugging Face model inside (adapter
-init drawn from a seeded generator, ``lora_merge``, parameter counts in the report).
+The in-project ``lora.LoRALinear`` stays where peft cannot serve: the zoo ``nn.Sequential``
+nets (no Hugging Face model), R1 modules (``recovery.R1Module`` evaluates the architecture at
+theta' = T phi by parameter name and reads each adapted layer's effective weight W + s B A,
+which peft's layers do not expose), and BERT encoders (the report's LoRA runs and their R1
+replays, which must start from the same adapters).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks.lora import Targets, _matches, _patterns
+from convrate.models.attacks.lora import Targets, _matches, _patterns, lora_a_init
 
 #: default LoRA targets (last component of the module name) per Hugging Face family
 DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -60,8 +64,8 @@ def _default_target(name: str) -> bool:
 def peft_wrap(model: nn.Module, rank: int, targets: Targets = None, *, alpha: float | None = None, seed: int = 0,
               extra_trainable: Targets = None) -> tuple[nn.Module, list[nn.Parameter]]:
     """(copy of ``model`` with peft LoRA of rank ``rank`` on its Hugging Face models, its
-    trainable parameters); the input is not modified. The adapters are drawn under
-    ``torch.manual_seed(seed)`` in a forked RNG (the caller's RNG state is untouched)."""
+    trainable parameters); the input is not modified. A is drawn by ``lora_a_init`` from a
+    generator seeded with ``seed`` (module doc); the caller's RNG state is untouched."""
     from peft import LoraConfig, get_peft_model
 
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -75,8 +79,9 @@ def peft_wrap(model: nn.Module, rank: int, targets: Targets = None, *, alpha: fl
         raise InvalidInputError("peft LoRA needs a Hugging Face model inside the attacked module")
     for p in net.parameters():
         p.requires_grad_(False)
+    g = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(int(seed))  # peft's own draws, overwritten below
         for prefix, sub in hf:
             names = [n for n, m in sub.named_modules() if isinstance(m, nn.Linear) and n
                      and (_default_target(n) if pats is None else _matches(f"{prefix}.{n}" if prefix else n, pats))]
@@ -88,6 +93,10 @@ def peft_wrap(model: nn.Module, rank: int, targets: Targets = None, *, alpha: fl
             with warnings.catch_warnings():  # peft calls transformers APIs deprecated in v5
                 warnings.simplefilter("ignore", FutureWarning)
                 wrapped = get_peft_model(sub, cfg)
+            with torch.no_grad():
+                for n in names:
+                    a_lin = wrapped.base_model.model.get_submodule(n).lora_A["default"]
+                    a_lin.weight.copy_(lora_a_init(rank, a_lin.in_features, g))
             if prefix:
                 parent, _, child = prefix.rpartition(".")
                 setattr(net.get_submodule(parent) if parent else net, child, wrapped)
@@ -107,8 +116,13 @@ def lora_parameters(model: nn.Module) -> int:
 
 
 def uses_peft(model: Any) -> bool:
-    """Whether ``Attack`` puts LoRA on ``model`` through peft (it holds a Hugging Face model)."""
-    return isinstance(model, nn.Module) and bool(hf_models(model))
+    """Whether ``Attack`` puts LoRA on ``model`` through peft: it holds a Hugging Face decoder
+    (llama, qwen2, mistral) and no R1 module (one with ``defended_parameters``)."""
+    from convrate.models.families.llama_load import DECODER_TYPES
+
+    if not isinstance(model, nn.Module) or any(hasattr(m, "defended_parameters") for m in model.modules()):
+        return False
+    return any(getattr(getattr(m, "config", None), "model_type", None) in DECODER_TYPES for _, m in hf_models(model))
 
 
 __all__ = ["DECODER_PROJECTIONS", "ENCODER_PROJECTIONS", "hf_models", "peft_wrap", "lora_parameters", "uses_peft"]
