@@ -11,8 +11,9 @@ nats per predicted token.
   tokenized with the model's own tokenizer without special tokens, joined by its EOS token
   (when it has one), cut into consecutive blocks of ``seq_len`` tokens; ``n_train`` + ``n_test``
   distinct blocks are drawn with ``numpy.random.default_rng(seed)``. The zoo Llama is
-  pretrained on the *other* chapters (``lm_paragraphs("pretrain")``), so for it the task is a
-  shift of domain, the causal-LM analogue of the digits relabelling.
+  pretrained on the *other* chapters (``lm_paragraphs("pretrain")``; no paragraph shared), so
+  this is text it has never seen, though of the same kind (its loss there starts near its
+  held-out pretraining loss); the task with a new mapping to learn is ``lm-tokens``.
 - ``lm_tokens_task(vocab_size)`` (``lm-tokens``, for a directory without tokenizer files): a
   seeded first-order Markov source on m = min(64, V) active token ids. Each active token a has
   a designated successor pi(a) (pi a derangement of the active set: the "new mapping" an
