@@ -16,6 +16,11 @@ gate_proj up_proj down_proj`` of Llama / Qwen2 / Mistral; ``query key value`` an
 read). ``targets`` (regular expressions, ``re.search`` on the module names of the whole
 attacked module, as for the in-project LoRA) overrides them.
 
+Under a defense the adapters train next to the released weights theta' = T theta, exactly as
+the in-project LoRA's do (same adapters, same function); the sweeps set it against the same
+local-quadratic reference as plain SGD, kappa(T)^2 (``experiments.REFERENCE_EXPONENT``; a
+reference, not a theorem of THEORY.md).
+
 The in-project ``lora.LoRALinear`` stays where peft cannot serve: the zoo ``nn.Sequential``
 nets (no Hugging Face model), R1 modules (``recovery.R1Module`` evaluates the architecture at
 theta' = T phi by parameter name and reads each adapted layer's effective weight W + s B A,
