@@ -202,6 +202,9 @@ def normalize_arch(arch: Mapping[str, Any], where: str = ARCH) -> dict[str, Any]
     arch["dtype"] = dt
     arch.setdefault("format", ZOO_FORMAT)
     build_zoo_module(arch, where, device="meta")  # validates every layer and the shape flow
+    from convrate.models.inserted_io import validate_zoo_inserted  # inserted compensation layers
+
+    validate_zoo_inserted(arch, where)
     return arch
 
 
@@ -397,7 +400,10 @@ def load_model(path: str | os.PathLike, *, n_layers: int | None = None) -> Loade
         state = read_safetensors(p / WEIGHTS)
         return zoo_model(arch, state, source=p)
     if (p / HF_CONFIG).exists():
-        return _load_hf(p, n_layers)
+        from convrate.models.inserted_io import INSERTED_JSON, attach_hf_inserted  # grown releases
+
+        model = _load_hf(p, n_layers)
+        return attach_hf_inserted(model, p) if (p / INSERTED_JSON).exists() else model
     raise InvalidInputError(f"{p}: neither {ARCH} (zoo format) nor {HF_CONFIG} (Hugging Face format) found")
 
 
@@ -434,6 +440,9 @@ def save_model(model: LoadedModel, out_dir: str | os.PathLike, *, overwrite: boo
     else:
         with _hf_quiet():
             model.module.save_pretrained(str(out), safe_serialization=True)
+        from convrate.models.inserted_io import write_hf_inserted  # grown releases: convrate_inserted.json
+
+        write_hf_inserted(model, out)
         if model.source is not None:
             for rel in _HF_SIDE_FILES:
                 src = Path(model.source) / rel

@@ -194,3 +194,21 @@ def test_cli_refuses_malformed_directory(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], r.stderr
     assert _tree(tmp_path) == before, "something was written"
+
+
+@pytest.mark.parametrize("shard_bytes", [None, 800])
+def test_grown_decoder_release_round_trip(tmp_path, shard_bytes):
+    """A decoder grown by inserted compensation layers saves its convrate_inserted.json next to
+    the weights (single-file or sharded) and loads back with the layers grown, same logits."""
+    from convrate.models.inserted import InsertedLinear, InsertedSpecDef
+    from convrate.models.inserted_io import INSERTED_JSON
+
+    m = tiny_decoder("qwen2", 0, tie_embeddings=True)
+    grown = InsertedSpecDef(2, 100.0, layers="*.q_proj,*.down_proj", side="output").apply(m).model
+    d = save_model(grown, tmp_path / "g", max_shard_bytes=shard_bytes)
+    assert (d / INSERTED_JSON).is_file()
+    back = load_model(d)
+    assert isinstance(back.module.get_submodule("model.layers.0.self_attn.q_proj"), InsertedLinear)
+    x = decoder_inputs(m, 2, 5, 1)
+    with torch.no_grad():
+        assert torch.equal(back.output(x), grown.output(x))

@@ -178,7 +178,7 @@ def load_decoder(path: Path, config: Mapping[str, Any], n_layers: int | None = N
                                         f"{CONFIG} implies {list(shape)}")
         kept = n_layers or total
         dropped = {n for n in stored if n_layers is not None and (_layer_of(n) or -1) >= kept}  # truncated layers
-        extra = sorted(n for n in stored if n not in shapes and n not in dropped)
+        extra = sorted(n for n in stored if n not in shapes and n not in dropped and n not in _inserted_tensors(path))
         if extra:
             raise InvalidInputError(f"{where}: unexpected tensor(s) {', '.join(extra[:3])} not implied by {path / CONFIG}")
         try:
@@ -196,6 +196,18 @@ def load_decoder(path: Path, config: Mapping[str, Any], n_layers: int | None = N
             "weight_map": layout, "tied_embeddings": bool(cfg.tie_word_embeddings),
             "tokenizer": has_tokenizer(path)}
     return LoadedModel(model, mt, "hf", model.config.to_dict(), path, None, meta)
+
+
+def _inserted_tensors(path: Path) -> set[str]:
+    """Tensors of inserted compensation layers that ``convrate_inserted.json`` describes (a
+    grown release; ``inserted_io`` attaches them after loading)."""
+    from convrate.models.inserted_io import INSERTED_JSON
+
+    if not (path / INSERTED_JSON).is_file():
+        return set()
+    layers = _read_json(path / INSERTED_JSON).get("layers")
+    return {v for spec in (layers if isinstance(layers, list) else []) if isinstance(spec, dict)
+            for v in (spec.get("weight"), spec.get("bias")) if isinstance(v, str)}
 
 
 def _layer_of(name: str) -> int | None:
@@ -252,7 +264,8 @@ def save_decoder(model: Any, out: Path, *, max_shard_bytes: int | None = None) -
     """Write ``model`` (a decoder ``LoadedModel``) into ``out``: config.json (dtype = the
     weights'), the weights in the source's layout (its shard map when it was sharded and names
     the same tensors; ``max_shard_bytes`` forces a greedy sharding), and the side files of the
-    source directory (tokenizer, generation config)."""
+    source directory (tokenizer, generation config), and ``convrate_inserted.json`` for a release
+    grown by inserted compensation layers."""
     from safetensors.torch import save_file
 
     state = _state_to_save(model.module)
@@ -283,6 +296,9 @@ def save_decoder(model: Any, out: Path, *, max_shard_bytes: int | None = None) -
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(used.items()))}
         _write_file(out / INDEX, lambda p: p.write_text(json.dumps(index, indent=2) + "\n"))
+    from convrate.models.inserted_io import write_hf_inserted  # grown releases: convrate_inserted.json
+
+    write_hf_inserted(model, out)
     if model.source is not None:
         for rel in SIDE_FILES:
             src = Path(model.source) / rel
