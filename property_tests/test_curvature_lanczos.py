@@ -118,31 +118,42 @@ def test_finite_difference_hvp(widths, seed):
     assert float((fd - exact).norm()) <= 1e-6 * float(exact.norm()) + 1e-12
 
 
-def test_causal_lm_loss_and_gauss_newton():
-    """causal_lm: L = mean over target tokens of -log p(next token); the Gauss-Newton product
-    equals J^T (diag p - p p^T) J v / C computed densely from the Jacobian of the shifted logits;
-    an ignored target (-100) drops its term from both sum and count. (A token-wise float64 model:
-    Hugging Face's eager Llama attention takes its softmax in float32, which would blur the
-    comparison to ~1e-8.)"""
+def test_next_token_loss_and_gauss_newton_with_micro_batches():
+    """A causal-LM objective (``tasks.NextTokenLM`` + next-token ids, one position masked): L is
+    the mean over the predicted tokens; micro-batches of sequences flatten their own targets and
+    give the same loss and Gauss-Newton product, equal to J^T (diag p - p p^T) J v / C computed
+    densely (a token-wise float64 model, so the comparison is at round-off)."""
+    from convrate.models.tasks import NextTokenLM, next_token_targets, token_targets
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = torch.nn.Embedding(6, 4), torch.nn.Linear(4, 6)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.out(torch.tanh(self.emb(input_ids)))
+
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 6)).double()
-    x = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(0))
-    y = x.clone()
-    y[0, 2] = -100
-    obj = Objective(net, x, y, loss="causal_lm", device="cpu")
-    assert obj.n_terms == 3 * 3 - 1
+    net = NextTokenLM(TinyLM().double())
+    ids = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 4, dtype=torch.long)
+    mask[0, 3] = 0
+    x = {"input_ids": ids, "attention_mask": mask}
+    y = next_token_targets(ids, mask)
+    obj = Objective(net, x, y, loss="cross_entropy", device="cpu")
+    part = Objective(net, x, y, loss="cross_entropy", device="cpu", micro_batch=2)
+    assert obj.n_terms == part.n_terms == 3 * 3 - 1 and obj.n_examples == 3
     z = obj.outputs(obj.theta).detach()
-    logp = torch.log_softmax(z[:, :-1], -1)
-    keep = y[:, 1:] != -100
-    ref = -(logp.gather(-1, y[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep).sum() / keep.sum()
-    assert abs(float(obj.loss()) - float(ref)) <= 1e-13
-    J = torch.func.jacrev(obj.outputs)(obj.theta).detach()  # (N, T, V, n)
+    yt = token_targets(y)
+    ref = torch.nn.functional.cross_entropy(z, yt)
+    assert abs(float(obj.loss()) - float(ref)) <= 1e-13 and abs(float(part.loss()) - float(ref)) <= 1e-13
+    J = torch.func.jacrev(obj.outputs)(obj.theta).detach()  # (M, V, n)
     v = torch.randn(obj.n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    jv = (J @ v)[:, :-1]
-    p = torch.softmax(z[:, :-1], -1)
-    u = (p * jv - p * (p * jv).sum(-1, keepdim=True)) * keep.unsqueeze(-1)
-    gv = torch.einsum("ntv,ntvk->k", u, J[:, :-1]) / keep.sum()
-    assert float((obj.gnvp(v) - gv).norm()) <= 1e-12 * float(gv.norm())
+    jv = J @ v
+    p = torch.softmax(z, -1)
+    gv = torch.einsum("mv,mvk->k", p * jv - p * (p * jv).sum(-1, keepdim=True), J) / len(yt)
+    for o in (obj, part):
+        assert float((o.gnvp(v) - gv).norm()) <= 1e-12 * float(gv.norm())
 
 
 def test_slq_density_integrates_to_one_and_its_trace_is_hutchinson():

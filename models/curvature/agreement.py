@@ -2,8 +2,9 @@
 
 ``agreement_case(name)`` builds a small float64 problem (module, inputs, targets, loss):
 ``mlp`` (a random zoo MLP, squared loss), ``bert`` (``testing.tiny_bert``, squared loss on
-its last hidden state), ``decoder`` (``testing.tiny_decoder``, the causal-LM loss on its own
-token ids). ``measure(world, names)`` computes, for each case, the gradient, one H v, the
+its last hidden state), ``decoder`` (``testing.tiny_decoder`` under ``tasks.NextTokenLM``: the
+next-token cross-entropy of a causal-LM task on its own token ids, one sequence's last token
+masked). ``measure(world, names)`` computes, for each case, the gradient, one H v, the
 extreme eigenvalues (``lanczos_run``, tolerance 1e-12) and the Hutchinson trace on this
 rank's shard, every product all-reduced. ``property_tests`` runs it in one process and under
 ``distributed.launch`` with 2 and 3 workers (3 shards of 11 examples are uneven) and compares.
@@ -40,9 +41,12 @@ def agreement_case(name: str, seed: int = 0) -> tuple[torch.nn.Module, Any, torc
             h = m.module(**x).last_hidden_state
         return m.module, x, torch.randn(h.shape, generator=g, dtype=torch.float64), "squared"
     if name == "decoder":
+        from convrate.models.tasks import NextTokenLM, next_token_targets
+
         m = tiny_decoder("llama", seed, hidden=4, heads=2, kv_heads=1, vocab=6, intermediate=4, max_len=8)
         x = decoder_inputs(m, N_EXAMPLES, 5, seed)
-        return m.module, x, x["input_ids"].clone(), "causal_lm"
+        x["attention_mask"][0, -1] = 0  # sequences of unequal length: the token counts differ by shard
+        return NextTokenLM(m.module), x, next_token_targets(x["input_ids"], x["attention_mask"]), "cross_entropy"
     raise ValueError(f"unknown agreement case {name!r} ({', '.join(CASES)})")
 
 

@@ -6,11 +6,12 @@ vector theta of selected parameters (row-major ``flatten`` of each tensor, in th
 
     squared:        L(theta) = (1/N) sum_n 1/2 ||z_n - y_n||^2     (mu_ell = 1 in z)
     cross_entropy:  L(theta) = (1/N) sum_n -log softmax(z_n)[y_n]
-    causal_lm:      L(theta) = (1/C) sum_{n,t} -log softmax(z_{n,t})[y_{n,t+1}]   over the C target
-                    tokens y_{n,t+1} != -100 (next-token prediction: logits shifted by one)
 
 with z_n = f(x_n; theta) the n-th output row (BERT: every token of sequence n), N the
-number of examples. Units: L in loss units, eigenvalues of H = nabla^2 L in loss units per
+number of examples. Next-token targets (n, T) of a causal-LM task (``tasks.NextTokenLM`` /
+``tasks.token_targets``) are flattened to the N predicted tokens, so L is nats per token.
+In float64 the module's Hugging Face decoders run without their float32 steps
+(``families.decoder_float64``), so products are float64-accurate. Units: L in loss units, eigenvalues of H = nabla^2 L in loss units per
 parameter unit squared.
 
 Every quantity is a sum over examples divided by the global count C of loss terms
@@ -46,7 +47,7 @@ from convrate.models.curvature.distributed import World, chunks
 from convrate.models.io import unwrap_output
 from convrate.models.runtime import resolve_device
 
-LOSSES = ("squared", "cross_entropy", "causal_lm")
+LOSSES = ("squared", "cross_entropy")
 HVP_METHODS = ("reuse", "double_backward", "func")
 #: "reuse": the gradient graph g(theta) = nabla L(theta) (create_graph) is built once per theta
 #: and each H v is one more backward pass through it (amortized: one product costs less than a
@@ -55,8 +56,6 @@ HVP_METHODS = ("reuse", "double_backward", "func")
 #: All three agree to round-off. ``FINITE_DIFFERENCE`` (not exact; see the module doc) is accepted too.
 DEFAULT_HVP_METHOD = "reuse"
 FINITE_DIFFERENCE = "finite_difference"
-#: target id ignored by the causal-LM loss (Hugging Face's convention)
-IGNORE_INDEX = -100
 
 
 class NondeterministicLossError(InvalidInputError):
@@ -85,21 +84,30 @@ def _random_modules(module: nn.Module) -> list[str]:
 
 
 def loss_terms(loss: str, targets: torch.Tensor) -> int:
-    """The number of loss terms of ``targets`` rows: examples, or target tokens (causal_lm)."""
-    if loss == "causal_lm":
-        return int((targets[:, 1:] != IGNORE_INDEX).sum())
+    """The number of loss terms in ``targets``: one per row, or one per predicted token of
+    next-token ids (n, T) (entries ``tasks.IGNORE_INDEX`` excluded)."""
+    from convrate.models.tasks import IGNORE_INDEX
+
+    if loss == "cross_entropy" and targets.ndim == 2 and not targets.is_floating_point():
+        return int((targets != IGNORE_INDEX).sum())
     return int(targets.shape[0])
+
+
+def loss_targets(loss: str, y: torch.Tensor) -> torch.Tensor:
+    """The targets the loss compares with the outputs: next-token ids (n, T) flattened to the
+    predicted tokens (``tasks.token_targets``), anything else as it is."""
+    if loss == "cross_entropy" and y.ndim == 2 and not y.is_floating_point():
+        from convrate.models.tasks import token_targets
+
+        return token_targets(y)
+    return y
 
 
 def loss_sum(loss: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """sum of the loss terms of outputs ``z`` against targets ``y`` (not divided by a count)."""
     if loss == "squared":
         return 0.5 * ((z - y) ** 2).sum()
-    if loss == "cross_entropy":
-        return torch.nn.functional.cross_entropy(z, y, reduction="sum")
-    logits, nxt = z[:, :-1], y[:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), nxt.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    return torch.nn.functional.cross_entropy(z, y, reduction="sum")
 
 
 def _check_shapes(loss: str, z: torch.Tensor, y: torch.Tensor) -> None:
@@ -107,9 +115,6 @@ def _check_shapes(loss: str, z: torch.Tensor, y: torch.Tensor) -> None:
         raise InvalidInputError(f"squared loss: targets shape {list(y.shape)} != outputs {list(z.shape)}")
     if loss == "cross_entropy" and (z.ndim != 2 or y.shape != (z.shape[0],) or y.is_floating_point()):
         raise InvalidInputError("cross_entropy needs outputs (N, C) and integer targets (N,)")
-    if loss == "causal_lm" and (z.ndim != 3 or tuple(y.shape) != tuple(z.shape[:2]) or y.is_floating_point()
-                                or z.shape[1] < 2):
-        raise InvalidInputError("causal_lm needs logits (N, T, V) with T >= 2 and integer token targets (N, T)")
 
 
 class Objective:
@@ -138,6 +143,10 @@ class Objective:
         self.dtype = dtype
         self.loss_name = loss
         self.module = copy.deepcopy(module).to(device=self.device, dtype=dtype)
+        if dtype == torch.float64:  # Hugging Face decoders: no float32 RMSNorm / softmax inside
+            from convrate.models.families.decoder_float64 import exact_float64
+
+            exact_float64(self.module)
         self.module.train(not eval_mode)
         named = dict(self.module.named_parameters())
         self.names = list(params) if params is not None else [n for n, p in named.items() if p.requires_grad]
@@ -155,13 +164,15 @@ class Objective:
         n_all = int(targets.shape[0])
         mine = self.world.shard(n_all)
         self.inputs = _to(_rows(inputs, mine), self.device, dtype)
+        # next-token ids (n, T) of a causal-LM task (``tasks.NextTokenLM`` outputs one row per
+        # predicted token) are kept per sequence, flattened per micro-batch (``loss_targets``)
         self.targets = _to(_rows(targets, mine), self.device, dtype)
         self.pieces = [range(c.start - mine.start, c.stop - mine.start) for c in chunks(mine, micro_batch)]
         self.micro_batch = micro_batch
         if self.pieces:
             with torch.no_grad():
                 z = self._outputs(self.theta, self.pieces[0])
-            _check_shapes(loss, z, _rows(self.targets, self.pieces[0]))
+            _check_shapes(loss, z, self._piece_targets(self.pieces[0]))
         self.n_examples = self.world.sum_int(len(mine))
         self.n_terms = self.world.sum_int(loss_terms(loss, self.targets) if len(mine) else 0)
         if self.n_examples != n_all or self.n_terms < 1:
@@ -193,7 +204,11 @@ class Objective:
     def piece_loss(self, theta: torch.Tensor, piece: range) -> torch.Tensor:
         """(sum of the loss terms of micro-batch ``piece``) / C, differentiable in theta."""
         z = self._outputs(theta, piece)
-        return loss_sum(self.loss_name, z, _rows(self.targets, piece)) / self.n_terms
+        return loss_sum(self.loss_name, z, self._piece_targets(piece)) / self.n_terms
+
+    def _piece_targets(self, piece: range) -> torch.Tensor:
+        """The targets of micro-batch ``piece``, next-token ids flattened to its predicted tokens."""
+        return loss_targets(self.loss_name, _rows(self.targets, piece))
 
     def local_loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """This rank's share of L (differentiable): sum over its micro-batches of ``piece_loss``."""
@@ -273,8 +288,8 @@ class Objective:
 
     def gnvp(self, v: Any, theta: torch.Tensor | None = None) -> torch.Tensor:
         """G v = (1/C) sum_n J_n^T (nabla^2 ell_n) J_n v: squared loss nabla^2 ell = I,
-        cross-entropy nabla^2 ell = diag(p) - p p^T (p = softmax z_n; causal_lm: per target
-        token of the shifted logits). J v by the double-vjp trick (J^T w is linear in w;
+        cross-entropy nabla^2 ell = diag(p) - p p^T (p = softmax z_n; one row per predicted
+        token for a causal LM). J v by the double-vjp trick (J^T w is linear in w;
         differentiate <J^T w, v> in w)."""
         v = self._vec(v)
         t0 = (self.theta if theta is None else theta).detach()
@@ -291,9 +306,6 @@ class Objective:
             else:
                 p = torch.softmax(z.detach(), dim=-1)
                 u = p * jv - p * (p * jv).sum(-1, keepdim=True)
-                if self.loss_name == "causal_lm":
-                    keep = (_rows(self.targets, piece)[:, 1:] != IGNORE_INDEX).to(u.dtype)
-                    u = torch.cat([u[:, :-1] * keep.unsqueeze(-1), torch.zeros_like(u[:, -1:])], dim=1)
             (gv,) = torch.autograd.grad(z, t, grad_outputs=u / self.n_terms)
             out += gv
         return self.world.sum(out.detach())

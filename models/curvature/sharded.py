@@ -32,7 +32,7 @@ from torch import nn
 
 from convrate.errors import InvalidInputError
 from convrate.models.curvature.distributed import World
-from convrate.models.curvature.objective import LOSSES, _rows, fd_step, loss_sum, loss_terms
+from convrate.models.curvature.objective import LOSSES, _rows, fd_step, loss_sum, loss_targets, loss_terms
 from convrate.models.io import unwrap_output
 
 
@@ -64,7 +64,12 @@ class ShardedObjective:
             raise InvalidInputError("a sharded objective needs a world of at least 2 ranks")
         self.world, self.dtype, self.loss_name = world, dtype, loss
         self.device = torch.device("cpu")
-        self.module = shard_module(copy.deepcopy(module).to(dtype=dtype).eval())
+        module = copy.deepcopy(module).to(dtype=dtype).eval()
+        if dtype == torch.float64:  # Hugging Face decoders: no float32 RMSNorm / softmax inside
+            from convrate.models.families.decoder_float64 import exact_float64
+
+            exact_float64(module)
+        self.module = shard_module(module)
         self.params = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         self.n = sum(p.numel() for _, p in self.params)
         self.n_local = sum(p.to_local().numel() for _, p in self.params)
@@ -120,7 +125,7 @@ class ShardedObjective:
     def _forward_loss(self) -> torch.Tensor:
         x = self.inputs
         out = self.module(**x) if isinstance(x, dict) else self.module(x)
-        return loss_sum(self.loss_name, unwrap_output(out), self.targets) / self.n_terms
+        return loss_sum(self.loss_name, unwrap_output(out), loss_targets(self.loss_name, self.targets)) / self.n_terms
 
     def gradient(self, theta: torch.Tensor | None = None) -> torch.Tensor:
         """This rank's slice of grad L(theta) (FSDP's reduce-scatter sums the ranks' shares)."""
