@@ -94,7 +94,7 @@ def compute(world: Any, spec: dict[str, Any], queue: Any = None) -> dict[str, An
     res["task"] = task
     res["parameter_names"] = obj.names if len(obj.names) <= 64 else obj.names[:64] + ["..."]
     res["rank"] = world.rank
-    res["shard_examples"] = len(world.shard(obj.n_examples))
+    res["shard_examples"] = len(world.shard(obj.n_rows))
     return res
 
 

@@ -142,7 +142,7 @@ def test_next_token_loss_and_gauss_newton_with_micro_batches():
     y = next_token_targets(ids, mask)
     obj = Objective(net, x, y, loss="cross_entropy", device="cpu")
     part = Objective(net, x, y, loss="cross_entropy", device="cpu", micro_batch=2)
-    assert obj.n_terms == part.n_terms == 3 * 3 - 1 and obj.n_examples == 3
+    assert obj.n_terms == part.n_terms == obj.n_examples == 3 * 3 - 1 and obj.n_rows == 3
     z = obj.outputs(obj.theta).detach()
     yt = token_targets(y)
     ref = torch.nn.functional.cross_entropy(z, yt)

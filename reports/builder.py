@@ -152,13 +152,21 @@ SECTION_MODULES: tuple[str, ...] = ("sections_laws", "sections_slowdown", "secti
                                     "sections_precision", "sections_bench", "sections_inserted", "sections_exact")
 
 
-def sections() -> list[tuple[Any, ...]]:
-    """The report's sections in the order they are built, (name, builder[, requires]); the
-    statements table comes last (it summarizes what the others measured) and is displayed
-    first."""
+def _declared() -> list[tuple[Any, ...]]:
     import importlib
 
     return [s for mod in SECTION_MODULES for s in importlib.import_module(f"convrate.reports.{mod}").SECTIONS]
+
+
+def sections() -> list[tuple[str, SectionBuilder]]:
+    """The report's sections in the order they are built, (name, builder); the statements
+    table comes last (it summarizes what the others measured) and is displayed first."""
+    return [(s[0], s[1]) for s in _declared()]
+
+
+def requirements() -> dict[str, tuple[str, ...]]:
+    """name -> the sections it requires, as the modules declare them (third entry of SECTIONS)."""
+    return {s[0]: tuple(s[2]) for s in _declared() if len(s) > 2}
 
 
 REPORT_FILES = ("report.md", "report.html", "results.json")
@@ -218,11 +226,12 @@ def _picklable(obj: Any) -> bool:
         return False
 
 
-def _entries(todo: Sequence[tuple[Any, ...]]) -> list[tuple[str, Any, tuple[str, ...]]]:
+def _entries(todo: Sequence[tuple[Any, ...]], declared: dict[str, tuple[str, ...]] | None = None
+             ) -> list[tuple[str, Any, tuple[str, ...]]]:
     names = [e[0] for e in todo]
     out = []
     for i, e in enumerate(todo):
-        req = tuple(e[2]) if len(e) > 2 else ()
+        req = tuple(e[2]) if len(e) > 2 else (declared or {}).get(e[0], ())
         if i == len(todo) - 1:
             req = tuple(names[:-1])  # the statements table sees every other section
         unknown = set(req) - set(names)
@@ -337,7 +346,7 @@ def build_report(out_dir: Path | None = None, quick: bool = False, seed: int = 0
         raise InvalidInputError(f"jobs must be a positive integer, got {jobs!r}")
     t0, c0 = time.perf_counter(), time.process_time()
     prof = report_profile if report_profile is not None else profile(quick)
-    todo = _entries(sections())
+    todo = _entries(sections(), requirements())
     if only is not None:
         keep = set(only)
         for name, _, req in reversed(todo):

@@ -220,6 +220,9 @@ def _worker(rank: int, fn: Callable[..., Any], size: int, store: str, backend: s
     tmp.write_bytes(pickle.dumps(result))
     tmp.replace(Path(out_dir) / f"{rank}.pkl")
     world.close()
+    # the result is on disk and the group is closed: leave without the interpreter's teardown,
+    # where gloo's background threads can abort the process (std::terminate) on a loaded machine
+    os._exit(0)
 
 
 def launch(fn: Callable[..., Any], nproc: int, *args: Any, device: str = "cpu", threads: int | None = None,

@@ -173,9 +173,12 @@ class Objective:
             with torch.no_grad():
                 z = self._outputs(self.theta, self.pieces[0])
             _check_shapes(loss, z, self._piece_targets(self.pieces[0]))
-        self.n_examples = self.world.sum_int(len(mine))
+        #: rows of the data (examples; sequences of a causal LM), sharded over the world
+        self.n_rows = self.world.sum_int(len(mine))
+        #: C, the loss terms L averages over (examples; predicted tokens of a causal LM)
         self.n_terms = self.world.sum_int(loss_terms(loss, self.targets) if len(mine) else 0)
-        if self.n_examples != n_all or self.n_terms < 1:
+        self.n_examples = self.n_terms
+        if self.n_rows != n_all or self.n_terms < 1:
             raise InvalidInputError(f"the data have no loss terms (examples {n_all}, terms {self.n_terms})")
         self._checked = False
         self.matvecs = 0

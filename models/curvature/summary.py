@@ -48,7 +48,7 @@ def curvature_summary(obj: Objective, *, top: int = 1, bottom: int = 1, tol: flo
                                   dtype=obj.dtype, device=obj.device, progress=progress).to_json()
         loss = float(obj.loss().detach())
     return {
-        "n_parameters": obj.n, "n_examples": obj.n_examples, "loss_terms": obj.n_terms, "loss": loss,
+        "n_parameters": obj.n, "n_examples": obj.n_rows, "loss_terms": obj.n_terms, "loss": loss,
         "dtype": str(obj.dtype).removeprefix("torch."), "device": str(obj.device), "world_size": obj.world.size,
         "micro_batch": obj.micro_batch, "hvp_method": obj.hvp_method,
         "lanczos": {"steps": run.steps, "matvecs": run.matvecs, "basis": run.basis, "tol": run.tol,
