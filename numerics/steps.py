@@ -417,6 +417,9 @@ def steps_to(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int | None
         return _scan(measure_for(problem, optimizer), optimizer, tolq, horizon, name)
     if isinstance(optimizer, ADAPTIVE + (CubicNewton,)):
         return _scan_ball(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS), name)
+    from convrate.numerics.optimizers_second_order import SECOND_ORDER, steps_to_second_order
+    if isinstance(optimizer, SECOND_ORDER):  # L-BFGS, Newton-CG, Sophia (statements SO-*)
+        return steps_to_second_order(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS))
     raise InvalidInputError(f"unsupported optimizer {optimizer!r}")
 
 

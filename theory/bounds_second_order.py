@@ -4,6 +4,7 @@ Plain functions of real numbers (mpmath at the caller's precision); no torch.
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Iterable
 
 import mpmath
@@ -12,11 +13,18 @@ from mpmath import mpf
 from convrate.errors import InvalidInputError
 from convrate.theory.bounds import steps_from_rate
 
-Real = float | int | mpf
+Real = float | int | mpf | Fraction
+
+
+def _mp(x: Real) -> mpf:
+    """mpf of an int / float / mpf / Fraction (Fractions divided at the working precision)."""
+    if isinstance(x, Fraction):
+        return mpf(x.numerator) / x.denominator
+    return mpf(x)
 
 
 def _kappa(kappa: Real) -> mpf:
-    k = mpf(kappa)
+    k = _mp(kappa)
     if not k >= 1:
         raise InvalidInputError(f"condition number must be >= 1, got {kappa}")
     return k
@@ -53,16 +61,16 @@ def shampoo_step_scale(c: Real, p: Real) -> mpf:
     """SO-SHAMPOO: under W' = c Q W (c > 0, Q orthogonal) with eps = 0, Shampoo's step on W'
     mapped back is c^(4p - 2) times the undefended step (an effective learning rate
     lr c^(4p - 2)); 1 for p = 1/2, 1/c for the default p = 1/4, c^-2 for GD (p = 0)."""
-    c = mpf(c)
+    c = _mp(c)
     if not c > 0:
         raise InvalidInputError(f"scale c must be positive, got {c}")
-    return c ** (4 * mpf(p) - 2)
+    return c ** (4 * _mp(p) - 2)
 
 
 def shampoo_spread_exponent(p: Real) -> mpf:
     """SO-SHAMPOO on row-aligned instances under a one-sided A with singular values s_i: the
     effective per-row steps lr s_i^(4p-2) spread by kappa(A)^|2 - 4p|: this exponent."""
-    return abs(2 - 4 * mpf(p))
+    return abs(2 - 4 * _mp(p))
 
 
 def sophia_equivalent_hyperparameters(step: Real, gamma: Real, eps: Real, D: Iterable[Real]
@@ -71,10 +79,10 @@ def sophia_equivalent_hyperparameters(step: Real, gamma: Real, eps: Real, D: Ite
     per-coordinate (step, gamma, eps) = (step / D_i, gamma / D_i, eps D_i)."""
     out = []
     for d in D:
-        d = mpf(d)
+        d = _mp(d)
         if not d > 0:
             raise InvalidInputError(f"D must be positive, got {d}")
-        out.append((mpf(step) / d, mpf(gamma) / d, mpf(eps) * d))
+        out.append((_mp(step) / d, _mp(gamma) / d, _mp(eps) * d))
     return out
 
 
@@ -82,7 +90,7 @@ def muon_step_singular_interval(sigma_min_A: Real, sigma_max_A: Real) -> tuple[m
     """SO-MUON: under W' = A W (A invertible) the mapped-back update A^-1 polar(A^-T M) of a
     full-rank square momentum M has singular values in [1/sigma_max(A), 1/sigma_min(A)] (the
     undefended polar factor has all singular values 1): a spread of kappa(A)."""
-    lo, hi = mpf(sigma_min_A), mpf(sigma_max_A)
+    lo, hi = _mp(sigma_min_A), _mp(sigma_max_A)
     if not 0 < lo <= hi:
         raise InvalidInputError(f"need 0 < sigma_min <= sigma_max, got {sigma_min_A}, {sigma_max_A}")
     return 1 / hi, 1 / lo
