@@ -2,7 +2,7 @@
 
     sgd        theta <- theta - lr g                          (GD with full batch; statements F1, B)
     momentum   heavy ball, m <- beta m + g, theta <- theta - lr m       (F2: a Krylov method)
-    adam       Adam(betas, eps)                                         (A; O for orthogonal T)
+    adam       Adam(betas, eps)                                         (A)
     adamw      AdamW(betas, eps, weight_decay)                          (A)
     lora-sgd   sgd on LoRA adapters of rank ``lora_rank`` (base frozen; ``lora``)
     lora-adam  adam on LoRA adapters
@@ -53,8 +53,8 @@ def _adamw(params: list[nn.Parameter], a: "Attack", net: nn.Module) -> TorchStep
 for _spec in (
         OptimizerSpec("sgd", "first-order", "F1, B", _sgd, description="gradient descent"),
         OptimizerSpec("momentum", "first-order", "F2", _momentum, description="heavy ball"),
-        OptimizerSpec("adam", "adaptive", "A, O", _adam, description="Adam"),
-        OptimizerSpec("adamw", "adaptive", "A, O", _adamw, description="AdamW"),
+        OptimizerSpec("adam", "adaptive", "A", _adam, description="Adam"),
+        OptimizerSpec("adamw", "adaptive", "A", _adamw, description="AdamW"),
         OptimizerSpec("lora-sgd", "first-order", "F1, B", _sgd, lora=True, description="SGD on LoRA adapters"),
-        OptimizerSpec("lora-adam", "adaptive", "A, O", _adam, lora=True, description="Adam on LoRA adapters")):
+        OptimizerSpec("lora-adam", "adaptive", "A", _adam, lora=True, description="Adam on LoRA adapters")):
     register(_spec)

@@ -78,6 +78,7 @@ class Sophia:
                  gamma: float = SOPHIA_GAMMA, eps: float = SOPHIA_EPS, period: int = SOPHIA_PERIOD) -> None:
         self.params, self.lr, self.betas, self.gamma, self.eps, self.period = params, lr, betas, gamma, eps, period
         self.m = [torch.zeros_like(p) for p in params]
+        # h: the moving average of the curvature estimates
         self.h = [torch.zeros_like(p) for p in params]
         self.t = 0
 
