@@ -49,6 +49,23 @@ class ReportProfile:
     #: MiniLM spectra: Lanczos products and Hutchinson probes per state
     spectra_lanczos_steps: int
     spectra_probes: int
+    #: second-order and preconditioned attackers (section "slowdown-second-order"), per network; the
+    #: same target as the network's first-order sweep (None: not run)
+    mlp_so: NetSweep | None = None
+    cnn_so: NetSweep | None = None
+    minilm_so: NetSweep | None = None
+
+
+#: damping grid of Newton-CG, Gauss-Newton and K-FAC (their searched knob), one point per decade
+_DAMPING = tuple(log_grid(1e-3, 10, 1))
+_SO_ALL = ("lbfgs", "lbfgs-wolfe", "newton-cg", "gauss-newton", "kfac", "shampoo", "soap", "sophia", "muon")
+
+
+def _so_search(budget: int, lr_grid: tuple[float, ...], damping: tuple[float, ...], refine: int,
+               names: tuple[str, ...]) -> SearchProfile:
+    grids = tuple((o, damping) for o in ("newton-cg", "gauss-newton", "kfac") if o in names)
+    grids += (("lbfgs-wolfe", (0.3, 1.0)),) if "lbfgs-wolfe" in names else ()
+    return SearchProfile(budget, lr_grid, refine=refine, grids=grids)
 
 
 QUICK = ReportProfile(
@@ -62,6 +79,9 @@ QUICK = ReportProfile(
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** e for e in range(0, 13)),
     spectra_lanczos_steps=30, spectra_probes=12,
+    mlp_so=NetSweep((100,), ("lbfgs-wolfe", "newton-cg", "kfac", "shampoo", "sophia", "muon"), ("specdef",), 0.05,
+                    _so_search(300, tuple(log_grid(1e-3, 1, 1)), (0.1, 1.0, 10.0), 0,
+                               ("lbfgs-wolfe", "newton-cg", "kfac"))),
 )
 
 FULL = ReportProfile(
@@ -76,6 +96,13 @@ FULL = ReportProfile(
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
     spectra_lanczos_steps=80, spectra_probes=32,
+    mlp_so=NetSweep((100, 10000), _SO_ALL, ("specdef", "specdef:spike", "diagonal"), 0.02,
+                    _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL)),
+    cnn_so=NetSweep((100,), _SO_ALL, ("specdef",), 0.2,
+                    _so_search(400, tuple(log_grid(1e-3, 1, 1)), _DAMPING, 0, _SO_ALL)),
+    minilm_so=NetSweep((100,), ("lbfgs-wolfe", "kfac", "sophia", "muon"), ("specdef",), 0.1,
+                       _so_search(60, tuple(log_grid(1e-4, 1e-2, 1)), (0.01, 0.1, 1.0), 0,
+                                  ("lbfgs-wolfe", "kfac"))),
 )
 
 
