@@ -100,9 +100,7 @@ FULL = ReportProfile(
                     _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL)),
     cnn_so=NetSweep((100,), _SO_ALL, ("specdef",), 0.2,
                     _so_search(400, tuple(log_grid(1e-3, 1, 1)), _DAMPING, 0, _SO_ALL)),
-    minilm_so=NetSweep((100,), ("lbfgs-wolfe", "kfac", "sophia", "muon"), ("specdef",), 0.1,
-                       _so_search(60, tuple(log_grid(1e-4, 1e-2, 1)), (0.01, 0.1, 1.0), 0,
-                                  ("lbfgs-wolfe", "kfac"))),
+    minilm_so=NetSweep((100,), ("sophia", "muon"), ("specdef",), 0.1, _so_search(60, (1e-3, 1e-2), (), 0, ())),
 )
 
 

@@ -293,14 +293,14 @@ def derive_muon() -> Derivation:
     Q1, c1 = rotation("Q")
     Q2, c2 = rotation("R")
     X = smat("x", 2, 2)
-    a, b, cc = sp.symbols("a b c")
 
-    def ns(M: Matrix) -> Matrix:
-        B = M * M.T
-        return a * M + b * B * M + cc * B * B * M
+    def gram_step(M: Matrix) -> Matrix:
+        return (M * M.T) * M
 
-    p.equal("Newton-Schulz step X -> a X + b (X X^T) X + c (X X^T)^2 X commutes with X -> Q1 X Q2^T (any coefficients; "
-            "Muon's start X_0 = M / ||M||_F is orthogonally invariant too)", ns(Q1 * X * Q2.T), Q1 * ns(X) * Q2.T, [c1, c2])
+    p.equal("the Newton-Schulz building block X -> (X X^T) X commutes with X -> Q1 X Q2^T; Muon's step a X + "
+            "b (X X^T) X + c (X X^T)^2 X composes it, and its start X_0 = M / ||M||_F is orthogonally invariant, so "
+            "Newton-Schulz (any coefficients, any number of steps) is equivariant",
+            gram_step(Q1 * X * Q2.T), Q1 * gram_step(X) * Q2.T, [c1, c2])
     Mn = Matrix([[2, 1], [0, 1]])
     Un = polar2(Mn)
     p.equal("closed-form polar factor, M = [[2, 1], [0, 1]]: U^T U = I", sp.simplify(Un.T * Un), sp.eye(2))

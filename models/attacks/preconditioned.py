@@ -92,10 +92,10 @@ class Sophia:
                     y_hat = torch.multinomial(torch.softmax(z.float() if z.dtype == torch.float16 else z, -1), 1)[:, 0]
                 else:
                     y_hat = z + torch.randn_like(z)
-            g_hat = torch.autograd.grad(ctx.task.loss_fn(z, y_hat), self.params)
+            g_hat = torch.autograd.grad(ctx.task.loss_fn(z, y_hat), self.params, allow_unused=True)
         ctx.count("gradients")
         B = z.shape[0]
-        return [B * g * g for g in g_hat]
+        return [torch.zeros_like(p) if g is None else B * g * g for p, g in zip(self.params, g_hat)]
 
     def step(self, ctx: StepContext) -> None:
         grads = ctx.gradient()
