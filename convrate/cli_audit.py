@@ -59,8 +59,9 @@ def loss_curves_figure(result: Mapping[str, Any]) -> bytes:
         ax.set_ylim(*style.log_limits(seen, pad=1.3))
         ax.set_xlabel("step")
         ax.set_ylabel(f"training loss ({result['task']['loss']})")
-        ax.set_title(opt, color=color)
+        ax.set_title(opt, fontweight="bold")
         ax.legend(fontsize=7)
+    fig.tight_layout()
     return png(fig)
 
 

@@ -180,14 +180,14 @@ def _slowdown_figure(label: str, rows: Sequence[dict[str, Any]], prefix: str = "
                 if not pts:
                     continue
                 color = style.attacker_color(opt)
-                ax.plot([1] + [k for k, _, _ in pts], [1] + [v for _, v, _ in pts], style.attacker_line(opt), color=color,
+                ax.plot([1] + [k for k, _, _ in pts], [1] + [v for _, v, _ in pts], ls=style.attacker_line(opt), color=color,
                         lw=1.3, label=opt)
                 style.mark_points(ax, [k for k, _, _ in pts], [v for _, v, _ in pts], [lb for _, _, lb in pts], color,
                                   style.defense_marker(dfn))
             if kap:
                 xs = [1.0] + [k for k, _ in kap]
-                style.clipped_reference(ax, xs, [1.0] + [t for _, t in kap], "kappa(T)", ylim, "--")
-                style.clipped_reference(ax, xs, [1.0] + [t * t for _, t in kap], "kappa(T)^2", ylim, ":")
+                style.clipped_reference(ax, xs, [1.0] + [t for _, t in kap], "kappa(T)", ylim, "--", 0)
+                style.clipped_reference(ax, xs, [1.0] + [t * t for _, t in kap], "kappa(T)^2", ylim, ":", 1)
             ax.axhline(1, color="grey", lw=0.5)
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -200,8 +200,9 @@ def _slowdown_figure(label: str, rows: Sequence[dict[str, Any]], prefix: str = "
                 ax.set_xlabel("defense strength K", fontsize=8)
             ax.tick_params(labelsize=7)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6, loc="upper left")
+                ax.legend(fontsize=6, loc="lower left", framealpha=0.8)
     fig.suptitle(f"{label}: slowdown vs K (open markers with a caret: lower bounds, budget hit)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return Figure(f"{prefix}slowdown_{_name(label)}.png", png(fig),
                   f"{label}: measured slowdown at the best learning rate (damping) vs K, one row per defense and one "
                   "column per attacker family, with the kappa(T) and kappa(T)^2 references clipped to the data's range.")
@@ -237,11 +238,12 @@ def _curves_figure(label: str, rows: Sequence[dict[str, Any]], target: float, pr
         ax.axhline(target, color="k", ls=":", lw=0.8)
         ax.set_yscale("log")
         ax.set_ylim(*style.log_limits(ys_all, pad=1.3))
-        ax.set_title(opt, fontsize=8, color=color)
+        ax.set_title(opt, fontsize=8, fontweight="bold")
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=5, ncol=2)
     axes[0][0].set_ylabel("training loss", fontsize=7)
+    fig.tight_layout()
     return Figure(f"{prefix}curves_{_name(label)}.png", png(fig), f"{label}: loss curves of the attacks at each run's best "
                                                          "learning rate (damping); markers name the defense, darker "
                                                          "lines larger K; dotted: target.")

@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
-#: colour-blind-safe colours (Okabe-Ito; Tol muted), one per attacker
+#: colour-blind-safe colours (Okabe-Ito; Tol muted and vibrant), one per attacker
 ATTACKER_COLORS = {
     "sgd": "#000000", "momentum": "#999933", "lora-sgd": "#882255",
     "adam": "#E69F00", "adamw": "#DDCC77", "lora-adam": "#CC79A7",
     "lbfgs": "#56B4E9", "lbfgs-wolfe": "#0072B2", "newton-cg": "#D55E00", "gauss-newton": "#CC6677", "kfac": "#AA4499",
-    "shampoo": "#009E73", "soap": "#117733", "sophia": "#332288", "muon": "#44AA99",
+    "shampoo": "#009E73", "soap": "#117733", "sophia": "#332288", "muon": "#EE3377",
 }
 #: panels of the small multiples: (title, attackers)
 FAMILY_PANELS = (
@@ -27,8 +27,8 @@ FAMILY_PANELS = (
     ("quasi-Newton / second-order", ("lbfgs", "lbfgs-wolfe", "newton-cg", "gauss-newton", "kfac")),
     ("gradient-statistics preconditioners", ("shampoo", "soap", "sophia", "muon")),
 )
-_FAMILY_LINE = {"first-order": "-", "adaptive": "--", "quasi-Newton / second-order": "-.",
-                "gradient-statistics preconditioners": ":"}
+#: line styles by position within a family panel (so neighbours differ in dash as well as colour)
+_LINES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
 #: one marker per defense (sweeps) and per audit variant
 DEFENSE_MARKERS = {"none": "o", "specdef": "s", "specdef:spike": "^", "diagonal": "D", "inserted": "v"}
 VARIANT_MARKERS = {"reference": "o", "claimed": "s", "R2": "D", "R1": "v"}
@@ -48,8 +48,12 @@ def attacker_color(attacker: str) -> str:
     return ATTACKER_COLORS.get(attacker, "#BBBBBB")
 
 
-def attacker_line(attacker: str) -> str:
-    return _FAMILY_LINE.get(family_of(attacker), "-")
+def attacker_line(attacker: str) -> Any:
+    """The attacker's line style: its position within its family panel picks a dash pattern."""
+    for _, names in FAMILY_PANELS:
+        if attacker in names:
+            return _LINES[names.index(attacker) % len(_LINES)]
+    return "-"
 
 
 def defense_marker(defense: str) -> str:
@@ -78,18 +82,19 @@ def log_limits(values: Iterable[float], pad: float = 1.6, floor: float = 1e-300)
 
 
 def clipped_reference(ax: Any, xs: Sequence[float], ys: Sequence[float], label: str, ylim: tuple[float, float],
-                      ls: str = "--") -> None:
+                      ls: str = "--", slot: int = 0) -> None:
     """Draw a reference curve only inside ``ylim``; where it leaves the range above, write its
-    largest value at the top edge (so the data keep the axis)."""
+    largest value under the top edge (line ``slot`` of the notes, so two notes do not overlap),
+    so the data keep the axis."""
     lo, hi = ylim
     inside = [(x, y) for x, y in zip(xs, ys) if lo <= y <= hi]
-    if inside:
+    if len(inside) >= 2:
         ax.plot([x for x, _ in inside], [y for _, y in inside], ls, color=REFERENCE_COLOR, lw=1, label=label, zorder=1)
     above = [(x, y) for x, y in zip(xs, ys) if y > hi]
     if above:
         x, y = above[-1]
-        ax.annotate(f"{label} = {y:.2g} (off scale)", xy=(x, hi), xytext=(0, -2), textcoords="offset points",
-                    ha="right", va="top", fontsize=6, color=REFERENCE_COLOR)
+        ax.annotate(f"{label} up to {y:.2g}", xy=(1, 1), xycoords="axes fraction", xytext=(-3, -3 - 8 * slot),
+                    textcoords="offset points", ha="right", va="top", fontsize=6, color=REFERENCE_COLOR)
 
 
 def mark_points(ax: Any, xs: Sequence[float], ys: Sequence[float], lower: Sequence[bool], color: str, marker: str) -> None:
