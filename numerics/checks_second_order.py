@@ -22,10 +22,10 @@ from convrate.numerics.checks_quadratic import (BALL, COUNT, DPS, EXACT, _bound_
                                                 _rotated, _spectrum, _tol, _worst_ball_gap)
 from convrate.numerics.krylov import cg_run
 from convrate.numerics.optimizers_second_order import (LBFGS, MatrixQuadratic, Muon, NewtonCG, Shampoo, Sophia,
-                                                       ball_iterates, brute_force_second_order, exact_iterates, polar)
+                                                       ball_iterates, exact_iterates, polar)
 from convrate.numerics.optimizers import LM
 from convrate.numerics.quadratic import Quadratic, arb_prec, arb_to_mpf
-from convrate.numerics.steps import steps_to
+from convrate.numerics.steps import brute_force_steps, steps_to
 from convrate.theory import bounds_optim, bounds_second_order
 from convrate.theory.core import CheckResult
 
@@ -64,7 +64,7 @@ def check_lbfgs(d: dict) -> list[CheckResult]:
     out.append(_cmp("SO-LBFGS", inst, _residual(it, cg_run(p.H, p.e0, p.n)), "==", 0, precision=EXACT,
                     detail="max |e_t(L-BFGS, exact line search) - e_t(CG)|, t <= n"))
     N = steps_to(p, LBFGS(m), tol)
-    out.append(_cmp("SO-LBFGS", inst, N, "==", brute_force_second_order(p, LBFGS(m), tol, p.n + 1), precision=COUNT,
+    out.append(_cmp("SO-LBFGS", inst, N, "==", brute_force_steps(p, LBFGS(m), tol, p.n + 1), precision=COUNT,
                     detail="steps_to (CG count) == exact L-BFGS vector iteration"))
     q = p.reparameterize(T)
     Ti = T.inv()
@@ -111,7 +111,7 @@ def check_newton_cg(d: dict) -> list[CheckResult]:
                 precision=EXACT, detail="T^-1 NewtonCG(k, lambda) on L' == PCG-Newton(P; H + lambda T^T T) on L, t <= 3")]
     full = NewtonCG(p.n, lam)
     N_def = steps_to(q, full, tol)
-    out.append(_cmp("SO-NEWTON-CG", inst, N_def, "==", brute_force_second_order(q, full, tol, N_def + 1),
+    out.append(_cmp("SO-NEWTON-CG", inst, N_def, "==", brute_force_steps(q, full, tol, N_def + 1),
                     precision=COUNT + " vs exact iteration", detail="k >= n: closed-form count on L' == exact iteration"))
     if lam == 0:
         out.append(_cmp("SO-NEWTON-CG", inst, N_def, "==", steps_to(p, full, tol), precision=EXACT,
@@ -164,7 +164,7 @@ def check_sophia(d: dict) -> list[CheckResult]:
     if not d["rot"]:
         tol = _tol(d["tm"], d["tk"])
         N = steps_to(p, base, tol, 3000)
-        out.append(_cmp("SO-SOPHIA", inst + f" tol={tol}", N, "==", brute_force_second_order(p, base, tol, N + 1),
+        out.append(_cmp("SO-SOPHIA", inst + f" tol={tol}", N, "==", brute_force_steps(p, base, tol, N + 1),
                         precision=COUNT + " (exact rationals)", detail="steps_to (scalar recurrences) == vector iteration"))
     return out
 

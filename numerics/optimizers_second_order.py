@@ -34,13 +34,15 @@ from convrate.numerics.krylov import inner
 from convrate.numerics.quadratic import Quadratic, arb_prec, fmpq_matrix, to_fmpq
 
 __all__ = ["LBFGS", "NewtonCG", "Sophia", "Shampoo", "Muon", "MatrixQuadratic", "SECOND_ORDER", "exact_iterates",
-           "ball_iterates", "steps_to_second_order", "brute_force_second_order", "pcg_exact", "spd_power", "polar"]
+           "ball_iterates", "steps_to_second_order", "exact_iterator", "pcg_exact", "spd_power", "polar"]
 
 _TORCH_YS = fmpq(1, 10**10)  # torch.optim.LBFGS stores a pair only when y^T s > 1e-10
 
 
 @dataclass(frozen=True)
 class LBFGS:
+    """L-BFGS with memory m: exact line search (step None) or torch's fixed-step rule; H_0 = gamma P."""
+
     memory: int = 10
     step: Any = None
     P: Any = None
@@ -48,6 +50,8 @@ class LBFGS:
 
 @dataclass(frozen=True)
 class NewtonCG:
+    """e+ = e + PCG_k(P; H + damping D, -g), k = ``inner`` (D, P = I unless given)."""
+
     inner: int
     damping: Any = 0
     D: Any = None
@@ -56,6 +60,8 @@ class NewtonCG:
 
 @dataclass(frozen=True)
 class Sophia:
+    """Sophia with the exact diagonal Hessian; step, gamma, eps scalar or per coordinate."""
+
     step: Any
     beta1: Any = fmpq(24, 25)
     beta2: Any = fmpq(99, 100)
@@ -66,6 +72,8 @@ class Sophia:
 
 @dataclass(frozen=True)
 class Shampoo:
+    """Shampoo with exponent p and eps; step scalar or per row."""
+
     step: Any
     p: Any = fmpq(1, 4)
     eps: Any = 0
@@ -73,6 +81,8 @@ class Shampoo:
 
 @dataclass(frozen=True)
 class Muon:
+    """Muon with the exact polar factor and momentum beta (no Nesterov)."""
+
     step: Any
     beta: Any = 0
 
@@ -223,18 +233,11 @@ def exact_iterates(p: Quadratic, opt: Any, steps: int, prec: int = 256) -> list[
         return list(itertools.islice(gen(p, opt), steps + 1))
 
 
-def brute_force_second_order(p: Quadratic, opt: Any, tol: Any, max_steps: int) -> int:
-    """Smallest t <= max_steps with q_t <= tol q_0 by the exact vector iteration."""
-    target = to_fmpq(tol) * p.q0
+def exact_iterator(p: Quadratic, opt: Any) -> Iterator[fmpq_mat]:
+    """The endless exact iteration e_0, e_1, ... (``numerics.steps.brute_force_steps`` scans it)."""
     if isinstance(opt, LBFGS) and opt.step is not None:
         raise InvalidInputError("fixed-step L-BFGS iterates are balls: no exact brute-force count")
-    gen = {LBFGS: _lbfgs_iter, NewtonCG: _newton_cg_iter, Sophia: _sophia_iter}[type(opt)](p, opt)
-    for t, e in enumerate(gen):
-        if t > max_steps:
-            break
-        if p.loss(e) <= target:
-            return t
-    raise NoConvergenceError(f"{type(opt).__name__} does not reach the target within {max_steps} steps")
+    return {LBFGS: _lbfgs_iter, NewtonCG: _newton_cg_iter, Sophia: _sophia_iter}[type(opt)](p, opt)
 
 
 def _sophia_scalar_steps(p: Quadratic, opt: Sophia, tol: fmpq, horizon: int) -> int:
@@ -268,9 +271,9 @@ def steps_to_second_order(p: Quadratic, opt: Any, tol: Any, max_steps: int = 10_
     - Sophia on a diagonal H: decoupled scalar recurrences; otherwise the exact iteration
       (fixed-step or preconditioned L-BFGS, truncated Newton-CG: refused, their rationals grow
       exponentially with the step).
-    ``brute_force_second_order`` is the independent vector iteration these are checked against."""
+    ``numerics.steps.brute_force_steps`` (the exact vector iteration) is what these are checked against."""
     from convrate.numerics.optimizers import CG, LM
-    from convrate.numerics.steps import steps_to
+    from convrate.numerics.steps import brute_force_steps, steps_to
 
     tolq = to_fmpq(tol, "tol")
     if p.q0 == 0:
@@ -288,7 +291,7 @@ def steps_to_second_order(p: Quadratic, opt: Any, tol: Any, max_steps: int = 10_
         raise InvalidInputError(f"{type(opt).__name__} here (fixed step, preconditioned, or truncated inner solve) has "
                                 "no count: its exact rationals grow exponentially with the step; compare iterates "
                                 "with exact_iterates over a few steps")
-    return brute_force_second_order(p, opt, tolq, max_steps)
+    return brute_force_steps(p, opt, tolq, max_steps)
 
 
 # ---------------------------------------------------------------- matrix problems (balls)

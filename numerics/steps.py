@@ -465,14 +465,18 @@ def iterate(problem: Quadratic, optimizer: Any, steps: int, prec: int = 256) -> 
 
 def brute_force_steps(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int) -> int:
     """Smallest t <= max_steps with q_t <= tol q_0 by exact rational iteration (rational methods
-    only): the independent cross-check of ``steps_to``. NoConvergenceError past max_steps."""
+    only, the SO-* ones of ``optimizers_second_order`` included): the independent cross-check of
+    ``steps_to``. NoConvergenceError past max_steps."""
     tolq = _tol(tol)
     target = tolq * problem.q0
     from convrate.numerics.optimizers import LINEAR, _Exact, _linear_iter
+    from convrate.numerics.optimizers_second_order import SECOND_ORDER, exact_iterator
     if isinstance(optimizer, CG):
         it: Iterable[fmpq_mat] = run_exact(problem, optimizer, max_steps)
     elif isinstance(optimizer, LINEAR):
         it = _linear_iter(problem, optimizer, _Exact())
+    elif isinstance(optimizer, SECOND_ORDER):
+        it = exact_iterator(problem, optimizer)
     else:
         raise InvalidInputError(f"{type(optimizer).__name__} has no exact rational iteration")
     for t, e in enumerate(it):

@@ -8,6 +8,7 @@ published rule. Tolerances are float64 round-off allowances argued per test.
 """
 from __future__ import annotations
 
+import copy
 import math
 from fractions import Fraction
 
@@ -23,6 +24,7 @@ from convrate.models.attacks.preconditioned import SOPHIA_BETAS, SOPHIA_EPS, SOP
 from convrate.models.attacks.registry import StepContext, flat, unflat
 from convrate.models.attacks.second_order import truncated_cg
 from convrate.models.tasks import tensor_task
+from convrate.models.testing import mlp_arch, random_zoo
 from convrate.numerics.optimizers_second_order import LBFGS, MatrixQuadratic, Shampoo, ball_iterates, exact_iterates
 from convrate.numerics.quadratic import Quadratic
 from convrate.theory.statements import REGISTRY as STATEMENTS
@@ -33,18 +35,9 @@ KNOB = {"lbfgs": 0.3, "lbfgs-wolfe": 1.0, "newton-cg": 0.1, "gauss-newton": 0.1,
         "soap": 0.05, "sophia": 0.05, "muon": 0.05}
 
 
-def mlp(seed: int, widths: tuple[int, ...] = (3, 5, 2), act: type = nn.ReLU) -> nn.Sequential:
-    g = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        lin = nn.Linear(a, b).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=g, dtype=torch.float64) / math.sqrt(a))
-            lin.bias.copy_(0.3 * torch.randn(b, generator=g, dtype=torch.float64))
-        layers.append(lin)
-        if i < len(widths) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers)
+def mlp(seed: int, widths: tuple[int, ...] = (3, 5, 2)) -> nn.Sequential:
+    """A float64 ReLU MLP (``models.testing.random_zoo``)."""
+    return random_zoo(mlp_arch(list(widths)), seed).module
 
 
 def classification(seed: int, n: int = 16, d: int = 3, classes: int = 2):
@@ -63,8 +56,7 @@ def regression(seed: int, n: int = 12, d: int = 3, out: int = 2):
 
 def scaled(net: nn.Sequential, D: torch.Tensor) -> tuple[nn.Sequential, torch.Tensor]:
     """The S2 element D on the hidden units of a 2-layer MLP and T's diagonal on the flat vector."""
-    out = mlp(0, (net[0].in_features, net[0].out_features, net[2].out_features))
-    out.load_state_dict(net.state_dict())
+    out = copy.deepcopy(net)
     with torch.no_grad():
         out[0].weight.mul_(D[:, None])
         out[0].bias.mul_(D)
@@ -200,26 +192,30 @@ def test_gauss_newton_minimum_norm_step_is_invariant_only_in_function_space() ->
 
 # ---------------------------------------------------------------- K-FAC
 def test_kfac_exact_factors_invariant_under_s2() -> None:
-    """SO-KFAC on the real loss: one K-FAC step with exact factors and damping 1e-20 (gamma = 1e-10)
+    """SO-KFAC on the real loss: one K-FAC step with exact factors and damping 1e-30 (gamma = 1e-15)
     on the D-scaled net is T times the step on the original, for 3 seeds (squared loss, N = 40
-    examples, so every factor is invertible; the output factor is I). Allowance: 1e3 u kappa_max
-    kappa(D)^2 relative, kappa_max the largest condition number of the factors (measured), the
-    round-off of the two solves. With damping 1 the steps differ (LM-like damping gamma A^T A)."""
+    examples, so every factor is invertible; the output factor is I). Allowance (relative):
+    1e3 u kappa_max kappa(D)^2 for the round-off of the solves (kappa_max the largest condition
+    number of the factors, measured) plus 4 gamma kappa(D)^2 / lambda_min for what the damping
+    itself changes (lambda_min the smallest factor eigenvalue). With damping 1 the steps differ
+    (LM-like damping gamma A^T A)."""
     from convrate.models.attacks.gauss_newton import kfac_factors
 
     D = torch.tensor([1.0, 3.0, 0.5, 2.0, 0.25], dtype=torch.float64)
     for seed in (4, 5, 6):
         net, task = mlp(seed, (3, 5, 2)), regression(seed, n=40)
         dnet, t = scaled(net, D)
-        steps, kmax = [], 1.0
+        steps, kmax, lmin = [], 1.0, math.inf
         for m in (net, dnet):
             ctx = StepContext(m, list(m.parameters()), task)
             _, factors = kfac_factors(ctx, [m[0], m[2]])
             kmax = max([kmax] + [float(torch.linalg.cond(F)) for pair in factors.values() for F in pair])
+            lmin = min([lmin] + [float(torch.linalg.eigvalsh(F).min()) for pair in factors.values() for F in pair])
             before = flat([p.detach() for p in m.parameters()]).clone()
-            KFAC(m, list(m.parameters()), 1.0, 1e-20).step(StepContext(m, list(m.parameters()), task))
+            KFAC(m, list(m.parameters()), 1.0, 1e-30).step(StepContext(m, list(m.parameters()), task))
             steps.append(flat([p.detach() for p in m.parameters()]) - before)
-        tol = 1e3 * 2.0**-52 * kmax * float(D.max() / D.min()) ** 2
+        kd2 = float(D.max() / D.min()) ** 2
+        tol = 1e3 * 2.0**-52 * kmax * kd2 + 4 * 1e-15 * kd2 / lmin
         rel = float((steps[1] / t - steps[0]).norm() / steps[0].norm())
         assert rel <= tol, (seed, rel, tol)
     a = Attack("kfac", 0.3, 2, damping=1.0, seed=0, device="cpu", stop_at_target=False)
@@ -285,12 +281,10 @@ def test_sophia_follows_published_rule(gamma: float) -> None:
 
     net, task = mlp(5), classification(5, n=64)
     lr = 0.05
-    run = mlp(5)
-    run.load_state_dict(net.state_dict())
+    run = copy.deepcopy(net)
     ctx = StepContext(run, list(run.parameters()), task)
     stepper = Sophia(list(run.parameters()), lr, gamma=gamma)
-    ref = mlp(5)
-    ref.load_state_dict(net.state_dict())
+    ref = copy.deepcopy(net)
     params = list(ref.parameters())
     m = [torch.zeros_like(p) for p in params]
     h = [torch.zeros_like(p) for p in params]
