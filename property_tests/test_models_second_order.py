@@ -344,3 +344,34 @@ def test_muon_orthogonally_equivariant_on_real_net() -> None:
     rot = max(abs(x - y) / abs(x) for x, y in zip(base, a.run(moved(Q), task).losses))
     skew = max(abs(x - y) / abs(x) for x, y in zip(base, a.run(moved(A), task).losses))
     assert rot < 2e-3 and skew > 10 * rot, (rot, skew)
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_attack_second_order_cost_and_bad_input(tmp_path) -> None:
+    """``convrate attack --optimizer kfac`` reports the knob (damping) and the cost to the target;
+    Newton-CG's cost counts HVPs with their measured ratio; a bad --exponent / --inner-steps is one
+    line on stderr, exit 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from convrate.cli import app
+    from convrate.models.io import save_model
+
+    src = save_model(random_zoo(mlp_arch([64, 8, 10]), 3), tmp_path / "model")
+    runner = CliRunner()
+    r = runner.invoke(app, ["attack", str(src), "--optimizer", "kfac", "--lr", "0.1", "--budget", "3", "--target", "0.1",
+                            "--json"])
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["knob"] == "damping" and d["cost"] is None and set(d["cost_ratios"]) == {"backward"}
+    r = runner.invoke(app, ["attack", str(src), "--optimizer", "newton-cg", "--lr", "1.0", "--budget", "8",
+                            "--inner-steps", "3", "--json"])
+    d = json.loads(r.stdout)
+    if d["reached"]:
+        c = d["cost"]
+        assert c["steps"] == d["steps"] and c["gradients"] == d["steps"] and 0 < c["hvps"] <= 3 * d["steps"]
+        assert c["grad_equivalents"] == pytest.approx(c["gradients"] + d["cost_ratios"]["hvp"] * c["hvps"])
+    for bad in (["--optimizer", "shampoo", "--exponent", "0"], ["--optimizer", "newton-cg", "--inner-steps", "0"]):
+        r = runner.invoke(app, ["attack", str(src), "--lr", "0.1", *bad])
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
