@@ -189,6 +189,43 @@ def within_reference(run: SweepRun) -> bool | None:
 
 
 
+def second_order_checks(model: LoadedModel, task: Task, K: float = 100.0, *, defense: str = "specdef",
+                        inner: int = 5, damping: float = 0.1, seed: int = 0) -> list[Any]:
+    """SO-NEWTON-CG and SO-GN on the real loss of a small zoo model: k = ``inner`` CG steps on
+    (M' + lambda I) p' = -g' at the defended release (M = H, then G), mapped back by T^-1, against k
+    steps of CG preconditioned by P = T^-1 T^-T on (M + lambda T^T T) p = -g at the original, with the
+    attackers' own ``truncated_cg`` and convrate's products (T dense, float64, n <= 4000).
+    measured = ||T^-1 p' - p|| / ||p||; allowance 1e-6: the products agree with T2 to ~1e-14
+    relative, and k <= 5 CG steps amplify that by at most the square of the condition number of
+    the damped system along the Krylov space (lambda = 0.1 keeps it below 1e8 here); a wrong
+    damping matrix (lambda I for lambda T^T T) or preconditioner changes p at O(1)."""
+    import torch
+
+    from convrate.models.attacks.second_order import truncated_cg
+    from convrate.models.checks import dense_reparameterization
+    from convrate.models.curvature import Objective
+    from convrate.theory.core import compare
+
+    result = sweep_defense(defense, K, seed).apply(model)
+    objs = [Objective(m.module, task.X_train, task.y_train, loss=task.loss, device="cpu") for m in (model, result.model)]
+    T = dense_reparameterization(objs[0], result.record)
+    Ti = torch.linalg.inv(T)
+    P, D = Ti @ Ti.T, T.T @ T
+    g_u, g_d = objs[0].gradient(), objs[1].gradient()
+    out = []
+    for sid, kind in (("SO-NEWTON-CG", "hessian"), ("SO-GN", "gauss_newton")):
+        op_u, op_d = objs[0].operator(kind), objs[1].operator(kind)
+        x_d, used_d, neg_d = truncated_cg(lambda v: op_d(v) + damping * v, -g_d, inner)
+        x_u, used_u, neg_u = truncated_cg(lambda v: op_u(v) + damping * (D @ v), -g_u, inner, precondition=lambda r: P @ r)
+        rel = float((Ti @ x_d - x_u).norm() / x_u.norm())
+        out.append(compare(sid, f"{model.kind} {defense} K={K:g} kappa(T)={result.record.kappa_T():.4g} k={inner} "
+                                f"lambda={damping:g} ({kind} products)", rel, "<=", 1e-6,
+                           precision="float64 autograd products; allowance argued in models.experiments.second_order_checks",
+                           detail=f"||T^-1 p' - p|| / ||p||: CG on L' vs CG preconditioned by T^-1 T^-T with damping "
+                                  f"lambda T^T T on L ({used_d} / {used_u} products, negative curvature {neg_d} / {neg_u})"))
+    return out
+
+
 def encoder_wrap(task: Task, seed: int = 0, freeze_embeddings: bool = True) -> Callable[[nn.Module], nn.Module]:
     """``wrap`` for a BERT-family encoder: a copy of it under the task's classification head
     (``Task.head``, seeded, identical for every K), its embedding tables frozen when
@@ -208,4 +245,4 @@ def encoder_wrap(task: Task, seed: int = 0, freeze_embeddings: bool = True) -> C
 
 
 __all__ = ["SearchProfile", "SweepRun", "slowdown_sweep", "sweep_defense", "best_trajectory", "within_reference",
-           "encoder_wrap", "REFERENCE_EXPONENT", "REFERENCE_STATEMENT"]
+           "encoder_wrap", "second_order_checks", "REFERENCE_EXPONENT", "REFERENCE_STATEMENT"]

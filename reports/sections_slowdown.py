@@ -270,6 +270,19 @@ def second_order_section(ctx: "Context") -> Section:
         _table(s, first + rows)
         s.figure(_slowdown_figure(label + " (all attackers)" if first else label, first + rows, "so_"))
         s.figure(_curves_figure(label, rows, cfg.target, "so_"))
+    from convrate.models import zoo
+    from convrate.models.experiments import second_order_checks
+    from convrate.models.tasks import digits_relabel_task
+
+    checks = ctx.record(second_order_checks(zoo.digits_mlp(), digits_relabel_task(ctx.seed, standardize=False), 100.0,
+                                            seed=ctx.seed))
+    s.para("Exact statements on the real loss (digits MLP, SpecDef K = 100): k CG steps on the defended release, "
+           "mapped back by T^-1, equal CG preconditioned by T^-1 T^-T with damping lambda T^T T on the original, for "
+           "the Hessian (SO-NEWTON-CG) and the Gauss-Newton matrix (SO-GN).")
+    s.table(["statement", "instance", "measured", "rel", "bound", "holds"],
+            [[d["statement"], d["instance"], f"{d['measured']:.3g}", d["relation"], f"{d['bound']:.3g}",
+              "yes" if d["holds"] else "no"] for d in checks])
+    data["real_network_checks"] = checks
     s.data = data
     return s
 
