@@ -375,3 +375,33 @@ def test_cli_attack_second_order_cost_and_bad_input(tmp_path) -> None:
     for bad in (["--optimizer", "shampoo", "--exponent", "0"], ["--optimizer", "newton-cg", "--inner-steps", "0"]):
         r = runner.invoke(app, ["attack", str(src), "--lr", "0.1", *bad])
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+
+
+# ---------------------------------------------------------------- report section
+def test_second_order_report_section_at_tiny_size() -> None:
+    """The report's second-order section on the digits MLP at a tiny size: every run has its cost
+    to the target and its prediction, the table lists the first-order rows too when that sweep ran,
+    both figures are PNGs, and the real-loss checks of SO-NEWTON-CG and SO-GN hold."""
+    import dataclasses
+
+    from convrate.models.experiments import SearchProfile
+    from convrate.reports.builder import Context
+    from convrate.reports.profiles import QUICK, NetSweep
+    from convrate.reports.sections_slowdown import SweepRecord, second_order_section
+
+    tiny = dataclasses.replace(QUICK, cnn_so=None, minilm_so=None, mlp_so=NetSweep(
+        (10,), ("kfac", "muon"), ("diagonal",), 1.0, SearchProfile(15, (0.01, 0.1), refine=0, grids=(("kfac", (1.0,)),))))
+    ctx = Context(True, 0, tiny)
+    ctx.shared["sweeps"] = {"digits MLP": SweepRecord("digits MLP", None, None, None, None, [])}
+    s = second_order_section(ctx)
+    runs = s.data["networks"]["digits MLP"]["runs"]
+    assert {(d["optimizer"], d["defense"]) for d in runs} == {(o, d) for o in ("kfac", "muon") for d in ("none", "diagonal")}
+    for d in runs:
+        assert d["knob"] == ("damping" if d["optimizer"] == "kfac" else "lr")
+        assert d["reached"] == (d["cost"] is not None)
+        if d["reached"]:
+            assert d["cost"]["steps"] == d["steps"] and d["grad_equivalents"] >= d["steps"]
+    assert all(c["holds"] for c in s.data["real_network_checks"])
+    figs = [b for kind, b in s.blocks if kind == "figure"]
+    assert [f.name for f in figs] == ["so_slowdown_digits_mlp.png", "so_curves_digits_mlp.png"]
+    assert all(f.png.startswith(b"\x89PNG") for f in figs)
