@@ -23,6 +23,10 @@ Cost: ``Trajectory.costs[t]`` holds the cumulative evaluations that produced the
 cost of each product kind relative to a gradient, so ``cost_to(target)`` reports steps,
 gradient-equivalents and wall time to the target.
 
+LoRA: ``lora-sgd`` / ``lora-adam`` train adapters of rank ``lora_rank`` (base frozen): through peft on
+the attention and MLP projections of a Hugging Face model inside the attacked module
+(``peft_lora``), the in-project ``lora`` on the Linear layers of anything else (zoo nets).
+
 Runs are deterministic given ``seed`` (the RNG is forked and seeded, deterministic algorithms
 requested) and the caller's RNG state is left untouched.
 """
@@ -41,6 +45,7 @@ from convrate.errors import InvalidInputError
 from convrate.models.attacks import first_order, gauss_newton, preconditioned, second_order  # noqa: F401 (register)
 from convrate.models.attacks.lora import Targets, lora_wrap
 from convrate.models.attacks.registry import REGISTRY, Cost, StepContext, get_spec, measure_cost_ratios
+from convrate.models.attacks.peft_lora import peft_wrap, uses_peft
 from convrate.models.runtime import deterministic, resolve_device
 from convrate.models.tasks import Task
 
@@ -212,8 +217,9 @@ class Attack:
     # ---- setup
     def _prepare(self, model: nn.Module, dev: torch.device) -> tuple[nn.Module, list[nn.Parameter]]:
         if self.spec.lora:
-            net, params = lora_wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
-                                    extra_trainable=self.lora_extra_trainable)
+            wrap = peft_wrap if uses_peft(model) else lora_wrap
+            net, params = wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
+                               extra_trainable=self.lora_extra_trainable)
         else:
             net = copy.deepcopy(model)
             params = [p for p in net.parameters() if p.requires_grad]
