@@ -213,6 +213,10 @@ class StepContext:
             X, y = self.batch()
             loss = self.task.loss
             targets = y
+            if loss == "cross_entropy" and y.ndim == 2 and not y.is_floating_point():
+                from convrate.models.tasks import token_targets  # next-token ids (n, T) -> the kept rows (M,)
+
+                targets = token_targets(y)
             if loss == "squared" and not y.is_floating_point():
                 with torch.no_grad():
                     n_out = self.task.forward(self.net, X).shape[-1]
