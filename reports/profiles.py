@@ -6,8 +6,8 @@ recoveries on two layers; more strengths, optimizers and defenses, larger budget
 learning-rate grids; 2907 and 3050 s measured on 2 cores, two thirds of it the slowdown sweeps).
 The second-order section (``*_so``: L-BFGS, Newton-CG, Gauss-Newton, K-FAC, Shampoo, SOAP,
 Sophia, Muon) adds, estimated from searches timed on a loaded 2-core machine (about 2 minutes
-per defended model for all nine attackers on the digits MLP): QUICK about 3 minutes (MLP, K = 100,
-geometric SpecDef, six attackers); FULL about 25-35 minutes (MLP: 7 models x 9 attackers; CNN: 2
+per defended model for all nine attackers on the digits MLP): QUICK 74 s measured (MLP, K = 100,
+geometric SpecDef, six attackers, and the real-loss SO checks); FULL about 25-35 minutes (MLP: 7 models x 9 attackers; CNN: 2
 x 9; MiniLM: Sophia and Muon on 2 models, about 1-3 s per MiniLM step). Newton-CG and
 Gauss-Newton (k products per step) get smaller step budgets; K-FAC and Shampoo are too dear on
 MiniLM (about 17 and 68 s per step measured) and Gauss-Newton is for small models.
