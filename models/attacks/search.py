@@ -120,7 +120,7 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     require_finite_parameters(model)
     start = time.perf_counter()
     if spec.uses and "cost_ratios" not in attack_options:  # measured once for the whole search
-        probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, stop_at_target=False, **attack_options)
+        probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, **{**attack_options, "stop_at_target": False})
         attack_options["cost_ratios"] = tuple(sorted(probe.run(model, task).cost_ratios.items()))
     table: list[LRTrial] = []
     tried: set[float] = set()
