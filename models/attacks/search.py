@@ -1,9 +1,13 @@
 """Learning-rate search and slowdown ratios for attacks.
 
 ``lr_search`` runs an attack over a log grid of learning rates (default 1e-5 .. 1e1, two
-points per decade), then on a finer log grid around the best, and returns the lr with the
-fewest steps. ``slowdown`` runs it on an undefended and a defended model and returns the
-ratio of best step counts (dimensionless).
+points per decade, or the optimizer's own grid), then on a finer log grid around the best, and
+returns the lr with the fewest steps. For Newton-CG, Gauss-Newton and K-FAC the searched knob is
+the damping (``registry.OptimizerSpec.knob``); ``lr`` below then means that value. Each trial
+records its cost to the target (steps, gradients, curvature products, gradient-equivalents with
+the product cost ratios measured once per search, wall seconds). ``slowdown`` runs it on an
+undefended and a defended model and returns the ratio of best step counts (dimensionless), and
+the ratios of gradient-equivalents and wall time at those best runs.
 
 Work the search does not do, without changing what it returns:
 - *pruning*: a trial runs only up to the incumbent's step count (it stops as soon as it cannot
@@ -46,7 +50,8 @@ from torch import nn
 
 from convrate.errors import InvalidInputError
 from convrate.models.attacks.attack import (Attack, Progress, Trajectory, _check_optimizer, _check_target,
-                                            _positive_finite, _positive_int, require_finite_parameters)
+                                            _positive_finite, _positive_int, make_attack, require_finite_parameters)
+from convrate.models.attacks.registry import get_spec
 from convrate.models.tasks import Task
 
 
@@ -74,6 +79,7 @@ class LRTrial:
     budget: int
     stage: str
     wall_s: float
+    cost: dict[str, Any] | None = None
     ran: int = 0
     source: str = "run"
 
@@ -96,6 +102,7 @@ class LRSearchResult:
     best_steps: int | None
     table: tuple[LRTrial, ...]
     wall_s: float
+    cost_ratios: dict[str, float] | None = None
     best_losses: tuple[float, ...] = ()
 
     @property
@@ -113,6 +120,17 @@ class LRSearchResult:
         budget): the yardstick of what pruning and known prefixes saved."""
         return len(self.table) * self.budget
 
+    @property
+    def knob(self) -> str:
+        """What ``best_lr`` and the table's lr values are: "lr" or "damping"."""
+        return get_spec(self.optimizer).knob
+
+    @property
+    def best_cost(self) -> dict[str, Any] | None:
+        """Cost to the target of the best trial (steps, counts, gradient-equivalents, wall s)."""
+        rows = [tr for tr in self.table if tr.lr == self.best_lr and tr.steps == self.best_steps and tr.cost]
+        return rows[0].cost if rows and self.reached else None
+
     def steps_text(self) -> str:
         return str(self.best_steps) if self.reached else f">{self.budget}"
 
@@ -122,17 +140,18 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
               per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
               progress: Progress | None = None, known: Mapping[float, Trajectory] | None = None,
               schedule: str = "halving", **attack_options: Any) -> LRSearchResult:
-    """Steps to ``target`` for each lr of ``grid`` (default ``log_grid(1e-5, 10, per_decade)``),
-    then ``refine`` log-spaced points on each side of the best (spacing
-    10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
+    """Steps to ``target`` for each lr of ``grid`` (default: the optimizer's own grid, else
+    ``log_grid(1e-5, 10, per_decade)``), then ``refine`` log-spaced points on each side of the
+    best (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
 
     With ``prune`` a trial runs only up to the incumbent's step count (a slower lr cannot
     win); its row then records that smaller budget. ``schedule`` "halving" (with ``prune``)
     runs the grid in successive-halving rounds (``halving_budgets``: every live lr, largest
-    first, up to max(16, budget/64), then the survivors -- not diverged -- up to 4x that, ...) and stops
-    after the first round in which some lr meets the target; "descending" runs each lr once,
-    largest first. ``known``: prefix trajectories (module doc). Either way the returned lr is
-    the one with the fewest steps among all lrs, as an unpruned search's (module doc)."""
+    first, up to max(16, budget/64), then the survivors -- not diverged, lowest loss first --
+    up to 4x that, ...) and stops after the first round in which some lr meets the target;
+    "descending" runs each lr once, largest first. ``known``: prefix trajectories (module
+    doc). Either way the returned lr is the one with the fewest steps among all lrs, as an
+    unpruned search's (module doc)."""
     _check_optimizer(optimizer)
     tgt = _check_target(target)
     if tgt is None:
@@ -142,13 +161,19 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         raise InvalidInputError(f"refine must be a non-negative integer, got {refine!r}")
     if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
         raise InvalidInputError(f"refine_rounds must be a non-negative integer, got {refine_rounds!r}")
-    lrs = log_grid(1e-5, 10.0, per_decade) if grid is None else [_positive_finite(x, "grid learning rate") for x in grid]
+    spec = get_spec(optimizer)
+    if grid is None:
+        grid = spec.grid if spec.grid is not None else log_grid(1e-5, 10.0, per_decade)
+    lrs = [_positive_finite(x, "grid learning rate") for x in grid]
     if not lrs:
         raise InvalidInputError("the learning-rate grid is empty")
     require_finite_parameters(model)
+    start = time.perf_counter()
+    if spec.uses and "cost_ratios" not in attack_options:  # measured once for the whole search
+        probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, **{**attack_options, "stop_at_target": False})
+        attack_options["cost_ratios"] = tuple(sorted(probe.run(model, task).cost_ratios.items()))
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown lr-search schedule {schedule!r} (supported: {', '.join(SCHEDULES)})")
-    start = time.perf_counter()
     table: dict[float, LRTrial] = {}
     curves: dict[float, list[float]] = {}
     n_total = len(set(lrs)) + 2 * refine * refine_rounds
@@ -163,22 +188,25 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         prefix = _from_prefix(known, lr, b, tgt, factor)
         before = table[lr].ran if lr in table else 0
         if prefix is not None:
-            losses, diverged = prefix
-            tr = LRTrial(lr, _first_at_most(losses, tgt), diverged, losses[-1], b, stage, 0.0, before, "known")
+            traj, losses, diverged = prefix
+            steps = _first_at_most(losses, tgt)
+            tr = LRTrial(lr, steps, diverged, losses[-1], b, stage, 0.0,
+                         traj.cost_at(steps) if steps is not None else None, before, "known")
         else:
-            traj = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).run(model, task)
+            traj = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).run(model, task)
             losses = traj.losses
             tr = LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage,
-                         traj.wall_s + (table[lr].wall_s if lr in table else 0.0), before + traj.steps, "run")
+                         traj.wall_s + (table[lr].wall_s if lr in table else 0.0), traj.cost_to(tgt),
+                         before + traj.steps, "run")
         table[lr] = tr  # a later (longer) trial of the same lr replaces the earlier one
         curves[lr] = list(losses)
         if progress is not None:
             progress(f"lr search {optimizer}", len(table), n_total)
         return tr
 
-    grid = sorted(set(lrs), reverse=True)
+    grid_lrs = sorted(set(lrs), reverse=True)
     caps = halving_budgets(budget) if (prune and schedule == "halving") else [budget]
-    alive = grid
+    alive = grid_lrs
     for cap in caps:  # successive halving: every live lr up to cap, then the survivors up to 4 cap, ...
         for lr in alive:
             attempt(lr, "grid", cap)
@@ -199,7 +227,8 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
                     attempt(lr, f"refine{rnd + 1}", budget)
     rows = tuple(table.values())
     best = _best(rows)
-    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, rows, time.perf_counter() - start,
+    ratios = dict(attack_options["cost_ratios"]) if "cost_ratios" in attack_options else {}
+    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, rows, time.perf_counter() - start, ratios,
                           tuple(curves[best.lr]))
 
 
@@ -226,11 +255,11 @@ def _first_at_most(losses: Sequence[float], target: float) -> int | None:
 
 
 def _from_prefix(known: Mapping[float, Trajectory] | None, lr: float, budget: int, target: float,
-                 factor: float) -> tuple[list[float], bool] | None:
-    """(losses, diverged) of a trial at ``lr`` with ``budget`` and ``target``, read off a known
-    prefix trajectory when the prefix decides it (see the module doc), else None. Mirrors
-    ``Attack.run``: at each step the loss is recorded, then divergence (non-finite, or above
-    factor x max(|L_0|, 1e-300)) stops the run, then the target does, then the budget."""
+                 factor: float) -> tuple[Trajectory, list[float], bool] | None:
+    """(the prefix, losses, diverged) of a trial at ``lr`` with ``budget`` and ``target``, read
+    off a known prefix trajectory when the prefix decides it (see the module doc), else None.
+    Mirrors ``Attack.run``: at each step the loss is recorded, then divergence (non-finite, or
+    above factor x max(|L_0|, 1e-300)) stops the run, then the target does, then the budget."""
     if not known:
         return None
     traj = next((tr for x, tr in known.items() if math.isclose(x, lr, rel_tol=1e-12)), None)
@@ -242,9 +271,9 @@ def _from_prefix(known: Mapping[float, Trajectory] | None, lr: float, budget: in
         if t > budget:
             break
         if not math.isfinite(v) or v > floor:
-            return losses[: t + 1], True
+            return traj, losses[: t + 1], True
         if v <= target or t == budget:
-            return losses[: t + 1], False
+            return traj, losses[: t + 1], False
     return None  # the prefix ends before the trial is decided
 
 
@@ -267,6 +296,14 @@ class Slowdown:
     defended: LRSearchResult
     ratio: float | None
     is_lower_bound: bool
+
+    def cost_ratio(self, key: str = "grad_equivalents") -> float | None:
+        """defended / undefended cost to the target at the best runs (``key``: grad_equivalents,
+        wall_s, gradients, ...); None unless both reached it with a nonzero undefended cost."""
+        a, b = self.undefended.best_cost, self.defended.best_cost
+        if a is None or b is None or not a.get(key):
+            return None
+        return float(b[key]) / float(a[key])
 
     @property
     def text(self) -> str:
