@@ -26,9 +26,10 @@ Work the search does not do, without changing what it returns:
   order of work: an lr that is stable but slow (e.g. Adam at too large a rate, which neither
   diverges nor converges) costs a round's budget instead of the whole budget before a fast one
   is found, and from the second round on the lr with the lowest loss so far runs first, so
-  the others are capped by its count. Reruns from the start cost at most 4/3 of the last
-  round's steps per lr: when no lr meets the target (every lr then runs its whole budget) the
-  search costs up to 4/3 of the descending one.
+  the others are capped by its count. The reruns from the start of the earlier rounds cost at
+  most 1/3 of the last round's budget per lr (rounds grow 4x): when no lr meets the target
+  (every lr then runs its whole budget) the search costs up to 4/3 of the descending one; an lr
+  that stops (target or divergence) at step s costs at most 7/3 s.
 - *known prefixes*: ``known`` maps learning rates to trajectories already run from the same
   model, task, optimizer, seed and attack options with no target stop (e.g. the audit's pilot).
   A trial at such an lr is the prefix cut at the first step that meets the target or diverges
