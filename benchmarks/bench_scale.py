@@ -157,12 +157,14 @@ def part_hessian(args: argparse.Namespace) -> dict[str, Any]:
 
 def _audit_counts() -> dict[str, Any]:
     """Fixed work of the default MiniLM audit: pilot steps, curvature products (lower bounds of
-    the searches: every grid lr of every search runs at least the first halving round)."""
+    the searches: every grid lr of every search runs at least the first halving round). Steps
+    of every attacker are counted alike (a second-order step costs more than a gradient: a lower
+    bound)."""
     from convrate.models.attacks.search import halving_budgets
     from convrate.models.audit import PROFILES
 
     prof = PROFILES["default"]
-    grids = {o: prof.grid(o, "hf") for o in prof.optimizers}
+    grids = {o: prof.grid(o, "hf") for o in prof.optimizers_for("hf")}
     pilot = sum(len(g) for g in grids.values()) * prof.pilot_budget
     variants = 4  # reference, claimed, R2, R1 (class fplr)
     first = halving_budgets(prof.budget)[0]
@@ -170,7 +172,7 @@ def _audit_counts() -> dict[str, Any]:
     # per model: determinism check 2, Lanczos 2 passes, Rayleigh-Ritz + residuals 4, Hutchinson
     hvps = 2 * (2 + 2 * prof.lanczos_steps - 1 + 4 + prof.trace_samples)
     return {"pilot_steps": pilot, "search_steps_at_least": search_min, "hvps": hvps, "budget": prof.budget,
-            "micro_batch": prof.micro_batch}
+            "micro_batch": prof.micro_batch, "attackers": list(grids)}
 
 
 def part_audit(args: argparse.Namespace) -> dict[str, Any]:

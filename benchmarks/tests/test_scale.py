@@ -12,7 +12,9 @@ from convrate.models.audit import PROFILES
 def test_audit_counts_follow_the_default_profile():
     prof = PROFILES["default"]
     c = _audit_counts()
-    n_lrs = len(log_grid(1e-5, 10.0, 2)) + len(log_grid(1e-6, 1e-1, 2))  # the hf sgd and adam grids
+    n_lrs = sum(len(prof.grid(o, "hf")) for o in prof.optimizers_for("hf"))
+    assert len(log_grid(1e-5, 10.0, 2)) == len(prof.grid("sgd", "hf")) == 13  # one grid by hand
+    assert c["attackers"] == list(prof.optimizers_for("hf")) and "gauss-newton" not in c["attackers"]
     assert c["pilot_steps"] == n_lrs * 100 == n_lrs * prof.pilot_budget
     assert c["search_steps_at_least"] == n_lrs * 3 * halving_budgets(400)[0]
     assert c["hvps"] == 2 * (2 + 2 * 60 - 1 + 4 + 32)

@@ -164,7 +164,8 @@ class StepContext:
         if self._cache is not None and self._same((self._cache[0], self._cache[1])):
             return self._cache[2]
         if self.reduction is not None:  # no graph is kept: the gradient is taken now, piece by piece
-            return float(self.closure())
+            self.closure()
+            return self._cache[2]
         loss = self.loss_graph()
         self._pending = (self.step_index, self.theta(), loss)
         return float(loss.detach())
