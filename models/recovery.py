@@ -72,7 +72,7 @@ from convrate.models.checks import gamma
 from convrate.models.io import LoadedModel
 from convrate.models.symmetry import Slot, TorchReparameterization, TorchSymmetry
 from convrate.models.families import discover_symmetries
-from convrate.theory.bounds import recovery_extra_parameters, recovery_extra_parameters_bound
+from convrate.theory.bounds import recovery_extra_parameters_bound
 
 R2_TOL = 1e-12
 R2_MAX_SWEEPS = 2000
@@ -106,12 +106,16 @@ def _check_record(module: nn.Module, record: TorchReparameterization) -> None:
 
 # ================================================================ R1
 def _act_differentiable(X: torch.Tensor, slot: Slot, M: torch.Tensor, r: int) -> torch.Tensor:
-    """The slot of X multiplied by M (r x r) or scaled by M (length r), in float64 and cast
-    back to X's dtype, through differentiable ops (``symmetry._act`` detaches)."""
+    """The slot of X multiplied by M (r x r), scaled by M (length r, floating) or permuted by M
+    (length r, integer: row i of the result is row M[i]), in float64 and cast back to X's
+    dtype, through differentiable ops (``symmetry._act`` detaches)."""
     V = X.movedim(slot.axis, 0)
     blk = V[slot.start:slot.stop]
     flat = blk.reshape(r, -1).to(torch.float64)
-    new = flat * M[:, None] if M.ndim == 1 else M @ flat
+    if not M.is_floating_point():
+        new = flat[M]
+    else:
+        new = flat * M[:, None] if M.ndim == 1 else M @ flat
     V = torch.cat([V[:slot.start], new.reshape(blk.shape).to(X.dtype), V[slot.stop:]], dim=0)
     return V.movedim(0, slot.axis)
 
@@ -119,7 +123,8 @@ def _act_differentiable(X: torch.Tensor, slot: Slot, M: torch.Tensor, r: int) ->
 class R1Module(nn.Module):
     """theta' = T phi: trainable phi (``self.phi``, the architecture holding T^-1 theta'),
     forward = the defended architecture evaluated at T phi. Buffers ``A_i``, ``A_inv_i``
-    (float64) are the frozen group elements; ``extra_parameters`` counts them."""
+    (float64; a permutation as two int64 index vectors) are the frozen group elements;
+    ``extra_parameters`` counts them."""
 
     def __init__(self, defended: nn.Module, record: TorchReparameterization) -> None:
         super().__init__()
@@ -131,8 +136,11 @@ class R1Module(nn.Module):
         dev = next(defended.parameters()).device
         self._groups: list[tuple[TorchSymmetry, str, str]] = []
         for i, (sym, e) in enumerate(record.items):
-            self.register_buffer(f"A_{i}", e.to(dev, torch.float64).clone())
-            self.register_buffer(f"A_inv_{i}", sym.inverse(e).to(dev, torch.float64))
+            A, Ainv = e.to(dev, torch.float64).clone(), sym.inverse(e).to(dev, torch.float64)
+            if sym.element_kind == "permutation":  # (P X)[i] = X[argmax P[i]]; P^-T = P
+                A, Ainv = A.argmax(dim=1), Ainv.argmax(dim=1)
+            self.register_buffer(f"A_{i}", A)
+            self.register_buffer(f"A_inv_{i}", Ainv)
             self._groups.append((sym, f"A_{i}", f"A_inv_{i}"))
         self._names = [n for n, _ in defended.named_parameters()]
         self.record_meta = dict(record.meta)
@@ -157,8 +165,8 @@ class R1Module(nn.Module):
         th = self.phi_parameters()
         for sym, a, b in self._groups:
             A, Ainv = getattr(self, a), getattr(self, b)
-            AinvT = Ainv if Ainv.ndim == 1 else Ainv.T
-            for s in sym.slots:
+            AinvT = A if sym.element_kind in ("orthogonal", "permutation") else Ainv if Ainv.ndim == 1 else Ainv.T
+            for s in sym.acting_slots:
                 th[s.param] = _act_differentiable(th[s.param], s, A if s.op == "A" else AinvT, sym.width)
         return th
 
@@ -177,10 +185,11 @@ def r1_module(defended: Any, record: TorchReparameterization) -> R1Module:
 def _group_pair_dims(sym: TorchSymmetry) -> tuple[int, int, int]:
     """(n_in, n_out, bias entries) of the pair a group acts on: entries per group coordinate on
     the "A" side without its bias column, on the "A_invT" side (with its bias, e.g. b_K), and
-    the number of "A"-side bias entries."""
+    the number of "A"-side bias entries. A group whose "A" side is only a vector (the RMSNorm
+    weight gamma of S7, a diagonal map) counts it as the input column: n_in = 1, no bias."""
     shapes = dict(sym.shapes)
     a = b = bias = 0
-    for s in sym.slots:
+    for s in sym.acting_slots:
         if s.param not in shapes:
             raise InvalidInputError(f"group {sym.name} does not record the shape of {s.param!r}")
         shape = shapes[s.param]
@@ -191,18 +200,21 @@ def _group_pair_dims(sym: TorchSymmetry) -> tuple[int, int, int]:
             bias += s.stop - s.start
         else:
             a += per
+    if a == 0 and bias:
+        a, bias = bias // sym.width, 0
     return a, b, bias
 
 
 def r1_extra_parameters(record: TorchReparameterization) -> dict[str, Any]:
-    """R1 cost: ``extra_parameters`` = sum_groups recovery_extra_parameters(family, r), its
+    """R1 cost: ``extra_parameters`` = sum_groups of ``TorchSymmetry.extra_parameters`` (S1, S2:
+    recovery_extra_parameters(family, r)), its
     ``bound`` = sum_groups recovery_extra_parameters_bound(r, n_in, n_out) (for a group without
     an "A"-side bias the bound still counts a bias column, so it is then looser), and
     ``pair_parameters`` = the parameters r (n_in + n_out) + biases the groups act on."""
     extra, bound, pair = 0, Fraction(0), 0
     for sym, _ in record.items:
         n_in, n_out, bias = _group_pair_dims(sym)
-        extra += recovery_extra_parameters(sym.family, sym.width)
+        extra += sym.extra_parameters()
         bound += recovery_extra_parameters_bound(sym.width, n_in, n_out)
         pair += sym.width * (n_in + n_out) + bias
     return {"extra_parameters": extra, "bound": bound, "within_bound": extra <= bound,
