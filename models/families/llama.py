@@ -47,11 +47,10 @@ import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.symmetry import Slot, TorchSymmetry, record_shapes, unit_allowance
+from convrate.models.symmetry import UNIT_ALLOWANCE, Slot, TorchSymmetry, record_shapes
 
-CONTINUOUS_KINDS = ("rope-qk", "gqa-vo", "swiglu", "rmsnorm", "residual-rotation")
+KINDS = ("rope-qk", "gqa-vo", "swiglu", "rmsnorm", "residual-rotation")
 PERMUTATION_KINDS = ("mlp-permutation", "head-permutation", "kv-permutation")
-KINDS = CONTINUOUS_KINDS + PERMUTATION_KINDS
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -142,10 +141,9 @@ def _lm_head(module: nn.Module) -> str | None:
 
 
 def is_folded(module: nn.Module) -> bool:
-    """Every RMSNorm weight is 1 within ``unit_allowance`` of its dtype."""
+    """Every RMSNorm weight is 1 within ``symmetry.UNIT_ALLOWANCE``."""
     named = dict(module.named_parameters())
-    return all(float((named[n].detach().double() - 1).abs().max()) <= unit_allowance(named[n].dtype)
-               for n in _norm_params(module))
+    return all(float((named[n].detach().double() - 1).abs().max()) <= UNIT_ALLOWANCE for n in _norm_params(module))
 
 
 def decoder_symmetries(module: nn.Module, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
@@ -154,12 +152,12 @@ def decoder_symmetries(module: nn.Module, layers: Sequence[int] | None = None, h
     permutations, then S4, S5, S6). ``kinds`` default: the continuous ones; ``layers`` restricts
     per-layer groups (the final norm and the residual rotation are kept); ``heads`` restricts
     S4/S5 to the KV groups listed. Kinds of other families are ignored."""
-    kinds = CONTINUOUS_KINDS if kinds is None else tuple(kinds)
+    kinds = KINDS if kinds is None else tuple(kinds)
     named = dict(module.named_parameters())
     lays = decoder_layers(module)
     freqs = rotary_frequencies(module)
     lm_head = _lm_head(module)
-    by_stage: dict[str, list[TorchSymmetry]] = {k: [] for k in KINDS}
+    by_stage: dict[str, list[TorchSymmetry]] = {k: [] for k in KINDS + PERMUTATION_KINDS}
 
     def add(kind: str, sym: TorchSymmetry) -> None:
         by_stage[kind].append(record_shapes(sym, named))
@@ -228,20 +226,21 @@ def decoder_symmetries(module: nn.Module, layers: Sequence[int] | None = None, h
                                      (Slot(final_norm, 0, 0, hidden, "A"), Slot(lm_head, 1, 0, hidden, "A_invT")),
                                      element="diagonal"))
     if "residual-rotation" in kinds and is_folded(module):
-        add("residual-rotation", residual_rotation(module, lays, hidden, lm_head))
+        by_stage["residual-rotation"].append(residual_rotation(module))
     order = ("rmsnorm", "residual-rotation", "kv-permutation", "head-permutation", "mlp-permutation",
              "rope-qk", "gqa-vo", "swiglu")
     return [s for k in order for s in by_stage[k]]
 
 
-def residual_rotation(module: nn.Module, lays: Sequence[tuple[str, nn.Module]], hidden: int,
-                      lm_head: str | None) -> TorchSymmetry:
+def residual_rotation(module: nn.Module) -> TorchSymmetry:
     """The S7 orthogonal group on the residual stream (module doc); "unit" slots on every
-    RMSNorm weight state its domain."""
+    RMSNorm weight state its domain (built whether or not the module lies in it)."""
     named = dict(module.named_parameters())
     embed = next(n for n in named if n.endswith("embed_tokens.weight"))
+    hidden = named[embed].shape[1]
+    lm_head = _lm_head(module)
     slots = [Slot(embed, 1, 0, hidden, "A")]
-    for prefix, layer in lays:
+    for prefix, layer in decoder_layers(module):
         a, m = f"{prefix}.self_attn", f"{prefix}.mlp"
         for p in ("q_proj", "k_proj", "v_proj"):
             slots.append(Slot(f"{a}.{p}.weight", 1, 0, hidden, "A_invT"))
@@ -275,7 +274,7 @@ def fold_elements(module: nn.Module, symmetries: Sequence[TorchSymmetry]) -> lis
         out.append((s, 1.0 / g))
         covered.add(gname)
     missing = [n for n in _norm_params(module) if n not in covered
-               and float((named[n].detach().double() - 1).abs().max()) > unit_allowance(named[n].dtype)]
+               and float((named[n].detach().double() - 1).abs().max()) > UNIT_ALLOWANCE]
     if missing:
         raise InvalidInputError(f"cannot fold {missing[0]}: no rmsnorm group scales it (a tied lm_head shares the "
                                 "embedding, whose columns are also the model's input)")
