@@ -252,6 +252,8 @@ def infer_reparameterization(reference: Any, claimed: Any, symmetries: Sequence[
             if e is None:
                 failure = failure or f"group {g.name} not identifiable ({note})"
                 continue
+            if g.element_kind == "permutation" and torch.equal(e, g.identity()):
+                continue  # units in their reference order: T has no factor here (and R1 stores none)
             try:
                 e = g.validate(e)
                 work.update(g.apply(work, e))
@@ -267,8 +269,11 @@ def infer_reparameterization(reference: Any, claimed: Any, symmetries: Sequence[
     per_param = parameter_distance(work, cl)
     residual = max(per_param.values(), default=0.0)
     solved_by_name = {g.name: (g, e) for g, e in candidate.items}
-    fits = [GroupFit(gf.name, gf.family, gf.kind, gf.width, solved_by_name[gf.name][0].kappa(solved_by_name[gf.name][1]),
-                     gf.side, gf.conditioning, _group_residual(solved_by_name[gf.name][0], work, cl), gf.note)
+    by_name = {g.name: g for g in syms}
+    fits = [GroupFit(gf.name, gf.family, gf.kind, gf.width,
+                     solved_by_name[gf.name][0].kappa(solved_by_name[gf.name][1]) if gf.name in solved_by_name else 1.0,
+                     gf.side, gf.conditioning, _group_residual(by_name[gf.name], work, cl),
+                     gf.note if gf.name in solved_by_name else (gf.note + "; identity").lstrip("; "))
             for gf in fits]
     ok = residual <= tol
     kappa = candidate.kappa_T(list(ref)) if ok else None
