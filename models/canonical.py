@@ -28,10 +28,12 @@ Replace theta by the minimizer of sum ||W||_F^2 over its orbit
   group that does (S5 V/O of a decoder, whose v columns carry the input RMSNorm's scaling)
   joins the sweeps. A repeated singular value leaves a rotation inside its eigenspace free
   (GD-invariant; the weights are then not unique).
-* S6, S7 ``diagonal`` groups (signs allowed): the same per-unit balance of |c_i| in the sweeps;
-  after convergence the sign of each unit is fixed so that the entry of largest magnitude of
-  in_i is positive (groups in list order: an RMSNorm's gamma > 0 before the SwiGLU units whose
-  up rows its sign flips would change).
+* S6, S7 ``diagonal`` groups (signs allowed): the same per-unit balance of |c_i| in the sweeps,
+  followed in each sweep by the sign convention: unit i is flipped when the entry of largest
+  magnitude of in_i is negative (a flip counts as a correction of 2, so a sweep that flips
+  does not end the iteration). Groups in list order: an RMSNorm's gamma > 0 is fixed before
+  the SwiGLU units whose up rows its flips change; a signed group whose input side a later
+  signed group touches is refused.
 * S4 ``rope`` (the commutant of RoPE): per class of rotary pairs, the balance above in the
   class's own field -- complex for rotary and coinciding pairs (a pair's rows x_j, y_j as the
   complex row x_j + i y_j, the element a complex matrix Z, A^-T becoming Z^-H, transposes
@@ -250,6 +252,13 @@ def canonicalize(model: LoadedModel, symmetries: Sequence[TorchSymmetry] | None 
         work.update(syms[i].apply(work, C))
         elements[i] = C
     swept = [i for i in range(len(syms)) if i not in one_pass]
+    signed = [i for i in swept if syms[i].element_kind == "diagonal"]
+    for k, i in enumerate(signed):
+        a_side = {sl.param for sl in syms[i].acting_slots if sl.op == "A"}
+        later = [syms[j].name for j in signed[k + 1:] if a_side & set(syms[j].params)]
+        if later:
+            raise InvalidInputError(f"R2: the sign convention of {syms[i].name} would be changed by {later[0]}; "
+                                    "list the signed groups so that none touches an earlier one's input side")
     sweeps, worst, previous = 0, 0.0, math.inf
     dead: dict[str, list[int]] = {}
     while swept:
@@ -269,21 +278,17 @@ def canonicalize(model: LoadedModel, symmetries: Sequence[TorchSymmetry] | None 
             worst = max(worst, float(c.log().abs().max()))
             if bad:
                 dead[s.name] = bad
+            if s.element_kind == "diagonal":  # the sign convention, within the sweep: later groups see it
+                f = _s_diag_signs(s, work)
+                if bool((f < 0).any()):
+                    work.update(s.apply(work, f))
+                    elements[i] = elements[i] * f
+                    worst = max(worst, 2.0)
         if worst <= tol:
             break
         if sweeps >= max_sweeps:
             raise PrecisionError(f"R2: balancing did not converge in {max_sweeps} sweeps "
                                  f"(largest correction {worst:.3e} > tol {tol:.1e})")
-    signed = [i for i, s in enumerate(syms) if s.element_kind == "diagonal"]
-    for k, i in enumerate(signed):
-        a_side = {sl.param for sl in syms[i].acting_slots if sl.op == "A"}
-        later = [syms[j].name for j in signed[k + 1:] if a_side & set(syms[j].params)]
-        if later:
-            raise InvalidInputError(f"R2: the sign convention of {syms[i].name} would be changed by {later[0]}; "
-                                    "list the signed groups so that none touches an earlier one's input side")
-        f = _s_diag_signs(syms[i], work)
-        work.update(syms[i].apply(work, f))
-        elements[i] = elements[i] * f
     degenerate: list[dict[str, Any]] = [
         {"group": syms[i].name, "rank": k, "width": syms[i].width,
          "representative": "degenerate directions get sigma := 1 (unique up to O(r - k))"}
