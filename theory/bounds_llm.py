@@ -23,6 +23,7 @@
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any, Sequence
 
 import mpmath
@@ -62,7 +63,7 @@ def rope_commutant_dimension(points: Sequence[tuple[Any, Any]]) -> int:
 def adam_first_step_decrease_ratio_bounds(g: Sequence[Any]) -> tuple[mpmath.mpf, mpmath.mpf]:
     """[||g||_2 / ||g||_1, sqrt(n) ||g||_2 / ||g||_1]: the range of ||Q g||_1 / ||g||_1 over
     orthogonal Q (module doc), at the current mpmath precision. g must be nonzero."""
-    x = [mpmath.mpf(v) for v in g]
+    x = [mpmath.mpf(v.numerator) / v.denominator if isinstance(v, Fraction) else mpmath.mpf(v) for v in g]
     l1 = mpmath.fsum(abs(v) for v in x)
     if l1 == 0:
         raise ValueError("g must be nonzero")
