@@ -9,8 +9,10 @@ which an element A acts as
     op "A":      X_s -> A X_s        (rows of the producing map W_a, its bias b_a)
     op "A_invT": X_s -> A^-T X_s     (the compensating side, e.g. W_b A^-1 acts on the
                                       columns of W_b as A^-T on the moved axis)
-    op "unit":   X_s unchanged, and must be all ones: the group's domain (the residual-stream
-                 rotation of S7 preserves the function only where the RMSNorm weights are 1)
+    op "unit":   X_s unchanged by the linear map; the group preserves the function only where
+                 X_s is all ones (its domain: the residual-stream rotation of S7 needs RMSNorm
+                 weights 1). ``check_domain`` tests it; ``apply_to_module`` calls it, while
+                 ``apply`` is the linear map T itself (applied to gradients, steps, ...)
 
 with X_s the slice moved to the front and reshaped to (r, -1) (``repeat`` consecutive
 indices per group coordinate: the channel -> feature expansion at a flatten, or a whole
@@ -76,7 +78,13 @@ class TorchSymmetry:
 
     @property
     def params(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s.param for s in self.slots))
+        """The parameters the group changes (its "A" and "A_invT" slots)."""
+        return tuple(dict.fromkeys(s.param for s in self.acting_slots))
+
+    @property
+    def domain_params(self) -> tuple[str, ...]:
+        """The parameters its domain constrains ("unit" slots), which it does not change."""
+        return tuple(dict.fromkeys(s.param for s in self.slots if s.op == "unit"))
 
     @property
     def acting_slots(self) -> tuple[Slot, ...]:
@@ -110,16 +118,27 @@ class TorchSymmetry:
         return 2 * elements.stored_numbers(self.element_kind, self.width)
 
     def apply(self, params: Mapping[str, torch.Tensor], element: torch.Tensor) -> dict[str, torch.Tensor]:
-        """New tensors for the parameters this group touches (computed in float64, returned
-        in each parameter's dtype); other names are not included."""
+        """New tensors for the parameters this group changes (computed in float64, returned in
+        each parameter's dtype); other names are not included ("unit" slots need not be given)."""
         e = self.validate(element)
         out: dict[str, torch.Tensor] = {}
-        for s in self.slots:
+        for s in self.acting_slots:
             if s.param not in params:
                 raise InvalidInputError(f"{self.name}: parameter {s.param!r} missing")
             X = out.get(s.param, params[s.param])
             out[s.param] = _act(X, s, e, self.width, self.element_kind, self.name)
         return out
+
+    def check_domain(self, params: Mapping[str, torch.Tensor]) -> None:
+        """InvalidInputError unless every "unit" slot of ``params`` is 1 within UNIT_ALLOWANCE."""
+        for s in self.slots:
+            if s.op != "unit":
+                continue
+            V = params[s.param].detach().movedim(s.axis, 0)[s.start:s.stop].to(torch.float64)
+            dev = float((V - 1).abs().max()) if V.numel() else 0.0
+            if dev > UNIT_ALLOWANCE:
+                raise InvalidInputError(f"{self.name}: preserves the function only where {s.param} is all ones "
+                                        f"(fold the RMSNorm weights first); max |{s.param} - 1| = {dev:.3e}")
 
     def apply_param(self, name: str, X: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
         """The action on one parameter tensor (all of this group's slots on it)."""
@@ -148,18 +167,13 @@ UNIT_ALLOWANCE = 16 * 2.0 ** -53
 
 
 def _act(X: torch.Tensor, s: Slot, e: torch.Tensor, r: int, kind: str, name: str = "") -> torch.Tensor:
-    """Apply A (op "A") or A^-T (op "A_invT") to the slot of X, in float64; check a "unit" slot."""
+    """Apply A (op "A") or A^-T (op "A_invT") to the slot of X, in float64 ("unit": unchanged)."""
     if s.op not in OPS:
         raise InvalidInputError(f"{name}: unknown slot op {s.op!r}")
-    V0 = X.detach().movedim(s.axis, 0)[s.start:s.stop]
-    if V0.shape[0] != r * s.repeat and s.op != "unit":
-        raise InvalidInputError(f"slot {s.param}[{s.start}:{s.stop}] does not have {r} x {s.repeat} entries")
     if s.op == "unit":
-        dev = float((V0.to(torch.float64) - 1).abs().max()) if V0.numel() else 0.0
-        if dev > UNIT_ALLOWANCE:
-            raise InvalidInputError(f"{name}: acts only where {s.param} is all ones (fold the RMSNorm weights "
-                                    f"first); max |{s.param} - 1| = {dev:.3e}")
         return X
+    if X.movedim(s.axis, 0)[s.start:s.stop].shape[0] != r * s.repeat:
+        raise InvalidInputError(f"slot {s.param}[{s.start}:{s.stop}] does not have {r} x {s.repeat} entries")
     dtype, dev = X.dtype, X.device
     Y = X.detach().to(torch.float64).clone()
     V = Y.movedim(s.axis, 0)
@@ -204,13 +218,18 @@ class TorchReparameterization:
                                        {**self.meta, "transpose_of": self.meta.get("defense", "T")})
 
     def apply_to_module(self, module: nn.Module) -> nn.Module:
-        """A deep copy of ``module`` with parameters T theta (the input is not modified)."""
+        """A deep copy of ``module`` with parameters T theta (the input is not modified); each
+        group's domain is checked on the weights it receives (``check_domain``)."""
         new = copy.deepcopy(module)
         named = dict(new.named_parameters())
-        missing = [n for n in self.param_names if n not in named]
+        needed = list(dict.fromkeys(self.param_names + [n for s, _ in self.items for n in s.domain_params]))
+        missing = [n for n in needed if n not in named]
         if missing:
             raise InvalidInputError(f"reparameterization acts on parameters absent from the model: {missing[:3]}")
-        updated = self.apply({n: named[n] for n in self.param_names})
+        updated: dict[str, torch.Tensor] = {n: named[n] for n in needed}
+        for s, e in self.items:
+            s.check_domain(updated)
+            updated.update(s.apply(updated, e))
         with torch.no_grad():
             for n in self.param_names:
                 named[n].copy_(updated[n])
@@ -328,7 +347,8 @@ def _param_shape(name: str, groups: Sequence[TorchSymmetry]) -> tuple[int, ...]:
 
 def record_shapes(sym: TorchSymmetry, named: Mapping[str, torch.Tensor]) -> TorchSymmetry:
     """``sym`` with the shapes of the parameters it touches recorded (needed for sigma(T))."""
-    return replace(sym, shapes=tuple((n, tuple(named[n].shape)) for n in sym.params))
+    names = dict.fromkeys(s.param for s in sym.slots)
+    return replace(sym, shapes=tuple((n, tuple(named[n].shape)) for n in names))
 
 
 def describe(syms: Sequence[TorchSymmetry]) -> list[str]:

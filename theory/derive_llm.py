@@ -204,6 +204,10 @@ def derive_S7() -> Derivation:
     p.argue("folding is itself an element of the gamma groups (c = 1/gamma); after it every RMSNorm weight is 1 and "
             "the residual stream (embedding columns, o_proj / down_proj rows and biases as writers, q, k, v, gate, "
             "up, lm_head columns as readers) carries any orthogonal Q")
+    p.argue("the rotation's domain is gamma = 1 (with gamma != 1, diag(gamma) does not commute with Q): f(x; T theta) "
+            "= f(x; theta) holds on that affine subspace, so T1, T2 and statement O apply to the parameters other than "
+            "the RMSNorm weights; an attacker who also trains gamma leaves the domain after one step, and the rotated "
+            "loss is then a different function (models.llm_rotation measures by how much)")
     p.form("S7", sp.Symbol("Q"), text="gamma -> c gamma, consumers W -> W diag(c)^-1; after folding W_write -> Q W, "
                                       "W_read -> W Q^T, Q orthogonal")
     return p.done()

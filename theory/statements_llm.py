@@ -38,7 +38,8 @@ STATEMENTS = [
     Statement(
         "S7", "RMSNorm and the residual stream",
         "γ × c with consumer columns ÷ c; after folding γ, any orthogonal Q on the residual stream.",
-        ("RMSNorm(x) = γ * x / sqrt(mean(x²) + ε), ε > 0", "pre-norm residual blocks; final norm before lm_head"),
+        ("RMSNorm(x) = γ * x / sqrt(mean(x²) + ε), ε > 0", "pre-norm residual blocks; final norm before lm_head",
+         "the rotation's domain is γ = 1: it is an FPLR of the other parameters (training γ leaves the domain)"),
         derive_S7),
     Statement(
         "O", "Optimizers under an orthogonal T",

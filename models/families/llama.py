@@ -287,3 +287,53 @@ def describe_rope(module: nn.Module) -> list[dict[str, Any]]:
 
     return [{"kind": c.kind, "pairs": list(c.pairs), "angle": c.angle if math.isfinite(c.angle) else None}
             for c in rope_classes(rotary_frequencies(module))]
+
+
+# ---------------------------------------------------------------- the float64 forward
+def _eager_attention_in_dtype(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                              attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                              **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' eager attention (repeat_kv, scores, mask, softmax, values) with the
+    softmax in the input dtype instead of float32."""
+    G = module.num_key_value_groups
+    key = key.repeat_interleave(G, dim=1)
+    value = value.repeat_interleave(G, dim=1)
+    w = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        w = w + attention_mask
+    w = torch.softmax(w, dim=-1)
+    w = torch.nn.functional.dropout(w, p=dropout, training=module.training)
+    return torch.matmul(w, value).transpose(1, 2).contiguous(), w
+
+
+def _rmsnorm_in_dtype(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    """RMSNorm gamma * x / sqrt(mean(x^2) + eps), computed in the input dtype."""
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+class float64_forward:
+    """Context manager: transformers' Llama / Qwen2 / Mistral eager forward rounds the RMSNorm
+    output and the attention probabilities to float32 even in a float64 model; inside this
+    context both run in the model's dtype, so a float64 decoder is float64 throughout and its
+    rounding is that of u = 2^-53 (the rotary cos/sin stay float32, identical for every
+    weight setting). Restores the library's functions on exit."""
+
+    _MODULES = (("llama", "Llama"), ("qwen2", "Qwen2"), ("mistral", "Mistral"))
+
+    def __enter__(self) -> "float64_forward":
+        import importlib
+
+        self._saved = []
+        for mod_name, prefix in self._MODULES:
+            mod = importlib.import_module(f"transformers.models.{mod_name}.modeling_{mod_name}")
+            norm = getattr(mod, f"{prefix}RMSNorm")
+            self._saved.append((mod, norm, mod.eager_attention_forward, norm.forward))
+            mod.eager_attention_forward = _eager_attention_in_dtype
+            norm.forward = _rmsnorm_in_dtype
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for mod, norm, attn, fwd in self._saved:
+            mod.eager_attention_forward = attn
+            norm.forward = fwd
