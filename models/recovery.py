@@ -128,7 +128,8 @@ class R1Module(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         state = {**self.defended_parameters(), **dict(self.phi.named_buffers())}
-        return torch.func.functional_call(self._skeleton[0], state, args, kwargs, strict=False, tie_weights=False)
+        # tie_weights: a tied lm_head takes the substituted embedding (named once in phi)
+        return torch.func.functional_call(self._skeleton[0], state, args, kwargs, strict=False, tie_weights=True)
 
 
 def r1_module(defended: Any, record: TorchReparameterization) -> R1Module:
