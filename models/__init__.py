@@ -46,7 +46,9 @@ from convrate.models.recovery import (
     r1_extra_parameters,
     r1_module,
 )
-from convrate.models.families import discover_symmetries
+from convrate.models.families import PERMUTATION_KINDS, discover_symmetries
+from convrate.models.families.llama import fold_elements, float64_forward
+from convrate.models.llm_rotation import NextTokenLogits, adam_under_rotation
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
@@ -60,6 +62,7 @@ __all__ = [
     "LoadedModel", "load_model", "save_model", "zoo_model",
     "cache_dir", "digits_data", "digits_mlp", "digits_cnn", "minilm", "minilm_path",
     "Slot", "TorchSymmetry", "TorchReparameterization", "discover_symmetries", "describe", "random_element",
+    "PERMUTATION_KINDS", "fold_elements", "float64_forward", "NextTokenLogits", "adam_under_rotation",
     "R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
     "infer_reparameterization", "FPLRFit", "ArchitectureMismatchError", "audit", "AuditProfile", "load_for_audit",
     "Defense", "DefenseResult", "Preservation", "SpecDef", "DiagonalScaling", "Identity", "defense_by_name",
