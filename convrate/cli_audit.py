@@ -159,6 +159,10 @@ def sections(result: Mapping[str, Any], figures: Sequence[Any]) -> list[Any]:
     a.figure(figures[0])
     secs.append(a)
 
+    if "inserted" in result:
+        from convrate.cli_inserted import inserted_section
+
+        secs.append(inserted_section(result))
     r = Section("Recoveries")
     opts = list(result["slowdown"])
     rows = [["claimed (no recovery)", "-", "-", *[_ratio(result["slowdown"][o]) for o in opts]]]
@@ -214,6 +218,7 @@ def audit(
     from convrate.models.tasks import task_name_for
     from convrate.models.curvature import resolve_device
     from convrate.models.fplr import check_same_architecture
+    from convrate.models.audit_inserted import resolve_chains
 
     profile = PROFILES["quick" if quick else "default"]
     try:
@@ -221,7 +226,7 @@ def audit(
         resolve_device(device)
         claimed = load_for_audit(model, profile)
         ref = load_for_audit(reference, profile) if reference is not None else None
-        if ref is not None:
+        if ref is not None and not resolve_chains(claimed, ref):  # a grown release is compared once merged
             check_same_architecture(ref, claimed)
         task_name_for(claimed, task)
         with _progress() as prog:

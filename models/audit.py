@@ -287,6 +287,12 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     prof = get_profile(profile)
     if not isinstance(claimed, LoadedModel) or not (reference is None or isinstance(reference, LoadedModel)):
         raise InvalidInputError("audit expects LoadedModel inputs (see convrate.models.load_model)")
+    from convrate.models.audit_inserted import audit_grown, resolve_chains  # releases that grew (inserted layers)
+
+    chains = resolve_chains(claimed, reference)
+    if chains:
+        return audit_grown(claimed, reference, chains, task=task, profile=prof, seed=seed, device=device,
+                           progress=progress)
     if reference is not None:
         check_same_architecture(reference, claimed)
     task_name = task_name_for(claimed, task)

@@ -28,6 +28,21 @@ class NetSweep:
 
 
 @dataclass(frozen=True)
+class InsertedProfile:
+    """The inserted-form section (``sections_inserted``): alphas and optimizers of the digits MLP
+    sweep (target and search of ``mlp``), alphas (none: no MiniLM sweep) and layer pattern on MiniLM
+    (``minilm``'s target, search and optimizers), rank k, and the alpha grid of the precision figure
+    (MiniLM truncated to ``minilm_sweep_layers``)."""
+
+    k: int
+    mlp_alphas: tuple[float, ...]
+    mlp_optimizers: tuple[str, ...]
+    minilm_alphas: tuple[float, ...]
+    minilm_layers: str
+    precision_alphas: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ReportProfile:
     name: str
     #: examples per battery entry of the exact checks (numerics.battery.PROFILES key)
@@ -49,6 +64,8 @@ class ReportProfile:
     #: MiniLM spectra: Lanczos products and Hutchinson probes per state
     spectra_lanczos_steps: int
     spectra_probes: int
+    #: SpecDef with an inserted layer (sections_inserted)
+    inserted: InsertedProfile | None = None
 
 
 QUICK = ReportProfile(
@@ -62,6 +79,9 @@ QUICK = ReportProfile(
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** e for e in range(0, 13)),
     spectra_lanczos_steps=30, spectra_probes=12,
+    inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000), mlp_optimizers=("sgd", "adam"), minilm_alphas=(),
+                             minilm_layers="*.attention.self.query,*.attention.self.value",
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 13, 2))),
 )
 
 FULL = ReportProfile(
@@ -76,6 +96,9 @@ FULL = ReportProfile(
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
     spectra_lanczos_steps=80, spectra_probes=32,
+    inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000, 10000), mlp_optimizers=("sgd", "momentum", "adam"),
+                             minilm_alphas=(100, 1000), minilm_layers="*.attention.self.query,*.attention.self.value",
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 17))),
 )
 
 

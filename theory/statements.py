@@ -178,6 +178,7 @@ _STATEMENTS = [
 #: modules holding further statements (THEORY.md section 6 and later), each defining
 #: ``STATEMENTS: list[Statement]`` and ``FORMULAS: dict[str, sympy.Basic]`` (key relation per id)
 STATEMENT_MODULES: tuple[str, ...] = (
+    "statements_inserted",
     "statements_llm",
 )
 

@@ -15,7 +15,10 @@ Optimizers (torch.optim, PyTorch defaults unless stated):
     momentum   heavy ball, m <- 0.9 m + g, theta <- theta - lr m
     adam       Adam(betas=(0.9, 0.999), eps=1e-8)
     adamw      AdamW(..., weight_decay=0.01)
-    lora-sgd   sgd on LoRA adapters of rank ``lora_rank`` (base frozen; see ``lora``)
+    lora-sgd   sgd on LoRA adapters of rank ``lora_rank`` (base frozen): through peft on the
+               attention and MLP projections of a Hugging Face model inside the attacked module
+               (``peft_lora``), the in-project ``lora`` on the Linear layers of anything else
+               (zoo nets)
     lora-adam  adam on LoRA adapters
 
 Runs are deterministic given ``seed`` (the RNG is forked and seeded, deterministic algorithms
@@ -34,6 +37,7 @@ from torch import nn
 
 from convrate.errors import InvalidInputError
 from convrate.models.attacks.lora import Targets, lora_wrap
+from convrate.models.attacks.peft_lora import peft_wrap, uses_peft
 from convrate.models.runtime import deterministic, resolve_device
 from convrate.models.tasks import Task
 
@@ -172,8 +176,9 @@ class Attack:
     # ---- setup
     def _prepare(self, model: nn.Module, dev: torch.device) -> tuple[nn.Module, list[nn.Parameter]]:
         if self.optimizer.startswith("lora"):
-            net, params = lora_wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
-                                    extra_trainable=self.lora_extra_trainable)
+            wrap = peft_wrap if uses_peft(model) else lora_wrap
+            net, params = wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
+                               extra_trainable=self.lora_extra_trainable)
         else:
             net = copy.deepcopy(model)
             params = [p for p in net.parameters() if p.requires_grad]
