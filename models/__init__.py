@@ -47,8 +47,8 @@ from convrate.models.recovery import (
     r1_module,
 )
 from convrate.models.families import PERMUTATION_KINDS, discover_symmetries
-from convrate.models.families.llama import fold_elements, float64_forward
-from convrate.models.llm_rotation import NextTokenLogits, adam_under_rotation
+from convrate.models.families.llama import fold_elements
+from convrate.models.llm_rotation import adam_under_rotation
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
@@ -66,7 +66,7 @@ __all__ = [
     "cache_dir", "digits_data", "digits_mlp", "digits_cnn", "minilm", "minilm_path",
     "llama_tiny", "LlamaTrainConfig",
     "Slot", "TorchSymmetry", "TorchReparameterization", "discover_symmetries", "describe", "random_element",
-    "PERMUTATION_KINDS", "fold_elements", "float64_forward", "NextTokenLogits", "adam_under_rotation",
+    "PERMUTATION_KINDS", "fold_elements", "adam_under_rotation",
     "R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
     "infer_reparameterization", "FPLRFit", "ArchitectureMismatchError", "audit", "AuditProfile", "load_for_audit",
     "Defense", "DefenseResult", "Preservation", "SpecDef", "DiagonalScaling", "Identity", "defense_by_name",

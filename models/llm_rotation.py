@@ -3,8 +3,9 @@
 The decoder is folded (its RMSNorm weights moved into their consumers, ``llama.fold_elements``:
 the function is unchanged), then released as theta' = T theta with T the S7 residual rotation
 by a Haar-random Q (T is orthogonal on the parameter vector: it rotates hidden-dimension
-vectors). The loss is next-token cross-entropy on fixed token ids (``next_token_objective``),
-evaluated in float64 throughout (``llama.float64_forward``). Per rotation:
+vectors). The loss is next-token cross-entropy on fixed token ids (``tasks.NextTokenLM``,
+parameters named ``encoder.<name>``), evaluated in float64 throughout (the Objective lifts the
+decoder's float32 RMSNorm and softmax, ``families.decoder_float64``). Per rotation:
 
 The rotation preserves the function only on its domain, RMSNorm weights equal to 1: moving a
 weight gamma away from 1 no longer commutes with Q. So T is an FPLR of the parameters *other
@@ -52,35 +53,19 @@ from convrate.models.families import discover_symmetries, llama
 from convrate.models.io import LoadedModel
 from convrate.models.runtime import single_thread
 from convrate.models.symmetry import TorchReparameterization, TorchSymmetry
+from convrate.models.tasks import NextTokenLM, next_token_targets
 from convrate.theory import bounds_llm
 
 U64 = 2.0 ** -53
 
 
-class NextTokenLogits(nn.Module):
-    """A causal LM's next-token logits as an (N, vocab) tensor (position t predicts token t + 1),
-    with the LM's own parameter names (``model.*``, ``lm_head.*``; a tied lm_head shares the
-    embedding, so it appears once)."""
-
-    def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        if not (hasattr(lm, "model") and isinstance(getattr(lm, "lm_head", None), nn.Linear)):
-            raise InvalidInputError(f"expected a causal LM with .model and .lm_head, got {type(lm).__name__}")
-        self.model = lm.model
-        self.lm_head = lm.lm_head
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.lm_head(h)[:, :-1]
-        return logits.reshape(-1, logits.shape[-1])
-
-
 def next_token_objective(module: nn.Module, inputs: Mapping[str, torch.Tensor], device: str = "cpu",
                          params: list[str] | None = None) -> Objective:
-    """Next-token cross-entropy of a causal LM on fixed token ids (float64), as a function of
-    ``params`` (default: every trainable parameter)."""
-    ids = inputs["input_ids"]
-    return Objective(NextTokenLogits(module), dict(inputs), ids[:, 1:].reshape(-1), loss="cross_entropy",
+    """Next-token cross-entropy of a causal LM (wrapped in ``tasks.NextTokenLM``, so its
+    parameters are ``encoder.<name>``) on fixed token ids, float64, as a function of ``params``
+    (default: every trainable parameter)."""
+    return Objective(NextTokenLM(module), dict(inputs),
+                     next_token_targets(inputs["input_ids"], inputs.get("attention_mask")), loss="cross_entropy",
                      params=params, device=device)
 
 
@@ -136,11 +121,11 @@ def adam_under_rotation(model: LoadedModel, inputs: Mapping[str, torch.Tensor], 
     if rotations < 1 or steps < 1:
         raise InvalidInputError("rotations and steps must be >= 1")
     module, _ = folded(model)
-    rot = llama.residual_rotation(module)
+    rot = llama.residual_rotation(NextTokenLM(module))  # the names the objective sees
     gen = torch.Generator().manual_seed(seed)
     norms = {sl.param for sl in rot.slots if sl.op == "unit"}
-    params = [n for n, p in module.named_parameters() if p.requires_grad and (train_norms or n not in norms)]
-    with single_thread(), llama.float64_forward():
+    params = [n for n, p in NextTokenLM(module).named_parameters() if p.requires_grad and (train_norms or n not in norms)]
+    with single_thread():
         obj = next_token_objective(module, inputs, params=params)
         theta = obj.theta
         g = obj.gradient(theta)
@@ -194,4 +179,4 @@ def adam_under_rotation(model: LoadedModel, inputs: Mapping[str, torch.Tensor], 
             "hessian_norm": normH, "per_rotation": per}
 
 
-__all__ = ["NextTokenLogits", "adam_under_rotation", "folded", "haar_mean_ratio", "next_token_objective"]
+__all__ = ["adam_under_rotation", "folded", "haar_mean_ratio", "next_token_objective"]

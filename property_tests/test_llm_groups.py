@@ -2,7 +2,7 @@
 decoders (Llama, Qwen2, Mistral; GQA; with and without attention bias; tied and untied
 embeddings; explicit head_dim), their inference, recoveries and the Adam measurement.
 
-Tolerances. Every decoder forward runs in float64 throughout (``llama.float64_forward``:
+Tolerances. Every decoder forward runs in float64 throughout (``decoder_float64.exact_float64``:
 transformers' eager decoder otherwise rounds RMSNorm outputs and attention probabilities to
 float32 even in a float64 model, a 1e-7 effect unrelated to the groups). Logits under a group
 element: the first-order estimate of the BERT attention test, relative deviation <= 2 gamma_m
@@ -38,7 +38,9 @@ from convrate.models.checks import check_t1, check_t2, gamma, reduction_length
 from convrate.models.curvature import Objective
 from convrate.models.families import discover_symmetries, llama
 from convrate.models.fplr import infer_reparameterization
-from convrate.models.llm_rotation import NextTokenLogits, adam_under_rotation, folded
+from convrate.models.families.decoder_float64 import exact_float64
+from convrate.models.llm_rotation import adam_under_rotation, folded
+from convrate.models.tasks import NextTokenLM, next_token_targets
 from convrate.models.recovery import r1_module
 from convrate.models.symmetry import TorchReparameterization, random_element
 from convrate.models.testing import decoder_inputs, mlp_arch, random_zoo, tiny_bert, tiny_decoder
@@ -51,19 +53,21 @@ configs = st.fixed_dictionaries({
 
 
 def _model(cfg: dict):
+    """A tiny random decoder, float64 throughout (copies made from it keep that)."""
     kw = dict(cfg)
     seed = kw.pop("seed")
-    return tiny_decoder(kw.pop("model_type"), seed, hidden=16, heads=4, intermediate=10, vocab=20, **kw)
+    m = tiny_decoder(kw.pop("model_type"), seed, hidden=16, heads=4, intermediate=10, vocab=20, **kw)
+    exact_float64(m.module)
+    return m
 
 
 def _logits(model, x, module=None):
-    with torch.no_grad(), llama.float64_forward():
+    with torch.no_grad():
         return model.output(x, module)
 
 
 def _reduction(model, x) -> int:
-    with llama.float64_forward():
-        return reduction_length(Objective(model.module, x, _logits(model, x), device="cpu"))
+    return reduction_length(Objective(model.module, x, _logits(model, x), device="cpu"))
 
 
 def _allowance(model, x, record: TorchReparameterization, m: int | None = None) -> float:
@@ -114,6 +118,7 @@ def test_every_group_preserves_logits(cfg, log_scale):
 
 def test_rotation_needs_folded_norms_and_tied_embeddings_work():
     m = tiny_decoder("qwen2", 3, tie_embeddings=True, hidden=16, heads=4, kv_heads=2, intermediate=10, vocab=20)
+    exact_float64(m.module)
     rot = llama.residual_rotation(m.module)
     Q = elements.random("orthogonal", rot.width, torch.Generator().manual_seed(1))
     with pytest.raises(InvalidInputError, match="fold the RMSNorm weights"):
@@ -141,7 +146,7 @@ def test_rope_classes_of_real_rotary_embeddings():
     torch.manual_seed(0)
     from convrate.models.io import LoadedModel
 
-    lm = transformers.LlamaForCausalLM(cfg).double().eval()
+    lm = exact_float64(transformers.LlamaForCausalLM(cfg).double().eval())
     m = LoadedModel(lm, "llama", "hf", lm.config.to_dict(), None, None, {})
     freqs = llama.rotary_frequencies(lm)
     assert [c.kind for c in rope.rope_classes(freqs)] == ["rotary", "rotary", "unrotated"]
@@ -197,19 +202,19 @@ def test_noncommuting_qk_map_changes_logits_and_is_rejected(cfg):
 def test_t1_t2_hold_on_the_next_token_loss(cfg, log_scale):
     m = _fold_ready(_model(cfg))
     x = decoder_inputs(m, 2, 5, cfg["seed"])
-    y = x["input_ids"][:, 1:].reshape(-1)
+    y = next_token_targets(x["input_ids"])
     g = torch.Generator().manual_seed(cfg["seed"])
-    rec = TorchReparameterization([(s, random_element(s, g, log_scale)) for s in discover_symmetries(m)])
+    lm = NextTokenLM(m.module)  # parameters encoder.<name>; the groups discovered on it carry those names
+    rec = TorchReparameterization([(s, random_element(s, g, log_scale)) for s in discover_symmetries(lm)])
     module, _ = folded(m)
-    rot = llama.residual_rotation(module)
+    rot = llama.residual_rotation(NextTokenLM(module))
     rrec = TorchReparameterization([(rot, random_element(rot, g))])
-    free = [n for n, _ in module.named_parameters() if n not in rot.domain_params]  # the rotation's FPLR space
-    with llama.float64_forward():
-        for f in (check_t1, check_t2):
-            r = f(NextTokenLogits(m.module), rec, x, y, loss="cross_entropy", device="cpu")
-            assert r.holds, r
-            r = f(NextTokenLogits(module), rrec, x, y, loss="cross_entropy", params=free, device="cpu")
-            assert r.holds, r
+    free = [n for n, _ in NextTokenLM(module).named_parameters() if n not in rot.domain_params]  # its FPLR space
+    for f in (check_t1, check_t2):
+        r = f(lm, rec, x, y, loss="cross_entropy", device="cpu")
+        assert r.holds, r
+        r = f(NextTokenLM(module), rrec, x, y, loss="cross_entropy", params=free, device="cpu")
+        assert r.holds, r
 
 
 # ---------------------------------------------------------------- inference
@@ -354,7 +359,7 @@ def test_records_of_every_kind_save_load_and_measure(tmp_path):
     r1 = r1_module(rec.apply_to_module(m.module), rec)
     assert r1.extra_parameters == rec.extra_parameters()
     x = decoder_inputs(m, 2, 5, 0)
-    with torch.no_grad(), llama.float64_forward():
+    with torch.no_grad():
         f, fr = m.output(x), r1(**x).logits
     assert float((fr - f).abs().max() / f.abs().max()) <= _allowance(m, x, rec)
 
