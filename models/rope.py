@@ -51,12 +51,6 @@ class RopeClass:
         """Head coordinates of the class: x-coordinates (j) then y-coordinates (j + p)."""
         return list(self.pairs) + [j + p for j in self.pairs]
 
-    @property
-    def real_dimension(self) -> int:
-        """Dimension of the class's block of the commutant: 2 m^2 (complex) or 4 m^2 (GL(2m, R))."""
-        m = len(self.pairs)
-        return 4 * m * m if self.kind in ("unrotated", "half-turn") else 2 * m * m
-
 
 def wrapped_angle(w: float) -> float:
     """w mod 2 pi in [-pi, pi] (IEEE remainder: exact for a float64 w)."""
@@ -81,11 +75,6 @@ def rope_classes(freqs: Sequence[float]) -> list[RopeClass]:
             kind, signs = ("rotary" if len(pairs) == 1 else "coinciding"), tuple(s for _, s in members)
         out.append(RopeClass(kind, pairs, signs, key))
     return out
-
-
-def commutant_dimension(freqs: Sequence[float]) -> int:
-    """Real dimension of the commutant (2 per distinct rotary pair)."""
-    return sum(c.real_dimension for c in rope_classes(freqs))
 
 
 def _sign_vector(classes: Sequence[RopeClass], p: int) -> torch.Tensor:
@@ -164,17 +153,5 @@ def random_member(freqs: Sequence[float], gen: torch.Generator, log_scale: float
     return A
 
 
-def generator(freqs: Sequence[float], n: int = 1) -> torch.Tensor:
-    """E_n = the d x d rotation RoPE applies at position n (float64, rotate_half layout)."""
-    p = len(freqs)
-    w = torch.tensor([float(x) for x in freqs], dtype=torch.float64) * n
-    c, s = torch.cos(w), torch.sin(w)
-    E = torch.zeros(2 * p, 2 * p, dtype=torch.float64)
-    j = torch.arange(p)
-    E[j, j], E[j + p, j + p] = c, c
-    E[j, j + p], E[j + p, j] = -s, s
-    return E
-
-
-__all__ = ["CLASS_KINDS", "RopeClass", "commutant_dimension", "commutator_distance", "embed_complex", "generator",
-           "project", "random_member", "rope_classes", "wrapped_angle"]
+__all__ = ["CLASS_KINDS", "RopeClass", "commutator_distance", "embed_complex", "project", "random_member",
+           "rope_classes", "wrapped_angle"]

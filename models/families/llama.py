@@ -39,7 +39,6 @@ KV group g serves query heads g G .. g G + G - 1 (G = H / K, ``repeat_kv``). Gro
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Sequence
 
@@ -279,11 +278,3 @@ def fold_elements(module: nn.Module, symmetries: Sequence[TorchSymmetry]) -> lis
         raise InvalidInputError(f"cannot fold {missing[0]}: no rmsnorm group scales it (a tied lm_head shares the "
                                 "embedding, whose columns are also the model's input)")
     return out
-
-
-def describe_rope(module: nn.Module) -> list[dict[str, Any]]:
-    """The RoPE commutant's classes of a decoder (kind, pairs, angle)."""
-    from convrate.models.rope import rope_classes
-
-    return [{"kind": c.kind, "pairs": list(c.pairs), "angle": c.angle if math.isfinite(c.angle) else None}
-            for c in rope_classes(rotary_frequencies(module))]
