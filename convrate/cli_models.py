@@ -268,8 +268,13 @@ def _attack_network(loaded: Any, recovery: str, record_dir: Optional[Path], task
 @app.command()
 def attack(
     model: str = typer.Argument(..., help="checkpoint directory or zoo name (digits-mlp, digits-cnn, minilm, llama-tiny)"),
-    optimizer: str = typer.Option("adam", "--optimizer", help="sgd | momentum | adam | adamw | lora-sgd | lora-adam"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="fixed learning rate (default: --lr-sweep)"),
+    optimizer: str = typer.Option("adam", "--optimizer", help="sgd | momentum | adam | adamw | lora-sgd | lora-adam | "
+                                  "lbfgs | lbfgs-wolfe | newton-cg | gauss-newton | kfac | shampoo | soap | sophia | muon"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="fixed learning rate; the damping for newton-cg, gauss-newton "
+                                       "and kfac (default: --lr-sweep)"),
+    inner_steps: int = typer.Option(10, "--inner-steps", help="newton-cg, gauss-newton: CG steps per outer step"),
+    exponent: Optional[float] = typer.Option(None, "--exponent", help="shampoo: preconditioner exponent p in (0, 1] "
+                                             "(L^-p G R^-p; default: the library's 1/(2 order))"),
     lr_sweep: bool = typer.Option(False, "--lr-sweep", help="search the learning rate (log grid 1e-5..10, refined)"),
     target: Optional[float] = typer.Option(None, "--target", help="target training loss (default: half the initial loss)"),
     budget: int = typer.Option(200, "--budget", help="step budget per run"),
@@ -287,7 +292,7 @@ def attack(
     canonicalizes the weights (knows nothing).
     """
     try:
-        from convrate.models.attacks import OPTIMIZERS, Attack, lr_search, resolve_device
+        from convrate.models.attacks import OPTIMIZERS, get_spec, lr_search, make_attack, resolve_device
         from convrate.models.runtime import single_thread
 
         if optimizer not in OPTIMIZERS:
@@ -306,6 +311,11 @@ def attack(
             raise InvalidInputError(f"--target must be finite, got {target}")
         if seed < 0:
             raise InvalidInputError(f"--seed must be a non-negative integer, got {seed}")
+        if inner_steps < 1:
+            raise InvalidInputError(f"--inner-steps must be a positive integer, got {inner_steps}")
+        if exponent is not None and not (math.isfinite(exponent) and 0 < exponent <= 1):
+            raise InvalidInputError(f"--exponent must lie in (0, 1], got {exponent}")
+        so_options = {"inner_steps": inner_steps, "exponent": exponent}
         dev = resolve_device(device)
         loaded = resolve_model(model, layers)
         from convrate.models.tasks import task_for
@@ -322,14 +332,18 @@ def attack(
                 prog.update(bar, description=label, completed=done, total=total)
 
             if lr is not None:
-                traj = Attack(optimizer, lr, budget, tgt, seed=seed, device=str(dev)).run(net, task, progress=step)
+                traj = make_attack(optimizer, lr, budget, tgt, seed=seed, device=str(dev), **so_options
+                                   ).run(net, task, progress=step)
                 steps, best_lr, table = traj.steps_to(tgt), lr, []
                 final, diverged, trainable = traj.final_loss, traj.diverged, traj.trainable_parameters
+                cost, ratios = traj.cost_to(tgt), traj.cost_ratios
             else:
-                res = lr_search(net, task, optimizer, tgt, budget, seed=seed, device=str(dev), progress=step)
+                res = lr_search(net, task, optimizer, tgt, budget, seed=seed, device=str(dev), progress=step,
+                                **so_options)
                 steps, best_lr = res.best_steps, res.best_lr
+                cost, ratios = res.best_cost, res.cost_ratios or {}
                 table = [{"lr": t.lr, "steps": t.steps, "diverged": t.diverged, "final_loss": t.final_loss,
-                          "budget": t.budget, "stage": t.stage} for t in res.table]
+                          "budget": t.budget, "stage": t.stage, "cost": t.cost} for t in res.table]
                 best = min((t for t in res.table if t.lr == best_lr), key=lambda t: t.budget)
                 final, diverged = best.final_loss, best.diverged
                 trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
@@ -337,13 +351,16 @@ def attack(
         _fail(e)
     result = {"model": model, "task": task.name, "optimizer": optimizer, "lr": best_lr, "lr_sweep": lr is None,
               "target": tgt, "initial_loss": initial, "budget": budget, "steps": steps, "reached": steps is not None,
+              "knob": get_spec(optimizer).knob,
+              "cost": cost, "cost_ratios": ratios,
               "final_loss": final, "diverged": diverged, "trainable_parameters": trainable, "seed": seed,
               "device": str(dev), **info, "lr_table": table}
     if as_json:
         _print_json(result)
         return
     shown = str(steps) if steps is not None else f">{budget}"
-    out.print(f"{task.name}: {optimizer} lr={best_lr:.3g}  steps to loss <= {tgt:.4g} (from {initial:.4g}): {shown}")
+    out.print(f"{task.name}: {optimizer} {result['knob']}={best_lr:.3g}  steps to loss <= {tgt:.4g} (from {initial:.4g}): "
+              f"{shown}" + (f"  ({cost['grad_equivalents']:.4g} gradient-equivalents, {cost['wall_s']:.3g} s)" if cost else ""))
     if recovery == "r1":
         out.print(f"R1: {info['extra_parameters']} extra parameters (frozen A, A^-1) for {info['groups']} groups; "
                   f"bound {float(info['bound']):.6g}; trainable {trainable}")

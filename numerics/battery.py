@@ -23,6 +23,7 @@ ENTRY_MODULES = (
     "convrate.numerics.checks_nets",
     "convrate.numerics.checks_precision",
     "convrate.numerics.checks_inserted",
+    "convrate.numerics.checks_second_order",
     "convrate.numerics.checks_llm",
 )
 

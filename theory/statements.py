@@ -179,6 +179,7 @@ _STATEMENTS = [
 #: ``STATEMENTS: list[Statement]`` and ``FORMULAS: dict[str, sympy.Basic]`` (key relation per id)
 STATEMENT_MODULES: tuple[str, ...] = (
     "statements_inserted",
+    "statements_second_order",
     "statements_llm",
 )
 
