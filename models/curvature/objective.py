@@ -120,10 +120,12 @@ class Objective:
     def outputs(self, theta: torch.Tensor) -> torch.Tensor:
         """f(x; theta) for all examples (N, ...)."""
         state = {**self.fixed, **self.unflatten(theta)}
+        # tie_weights: a parameter shared by two modules (a decoder's embedding and its tied lm_head)
+        # appears once in named_parameters; the substituted tensor must reach both uses
         if isinstance(self.inputs, Mapping):
-            out = torch.func.functional_call(self.module, state, (), self.inputs, strict=False, tie_weights=False)
+            out = torch.func.functional_call(self.module, state, (), self.inputs, strict=False, tie_weights=True)
         else:
-            out = torch.func.functional_call(self.module, state, (self.inputs,), strict=False, tie_weights=False)
+            out = torch.func.functional_call(self.module, state, (self.inputs,), strict=False, tie_weights=True)
         return unwrap_output(out)
 
     def loss_of_outputs(self, z: torch.Tensor) -> torch.Tensor:
