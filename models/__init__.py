@@ -46,7 +46,9 @@ from convrate.models.recovery import (
     r1_extra_parameters,
     r1_module,
 )
-from convrate.models.families import discover_symmetries
+from convrate.models.families import PERMUTATION_KINDS, discover_symmetries
+from convrate.models.families.llama import fold_elements
+from convrate.models.llm_rotation import adam_under_rotation
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
@@ -64,6 +66,7 @@ __all__ = [
     "cache_dir", "digits_data", "digits_mlp", "digits_cnn", "minilm", "minilm_path",
     "llama_tiny", "LlamaTrainConfig",
     "Slot", "TorchSymmetry", "TorchReparameterization", "discover_symmetries", "describe", "random_element",
+    "PERMUTATION_KINDS", "fold_elements", "adam_under_rotation",
     "R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
     "infer_reparameterization", "FPLRFit", "ArchitectureMismatchError", "audit", "AuditProfile", "load_for_audit",
     "Defense", "DefenseResult", "Preservation", "SpecDef", "DiagonalScaling", "Identity", "defense_by_name",

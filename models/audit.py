@@ -380,7 +380,7 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
         ftol = PRESERVATION_TOLERANCE[coarser_dtype(reference.dtype, claimed.dtype)]
         wd = max(parameter_distance(float64_parameters(claimed), float64_parameters(reference)).values())
         tick("FPLR fit")
-        fit = infer_reparameterization(reference, claimed, syms)
+        fit = infer_reparameterization(reference, claimed)  # the groups and their permutations
         cls = classify(has_reference=True, function_deviation=dev, function_tolerance=ftol, weight_distance=wd,
                        fplr_found=fit.found, rtol=fit.rtol)
         result.update(function_deviation=dev, function_tolerance=ftol, weight_distance=wd, fplr=fit.to_json(),

@@ -24,6 +24,7 @@ ENTRY_MODULES = (
     "convrate.numerics.checks_precision",
     "convrate.numerics.checks_inserted",
     "convrate.numerics.checks_second_order",
+    "convrate.numerics.checks_llm",
 )
 
 #: examples per entry for ``convrate check`` profiles

@@ -180,6 +180,7 @@ _STATEMENTS = [
 STATEMENT_MODULES: tuple[str, ...] = (
     "statements_inserted",
     "statements_second_order",
+    "statements_llm",
 )
 
 for _mod in STATEMENT_MODULES:

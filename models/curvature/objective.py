@@ -194,10 +194,12 @@ class Objective:
     def _outputs(self, theta: torch.Tensor, piece: range | None = None) -> torch.Tensor:
         state = {**self.fixed, **self.unflatten(theta)}
         x = self.inputs if piece is None else _rows(self.inputs, piece)
+        # tie_weights: a parameter shared by two modules (a decoder's embedding and its tied lm_head)
+        # appears once in named_parameters; the substituted tensor must reach both uses
         if isinstance(x, Mapping):
-            out = torch.func.functional_call(self.module, state, (), x, strict=False, tie_weights=False)
+            out = torch.func.functional_call(self.module, state, (), x, strict=False, tie_weights=True)
         else:
-            out = torch.func.functional_call(self.module, state, (x,), strict=False, tie_weights=False)
+            out = torch.func.functional_call(self.module, state, (x,), strict=False, tie_weights=True)
         return unwrap_output(out)
 
     def outputs(self, theta: torch.Tensor) -> torch.Tensor:
