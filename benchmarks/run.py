@@ -39,7 +39,7 @@ VENV_PY = VENV / "bin" / "python"
 STAMP = VENV / ".convrate-bench-installed"
 TORCH_PIN = "torch==2.13.0"
 ANCHORS = ("pyhessian==0.1",)
-STAGES = ("eigs", "hvp", "steps", "enclosures", "suite")
+STAGES = ("eigs", "hvp", "steps", "enclosures", "scale", "suite")
 SCHEMA = "convrate-benchmarks/1"
 
 
@@ -89,6 +89,8 @@ def stage_command(stage: str, args: argparse.Namespace, out_json: Path) -> list[
            "--threads", str(args.threads)]
     if args.quick:
         cmd.append("--quick")
+    if stage == "scale" and args.scale_parts:
+        cmd += ["--parts", args.scale_parts]
     return cmd
 
 
@@ -121,6 +123,7 @@ SECTION_TITLES = {
     "hvp": "2. Cost of one Hessian-vector product",
     "steps": "3a. Exact step counting: `steps_to` vs naive iteration",
     "enclosures": "3b. Certified eigenvalue enclosures vs mpmath",
+    "scale": "5. Past one process: O(n) Lanczos memory, `hessian --nproc`, the MiniLM audit",
     "suite": "4. Suite cost",
 }
 SECTION_NOTES = {
@@ -138,6 +141,10 @@ SECTION_NOTES = {
     "steps": "GD at eta* = 2/(1 + kappa) to q_t <= tol q_0; closed form: best of 3; iteration: one run.",
     "enclosures": ("Random symmetric rational matrices; seconds: minimum of 3 interleaved rounds; 'consistent': "
                    "convrate's and flint's rigorous intervals intersect."),
+    "scale": ("Each measurement in a fresh process; peak memory = resident-set high-water mark above the level at "
+              "the start of the call (curvature.MemoryMeter); wall times on a shared machine are noisy, ratios are "
+              "taken within the run. The report's serial vs parallel wall time: `python benchmarks/run.py --only "
+              "scale --scale-parts report` (builds the full report twice)."),
     "suite": "Run once each from the repository root with this environment's interpreter.",
 }
 
@@ -193,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--suite", dest="suite", action="store_true", default=None, help="time the CI tests and report")
     suite.add_argument("--no-suite", dest="suite", action="store_false", help="skip the suite timing")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--scale-parts", default=None, help="scale stage: comma-separated parts (default "
+                    "lanczos,hessian,audit; 'report' builds the full report serially and in parallel)")
     ap.add_argument("--setup-only", action="store_true", help="create benchmarks/.venv and exit")
     ap.add_argument("--render", action="store_true",
                     help="rewrite OUT/benchmarks.md from OUT/benchmarks.json (no measurement)")

@@ -192,9 +192,11 @@ def report(
                                             "reports/reference-quick/ with --quick)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print results.json on stdout as well"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="worker processes (default: the usable CPUs; 1 = "
+                                       "serial in this process; the numbers do not depend on it)"),
 ) -> None:
     """Regenerate the bound-checking report (report.md, report.html, results.json, figures)."""
-    from convrate.reports.builder import build_report, default_out
+    from convrate.reports.builder import build_report, default_jobs, default_out
     from convrate.reports.sections_exact import STATEMENTS_TITLE
 
     with _progress() as prog:
@@ -204,7 +206,8 @@ def report(
             prog.update(task, description=f"report: {name}", completed=i, total=n)
 
         try:
-            results = build_report(out_dir, quick=quick, seed=seed, progress=step)
+            results = build_report(out_dir, quick=quick, seed=seed, progress=step,
+                                   jobs=default_jobs() if jobs is None else jobs)
         except ConvrateError as err:
             _fail(err)
     target = out_dir or default_out(quick)
@@ -229,3 +232,4 @@ def main() -> None:
 
 from convrate import cli_models  # noqa: E402,F401  (registers defend, attack)
 from convrate import cli_audit  # noqa: E402,F401  (registers audit)
+from convrate import cli_hessian  # noqa: E402,F401  (registers hessian)

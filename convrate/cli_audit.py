@@ -195,6 +195,14 @@ def sections(result: Mapping[str, Any], figures: Sequence[Any]) -> list[Any]:
                "R2 predicts 0 up to round-off for an FPLR pair.")
     secs.append(r)
 
+    w = result.get("work")
+    if w:
+        r.para(f"Work: {w['attack_steps_run']} attack steps run of at most {w['attack_steps_unpruned']} for the "
+               f"same trials unpruned ({w['attack_steps_saved']} saved: {w['trials_pruned']} of {w['trials']} trials "
+               f"stopped at the incumbent's step count or a halving round, {w['trials_from_pilot']} read off the "
+               f"pilot, best curves not re-run); the best learning rates are those of an unpruned search. "
+               f"Curvature: Lanczos basis {', '.join(w['curvature_basis'])}, peak resident memory "
+               f"{(w['curvature_peak_rss'] or 0) / 2**20:.0f} MiB.")
     p = Section("Provenance")
     p.para(f"Schema {result['schema']}; profile {result['profile']['name']}, seed {result['seed']}; "
            f"wall time {result['wall_seconds']:.1f} s. Thresholds: slowdown {result['thresholds']['slowdown']}x, "

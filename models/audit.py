@@ -10,10 +10,13 @@ source of the numbers in ``audit.md`` / ``audit.html``. Stages:
 2. **FPLR fit** (``fplr.infer_reparameterization``): T, its residual, kappa(T); then the class
    (``audit_verdict.classify``).
 3. **Curvature** of reference and claimed on the task's training loss (``curvature.Objective``,
-   float64): ``profile.lanczos_steps`` Lanczos steps with full reorthogonalization give the top
-   and bottom Ritz pairs, each with the residual r = ||H y - lambda y|| of a fresh product (some
-   eigenvalue lies within r), and all Ritz values (the spectra figure); tr(H) by Hutchinson
-   with its standard error. Parameters: all (zoo); the defended attention pairs (BERT).
+   float64): ``profile.lanczos_steps`` Lanczos steps (``curvature.lanczos_run``: the full basis
+   when it fits in 256 MiB, else O(n) memory) give the top and bottom Ritz pairs, each with the
+   residual r = ||H y - lambda y|| of a fresh product (some eigenvalue lies within r), and all
+   Ritz values (the spectra figure); tr(H) by Hutchinson with its standard error; the peak
+   memory of the call. Parameters: all (zoo); the defended attention pairs (BERT). BERT models
+   of the default profile are evaluated in micro-batches (``profile.micro_batch``), the
+   attacks' full-batch gradients too (``curvature.distributed.BatchReduction``).
    With T found, T2 and Ostrowski predict lambda_max(H') in [lambda_max(H) / sigma_max(T)^2,
    lambda_max(H) / sigma_min(T)^2] (``theory.bounds.ostrowski_interval``); reported with the
    measured value (both are Lanczos estimates, so this is a consistency check, not a proof).
@@ -25,9 +28,12 @@ source of the numbers in ``audit.md`` / ``audit.html``. Stages:
    falls back to L_0 - p (L_0 - L_min)). Since L_min < target < L_0, the baseline reaches
    the target within the pilot budget at some grid lr, and a slowdown up to
    budget / pilot_budget is measured exactly (beyond it a lower bound).
-   Then ``attacks.lr_search`` (same grid, refinement, seed, budget) on the baseline, the
+   Then ``attacks.lr_search`` (same grid, refinement, seed, budget; successive halving with
+   incumbent pruning, which returns the unpruned search's best lr) on the baseline, the
    claimed model, R2 (the claimed model canonicalized) and R1 (theta' = T phi with the
-   inferred T, class fplr only); each best lr is re-run to the target for the loss curves.
+   inferred T, class fplr only); the baseline's grid trials are read off the pilot's runs
+   where they decide them, and the loss curves are the best trials' own. ``work`` in the
+   result says what was run and what was saved.
 5. **Recoveries**: R2 ``recovery.canonicalize`` (0 extra parameters), with the distance of
    claimed and reference from their canonical points and the gap between the two canonical
    weights (R2 predicts 0 for an FPLR pair, up to round-off); R1 ``recovery.r1_module``.
@@ -56,9 +62,10 @@ from torch import nn
 from convrate.errors import ConvrateError, InvalidInputError
 from convrate.models.attacks import LRSearchResult, Slowdown, log_grid, lr_search, make_attack
 from convrate.models.audit_verdict import RECOVERY_THRESHOLD, SLOWDOWN_THRESHOLD, classify, decide, ratio_json
-from convrate.models.curvature import Objective, hutchinson_trace, lanczos
+from convrate.models.curvature import MemoryMeter, Objective, hutchinson_trace, lanczos_run
+from convrate.models.curvature.distributed import BatchReduction
 from convrate.models.defense import PRESERVATION_TOLERANCE, _reference, _rel_dev
-from convrate.models.experiments import best_trajectory, encoder_wrap
+from convrate.models.experiments import encoder_wrap
 from convrate.models.fplr import (check_same_architecture, float64_parameters, infer_reparameterization,
                                   parameter_distance, unit_roundoff)
 from convrate.models.io import HF_CONFIG, LoadedModel, _read_json, load_model
@@ -103,6 +110,9 @@ class AuditProfile:
     text_per_class: int | None
     text_max_length: int
     bert_layers: int | None
+    #: Hugging Face models: examples per forward pass of the full-batch gradients (attacks) and of
+    #: the Hessian products (``curvature.distributed``; bounds memory, same sums); None: one pass
+    micro_batch: int | None = None
 
     def optimizers_for(self, fmt: str) -> tuple[str, ...]:
         """The profile's optimizers that apply to a model of format ``fmt``: those with a range."""
@@ -146,7 +156,7 @@ PROFILES: dict[str, AuditProfile] = {
                             + tuple((f, o, lo, hi) for f in ("zoo", "hf") for o, lo, hi in SECOND_ORDER_RANGES
                                     if not (f == "hf" and o == "gauss-newton")),
                             per_decade=2, refine=2, lanczos_steps=60, trace_samples=32, probes=16,
-                            text_per_class=None, text_max_length=32, bert_layers=None),
+                            text_per_class=None, text_max_length=32, bert_layers=None, micro_batch=16),
 }
 
 
@@ -222,21 +232,23 @@ def coarser_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def curvature(net: nn.Module, task: Task, params: Sequence[str], profile: AuditProfile, seed: int,
-              device: str) -> dict[str, Any]:
-    """Top / bottom Ritz pairs with fresh-product residuals, all Ritz values, Hutchinson trace."""
-    obj = Objective(net, task.X_train, task.y_train, loss=task.loss, params=params, device=device)
-    obj.require_deterministic(seed=seed + 12345)
-    vals, Y, k = lanczos(obj.hvp, obj.n, profile.lanczos_steps, seed=seed, dtype=obj.dtype, device=obj.device)
-
-    def pair(i: int) -> dict[str, float]:
-        y = Y[:, i] / Y[:, i].norm()
-        lam = float(vals[i])
-        return {"value": lam, "residual": float((obj.hvp(y) - lam * y).norm())}
-
-    trace, se = hutchinson_trace(obj, samples=profile.trace_samples, seed=seed)
-    return {"n_parameters": obj.n, "loss": float(obj.loss().detach()), "lanczos_steps": k,
-            "lambda_max": pair(len(vals) - 1), "lambda_min": pair(0), "trace": trace, "trace_se": se,
-            "ritz_values": [float(v) for v in vals]}
+              device: str, micro_batch: int | None = None) -> dict[str, Any]:
+    """Top / bottom Ritz pairs with fresh-product residuals, all Ritz values, Hutchinson trace,
+    and the peak memory of the call (``curvature.MemoryMeter``). Lanczos keeps its basis when
+    it fits in ``FULL_BASIS_BYTES`` (one pass), else runs in O(n) memory (two passes);
+    ``micro_batch`` examples per forward pass (fresh double-backward products)."""
+    obj = Objective(net, task.X_train, task.y_train, loss=task.loss, params=params, device=device,
+                    micro_batch=micro_batch, hvp_method="double_backward" if micro_batch else None)
+    with MemoryMeter(obj.device) as meter:
+        obj.require_deterministic(seed=seed + 12345)
+        run = lanczos_run(obj.hvp, obj.n, profile.lanczos_steps, top=1, bottom=1, basis="auto", seed=seed,
+                          dtype=obj.dtype, device=obj.device, meter=meter)
+        trace, se = hutchinson_trace(obj, samples=profile.trace_samples, seed=seed)
+        loss = float(obj.loss().detach())
+    pair = {e.which: {"value": e.value, "residual": e.residual} for e in run.top + run.bottom}
+    return {"n_parameters": obj.n, "loss": loss, "lanczos_steps": run.steps, "lanczos_basis": run.basis,
+            "products": obj.matvecs, "lambda_max": pair["LA"], "lambda_min": pair["SA"], "trace": trace,
+            "trace_se": se, "ritz_values": list(run.ritz), "micro_batch": micro_batch, "memory": meter.report()}
 
 
 def _ostrowski(ref_curv: Mapping[str, Any], cl_curv: Mapping[str, Any], record: TorchReparameterization,
@@ -255,19 +267,23 @@ def _ostrowski(ref_curv: Mapping[str, Any], cl_curv: Mapping[str, Any], record: 
 def _search_json(res: LRSearchResult, grid: Sequence[float]) -> dict[str, Any]:
     edge = res.best_lr <= min(grid) * (1 + 1e-9) or res.best_lr >= max(grid) * (1 - 1e-9)
     return {"best_lr": res.best_lr, "best_steps": res.best_steps, "reached": res.reached, "budget": res.budget,
-            "best_lr_at_grid_edge": edge, "wall_s": res.wall_s,
+            "best_lr_at_grid_edge": edge, "wall_s": res.wall_s, "steps_run": res.steps_run,
+            "steps_unpruned": res.steps_unpruned, "trials_from_pilot": sum(t.source == "known" for t in res.table),
             "table": [{"lr": t.lr, "steps": t.steps, "diverged": t.diverged, "final_loss": t.final_loss,
-                       "budget": t.budget, "stage": t.stage} for t in res.table]}
+                       "budget": t.budget, "stage": t.stage, "ran": t.ran, "source": t.source} for t in res.table]}
 
 
 def pilot_target(net: nn.Module, task: Task, optimizer: str, grid: Sequence[float], budget: int, seed: int,
-                 device: str) -> dict[str, Any]:
+                 device: str, runs: dict[float, Any] | None = None, **attack_options: Any) -> dict[str, Any]:
     """target = L_0^(1 - p) L_min^p with p = TARGET_PROGRESS (L_0 - p (L_0 - L_min) when
     L_min = 0), L_min the lowest finite loss of the baseline over every grid lr within
-    ``budget`` steps (module doc)."""
+    ``budget`` steps (module doc). ``runs`` collects the pilot's trajectories by lr (the
+    baseline's search reads its grid trials off them: ``attacks.lr_search(known=...)``)."""
     l0, lmin, best_lr = None, math.inf, None
     for lr in grid:
-        traj = make_attack(optimizer, lr, budget, None, seed=seed, device=device).run(net, task)
+        traj = make_attack(optimizer, lr, budget, None, seed=seed, device=device, **attack_options).run(net, task)
+        if runs is not None:
+            runs[lr] = traj
         l0 = traj.initial_loss
         finite = [v for v in traj.losses if math.isfinite(v)]
         if finite and min(finite) < lmin:
@@ -279,6 +295,23 @@ def pilot_target(net: nn.Module, task: Task, optimizer: str, grid: Sequence[floa
     target = l0 ** (1 - TARGET_PROGRESS) * lmin ** TARGET_PROGRESS if lmin > 0 else l0 - TARGET_PROGRESS * (l0 - lmin)
     return {"target": target, "initial_loss": l0, "pilot_min_loss": lmin,
             "pilot_best_lr": best_lr, "pilot_budget": budget, "progress": TARGET_PROGRESS}
+
+
+def _work(attacks: Mapping[str, Any], curv: Mapping[str, Any]) -> dict[str, Any]:
+    """What the audit ran and what it did not have to (``attacks.search``: incumbent pruning,
+    successive halving, trials read off the pilot, best curves not re-run), and the peak memory
+    of the curvature calls."""
+    searches = [s for a in attacks.values() for s in a["searches"].values()]
+    run = sum(s["steps_run"] for s in searches)
+    bound = sum(s["steps_unpruned"] for s in searches)
+    return {"attack_steps_run": run, "attack_steps_unpruned": bound,
+            "attack_steps_saved": bound - run,
+            "trials": sum(len(s["table"]) for s in searches),
+            "trials_pruned": sum(1 for s in searches for t in s["table"] if t["budget"] < s["budget"]),
+            "trials_from_pilot": sum(s["trials_from_pilot"] for s in searches),
+            "best_curves_rerun": 0,
+            "curvature_peak_rss": max((c["memory"]["peak_rss"] for c in curv.values() if "memory" in c), default=None),
+            "curvature_basis": sorted({c["lanczos_basis"] for c in curv.values() if "lanczos_basis" in c})}
 
 
 # ---------------------------------------------------------------- the audit
@@ -386,8 +419,11 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
 
     # 3: curvature of the baseline and the claimed model
     tick("curvature")
+    micro = prof.micro_batch if claimed.fmt == "hf" else None
+    reduce = {"reduction": BatchReduction(micro_batch=micro)} if micro else {}
     names = _curvature_params(claimed, nets["claimed"], group_params)
-    curv: dict[str, Any] = {k: curvature(nets[k], the_task, names, prof, seed, device) for k in (baseline, "claimed")}
+    curv: dict[str, Any] = {k: curvature(nets[k], the_task, names, prof, seed, device, micro)
+                            for k in (baseline, "claimed")}
     if record is not None:
         curv["ostrowski"] = _ostrowski(curv["reference"], curv["claimed"], record,
                                        [n.removeprefix("encoder.") for n in names])
@@ -400,21 +436,25 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     for opt in optimizers:
         tick(f"attack {opt}")
         grid = prof.grid(opt, claimed.fmt)
-        tgt = pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device)
+        pilot: dict[float, Any] = {}
+        tgt = pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device, runs=pilot, **reduce)
         searches, curves = {}, {}
         for v in variants:
             res = lr_search(nets[v], the_task, opt, tgt["target"], prof.budget, grid=grid, refine=prof.refine,
                             per_decade=prof.per_decade, seed=seed, device=device,
+                            known=pilot if v == baseline else None, **reduce,
                             progress=None if progress is None else
                             (lambda label, i, n, v=v: progress(f"attack {opt}: {v} lr {i}/{n}", done - 1, len(stages))))
             searches[v] = res
-            curves[v] = {"lr": res.best_lr, "losses": best_trajectory(nets[v], the_task, res, seed, device=device)}
+            # the best trial's own curve: the same run as re-running the best lr (attacks.search)
+            curves[v] = {"lr": res.best_lr, "losses": list(res.best_losses)}
         slowdown[opt] = Slowdown.between(searches[baseline], searches["claimed"])
         for r in recovered:
             recovered[r][opt] = Slowdown.between(searches[baseline], searches[r])
         attacks[opt] = {"target": tgt, "baseline": baseline,
                         "searches": {v: _search_json(s, grid) for v, s in searches.items()}, "curves": curves}
     result["attacks"] = attacks
+    result["work"] = _work(attacks, curv)
     result["slowdown"] = {o: ratio_json(r) for o, r in slowdown.items()}
     result["recovered_slowdown"] = {r: {o: ratio_json(x) for o, x in d.items()} for r, d in recovered.items()}
     result["extra_parameters"] = extra

@@ -133,40 +133,59 @@ def sweep_defense(name: str, K: float, seed: int = 0) -> Defense:
     return defense_by_name(base, K, seed=seed)
 
 
+def sweep_jobs(defenses: Sequence[str], Ks: Sequence[float], optimizers: Sequence[str]) -> list[tuple[str, float, str]]:
+    """(defense, K, optimizer) of every run of a sweep, in sweep order: K = 1 (defense
+    "none", undefended) first, then every defense x K > 1, each with every optimizer."""
+    jobs = [("none", 1.0)] + [(d, float(K)) for d in defenses for K in Ks if K > 1]
+    return [(d, K, opt) for d, K in jobs for opt in optimizers]
+
+
+def released_model(model: LoadedModel, defense: str, K: float, seed: int = 0) -> tuple[LoadedModel, float]:
+    """The release a sweep attacks for (defense, K) and its kappa(T) (the model itself for "none")."""
+    if defense == "none":
+        return model, 1.0
+    result = sweep_defense(defense, K, seed).apply(model)
+    return result.model, result.record.kappa_T()
+
+
+def sweep_run(attacked: nn.Module, task: Task, model_kind: str, defense: str, K: float, kappa: float,
+              optimizer: str, target: float, search: SearchProfile, seed: int = 0, **attack_options: Any) -> SweepRun:
+    """One run of a sweep: the lr search on ``attacked`` and its best trajectory (the best
+    trial's own losses: the same deterministic run as re-running the best lr). Slowdown unset."""
+    res = lr_search(attacked, task, optimizer, target, search.budget_for(optimizer),
+                    grid=list(search.grid_for(optimizer)), refine=search.refine, refine_rounds=search.refine_rounds,
+                    seed=seed, **attack_options)
+    return SweepRun(model_kind, defense, K, kappa, optimizer, res, list(res.best_losses))
+
+
+def set_slowdowns(runs: Sequence[SweepRun]) -> None:
+    """Each run's slowdown against the undefended run (defense "none") of its optimizer."""
+    base = {r.optimizer: r for r in runs if r.defense == "none"}
+    for r in runs:
+        _set_slowdown(r, base.get(r.optimizer))
+
+
 def slowdown_sweep(model: LoadedModel, task: Task, *, defenses: Sequence[str], Ks: Sequence[float],
                    optimizers: Sequence[str], target: float, search: SearchProfile,
                    wrap: Callable[[nn.Module], nn.Module] = lambda m: m, seed: int = 0,
                    progress: Progress | None = None, **attack_options: Any) -> list[SweepRun]:
     """Runs for K = 1 (undefended, once per optimizer) and every defense x K > 1 x optimizer
-    (defenses named as in ``sweep_defense``).
+    (defenses named as in ``sweep_defense``; order ``sweep_jobs``).
 
     ``wrap`` turns the (defended) released module into the attacked one (e.g. an encoder
     with a classification head and frozen embeddings); it must not depend on K."""
-    name = model.kind
-    base: dict[str, SweepRun] = {}
+    jobs = sweep_jobs(defenses, Ks, optimizers)
     runs: list[SweepRun] = []
-    jobs = [("none", 1.0)] + [(d, float(K)) for d in defenses for K in Ks if K > 1]
-    total = len(jobs) * len(optimizers)
-    done = 0
-    for dname, K in jobs:
-        if dname == "none":
-            released, kappa = model, 1.0
-        else:
-            result = sweep_defense(dname, K, seed).apply(model)
-            released, kappa = result.model, result.record.kappa_T()
-        attacked = wrap(released.module)
-        for opt in optimizers:
-            if progress is not None:
-                progress(f"{name} {dname} K={K:g} {opt}", done, total)
-            res = lr_search(attacked, task, opt, target, search.budget_for(opt), grid=list(search.grid_for(opt)),
-                            refine=search.refine, refine_rounds=search.refine_rounds, seed=seed, **attack_options)
-            run = SweepRun(name, dname, K, kappa, opt, res,
-                           best_trajectory(attacked, task, res, seed, **attack_options))
-            if dname == "none":
-                base[opt] = run
-            _set_slowdown(run, base.get(opt))
-            runs.append(run)
-            done += 1
+    attacked: dict[tuple[str, float], tuple[nn.Module, float]] = {}
+    for done, (dname, K, opt) in enumerate(jobs):
+        if (dname, K) not in attacked:
+            released, kappa = released_model(model, dname, K, seed)
+            attacked = {(dname, K): (wrap(released.module), kappa)}
+        net, kappa = attacked[dname, K]
+        if progress is not None:
+            progress(f"{model.kind} {dname} K={K:g} {opt}", done, len(jobs))
+        runs.append(sweep_run(net, task, model.kind, dname, K, kappa, opt, target, search, seed, **attack_options))
+    set_slowdowns(runs)
     return runs
 
 
@@ -245,4 +264,5 @@ def encoder_wrap(task: Task, seed: int = 0, freeze_embeddings: bool = True) -> C
 
 
 __all__ = ["SearchProfile", "SweepRun", "slowdown_sweep", "sweep_defense", "best_trajectory", "within_reference",
-           "encoder_wrap", "second_order_checks", "REFERENCE_EXPONENT", "REFERENCE_STATEMENT"]
+           "encoder_wrap", "second_order_checks", "REFERENCE_EXPONENT", "REFERENCE_STATEMENT", "sweep_jobs",
+           "released_model", "sweep_run", "set_slowdowns"]

@@ -392,7 +392,7 @@ def test_second_order_report_section_at_tiny_size() -> None:
     tiny = dataclasses.replace(QUICK, cnn_so=None, minilm_so=None, mlp_so=NetSweep(
         (10,), ("kfac", "muon"), ("diagonal",), 1.0, SearchProfile(15, (0.01, 0.1), refine=0, grids=(("kfac", (1.0,)),))))
     ctx = Context(True, 0, tiny)
-    ctx.shared["sweeps"] = {"digits MLP": SweepRecord("digits MLP", None, None, None, None, [])}
+    ctx.shared["sweeps"] = {"digits MLP": SweepRecord("digits MLP", None, tiny, 0, [])}
     s = second_order_section(ctx)
     runs = s.data["networks"]["digits MLP"]["runs"]
     assert {(d["optimizer"], d["defense"]) for d in runs} == {(o, d) for o in ("kfac", "muon") for d in ("none", "diagonal")}

@@ -139,3 +139,14 @@ FULL = ReportProfile(
 
 def profile(quick: bool) -> ReportProfile:
     return QUICK if quick else FULL
+
+#: a report small enough for a test (seconds): every section's code path, tiny budgets; used by
+#: property_tests/test_report_parallel.py to check that a parallel build equals the serial one
+TINY = ReportProfile(
+    name="tiny", battery="quick", minilm_layers=1, minilm_heads=(0,), minilm_sweep_layers=1,
+    text_per_class=4, text_tokens=8, W_Ks=(1, 10),
+    mlp=NetSweep((10,), ("sgd", "adam"), ("specdef",), 10.0, SearchProfile(40, tuple(log_grid(1e-2, 1, 1)), refine=1)),
+    cnn=NetSweep((10,), ("sgd",), ("specdef",), 15.0, SearchProfile(10, (0.1, 1.0), refine=0)),
+    minilm=NetSweep((10,), ("sgd",), ("specdef",), 1.3, SearchProfile(3, (1e-2, 1e-1), refine=0)),
+    precision_Ks=(1.0, 10.0), spectra_lanczos_steps=5, spectra_probes=2,
+)

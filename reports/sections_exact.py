@@ -13,15 +13,32 @@ if TYPE_CHECKING:
 STATEMENTS_TITLE = "Statements: derived, checked exactly, measured on real networks"
 
 
-def statements_section(ctx: "Context") -> Section:
-    """Every statement: derivation status, the exact battery's verdict, real-network checks."""
-    from convrate.cli import summarize
-    from convrate.numerics.battery import PROFILES, run_battery
+def derive_job() -> list[dict[str, Any]]:
     from convrate.theory import derive_runner
 
+    return derive_runner.run_all()
+
+
+def battery_job(battery: str, seed: int) -> list[dict[str, Any]]:
+    from convrate.cli import summarize
+    from convrate.numerics.battery import run_battery
+
+    return summarize(run_battery(battery, seed=seed))
+
+
+def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    """The derivations and the exact battery do not depend on the other sections: two jobs
+    that may run while they are built; the table is assembled once they all are."""
+    return [(derive_job, ()), (battery_job, (ctx.profile.battery, ctx.seed))]
+
+
+def _assemble(ctx: "Context", results: list[Any]) -> Section:
+    """Every statement: derivation status, the exact battery's verdict, real-network checks."""
+    from convrate.numerics.battery import PROFILES
+
     battery = ctx.profile.battery
-    derived = derive_runner.run_all()
-    checks = {r["id"]: r for r in summarize(run_battery(battery, seed=ctx.seed))}
+    derived, summary = results
+    checks = {r["id"]: r for r in summary}
     measured = {sid: _measured_summary(rs) for sid, rs in ctx.measured.items()}
     s = Section(STATEMENTS_TITLE)
     s.para("Derivation status comes from `convrate derive` (sympy on fully symbolic small matrices); "
@@ -57,6 +74,15 @@ def _measured_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _yes(holds: bool) -> str:
     return "yes" if holds else "NO"
+
+
+def _planned() -> Any:
+    from convrate.reports.builder import Planned
+
+    return Planned(_parts, _assemble)
+
+
+statements_section = _planned()
 
 
 SECTIONS: list[tuple[str, Any]] = [

@@ -213,4 +213,5 @@ def _precision_figure(real: dict[str, Any], exact: dict[str, Any]) -> Figure:
                   "dotted: tolerance; thin solid, exact layer: rigorous PREC-ALPHA bound).")
 
 
-SECTIONS: list[tuple[str, Any]] = [("inserted", inserted_section)]
+#: reads the slowdown section's sweeps (Context.shared["sweeps"]): built after it
+SECTIONS: list[tuple[Any, ...]] = [("inserted", inserted_section, ("slowdown",))]

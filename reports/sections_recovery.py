@@ -63,7 +63,31 @@ def _curve_gap(a: Any, b: Any) -> float:
     return max((abs(x - y) / max(abs(y), 1e-300) for x, y in zip(a.losses, b.losses)), default=0.0)
 
 
-def _network(ctx: "Context", rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[Any]]:
+def _known_run(rec: "SweepRecord", optimizer: str, lr: float, losses: Any) -> Any:
+    """A run already made (a search's best trial: the same deterministic run ``_attack`` would
+    repeat at that lr, budget and target), as a ``Trajectory``."""
+    from convrate.models.attacks import Trajectory
+
+    return Trajectory(optimizer, lr, rec.cfg.search.budget, rec.cfg.target, losses=list(losses))
+
+
+def recovery_job(rec: "SweepRecord", seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """R1 and R2 on one network's sweep (one job of the report builder): rows and check dicts."""
+    from convrate.models.runtime import single_thread
+
+    with single_thread():
+        rows, checks = _network(seed, rec)
+    return rows, [c.to_dict() for c in checks]
+
+
+def cost_job() -> list[dict[str, Any]]:
+    from convrate.models.runtime import single_thread
+
+    with single_thread():
+        return _cost_rows()
+
+
+def _network(seed: int, rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[Any]]:
     from convrate.models.attacks import lr_search
     from convrate.models.experiments import sweep_defense
     from convrate.models.recovery import canonical_agreement, canonicalize, r1_extra_parameters, r1_module
@@ -78,20 +102,22 @@ def _network(ctx: "Context", rec: "SweepRecord") -> tuple[list[dict[str, Any]], 
     canon0, crec0 = canonicalize(model)
     ref_params = _float64_params(model.module)
     attacked0 = wrap(canon0.module)
-    r2_lr = {opt: lr_search(attacked0, rec.task, opt, rec.cfg.target, rec.cfg.search.budget,
-                            grid=list(rec.cfg.search.grid), refine=0, seed=ctx.seed, device="cpu").best_lr
-             for opt in base}
-    r2_base = {opt: _attack(attacked0, rec.task, opt, r2_lr[opt], rec.cfg.search.budget, rec.cfg.target, ctx.seed)
-               for opt in base}
-    und_runs = {opt: _attack(wrap(model.module), rec.task, opt, b.search.best_lr, rec.cfg.search.budget,
-                             rec.cfg.target, ctx.seed) for opt, b in base.items()}
+    r2_search = {opt: lr_search(attacked0, rec.task, opt, rec.cfg.target, rec.cfg.search.budget,
+                                grid=list(rec.cfg.search.grid), refine=0, seed=seed, device="cpu") for opt in base}
+    r2_lr = {opt: r.best_lr for opt, r in r2_search.items()}
+    # the best trial's curve is the run at the best lr (``attacks.search``): not repeated
+    r2_base = {opt: _known_run(rec, opt, r.best_lr, r.best_losses) for opt, r in r2_search.items()}
+    # a float64 release is attacked exactly as the sweep did: its recorded best run is reused
+    converted = rec.model.dtype != torch.float64
+    und_runs = {opt: (_attack(wrap(model.module), rec.task, opt, b.search.best_lr, rec.cfg.search.budget,
+                              rec.cfg.target, seed) if converted else _known_run(rec, opt, b.search.best_lr, b.losses))
+                for opt, b in base.items()}
     rows, checks = [], []
     released: dict[tuple[str, float], Any] = {}
     defended_runs = [r for r in rec.runs if r.defense != "none"]
     for i, run in enumerate(defended_runs):
-        ctx.step(f"recovery: {rec.label} {run.defense} K={run.K:g} {run.optimizer}", i, len(defended_runs))
         if (run.defense, run.K) not in released:
-            dres = sweep_defense(run.defense, run.K, ctx.seed).apply(model)
+            dres = sweep_defense(run.defense, run.K, seed).apply(model)
             released[run.defense, run.K] = (dres, *canonicalize(dres.model))
         dres, canon, crec = released[run.defense, run.K]
         b = base[run.optimizer]
@@ -99,12 +125,12 @@ def _network(ctx: "Context", rec: "SweepRecord") -> tuple[list[dict[str, Any]], 
         inst = f"{rec.label}, {run.defense} K={run.K:g}, {run.optimizer} lr={b.search.best_lr:.3g}"
         # R1 at the undefended best learning rate
         r1_run = _attack(wrap(r1_module(dres.model.module, dres.record)), rec.task, run.optimizer,
-                            b.search.best_lr, budget, target, ctx.seed)
+                            b.search.best_lr, budget, target, seed)
         und = und_runs[run.optimizer]
         n_r1, n_und = r1_run.steps_to(), und.steps_to()
         gap1 = _curve_gap(r1_run, und)
         # R2: canonicalize the defended release, attack at the canonical undefended model's lr
-        r2_run = _attack(wrap(canon.module), rec.task, run.optimizer, r2_lr[run.optimizer], budget, target, ctx.seed)
+        r2_run = _attack(wrap(canon.module), rec.task, run.optimizer, r2_lr[run.optimizer], budget, target, seed)
         n_r2, n_r20 = r2_run.steps_to(), r2_base[run.optimizer].steps_to()
         gap2 = _curve_gap(r2_run, r2_base[run.optimizer])
         cost = r1_extra_parameters(dres.record)
@@ -154,19 +180,21 @@ def _steps(n: int | None, budget: int) -> str:
     return str(n) if n is not None else f">{budget}"
 
 
-def recovery_section(ctx: "Context") -> Section:
-    from convrate.models.runtime import single_thread
+def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    """One job per swept network (R1 and R2 share its canonical undefended runs), and the cost table."""
+    sweeps = ctx.shared.get("sweeps", {})
+    return [(recovery_job, (rec, ctx.seed)) for rec in sweeps.values()] + [(cost_job, ())]
+
+
+def _assemble(ctx: "Context", results: list[Any]) -> Section:
     from convrate.theory.core import compare
 
-    sweeps = ctx.shared.get("sweeps", {})
     rows: list[dict[str, Any]] = []
     checks: list[Any] = []
-    with single_thread():
-        for rec in sweeps.values():
-            r, c = _network(ctx, rec)
-            rows += r
-            checks += c
-        cost = _cost_rows()
+    for r, c in results[:-1]:
+        rows += r
+        checks += c
+    cost = results[-1]
     checks += [compare("R1", f"{c['network']}: R1 extra parameters vs the linear bound", c["extra_parameters"], "<=",
                        Fraction(c["bound_exact"]), precision="exact integer / rational", detail=f"{c['groups']} groups")
                for c in cost]
@@ -203,4 +231,11 @@ def recovery_section(ctx: "Context") -> Section:
     return s
 
 
-SECTIONS: list[tuple[str, Any]] = [("recovery", recovery_section)]
+def _planned() -> Any:
+    from convrate.reports.builder import Planned
+
+    return Planned(_parts, _assemble)
+
+
+recovery_section = _planned()
+SECTIONS: list[tuple[Any, ...]] = [("recovery", recovery_section, ("slowdown",))]

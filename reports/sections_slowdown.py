@@ -1,9 +1,12 @@
 """Slowdown vs defense strength K per optimizer on the digits MLP, the digits CNN and MiniLM,
-with the attacks' loss curves (``models.experiments.slowdown_sweep``)."""
+with the attacks' loss curves, for the first-order attackers and (a section of its own) the
+second-order and preconditioned ones (``models.experiments``: one job per (network, defense, K,
+optimizer) learning-rate search, run in parallel by the report builder)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 from convrate.reports.document import Figure, Section
@@ -11,32 +14,105 @@ from convrate.reports.document import Figure, Section
 if TYPE_CHECKING:
     from convrate.models.experiments import SweepRun
     from convrate.reports.builder import Context
-    from convrate.reports.profiles import NetSweep
+    from convrate.reports.profiles import NetSweep, ReportProfile
+
+
+def network_labels(p: "ReportProfile", key: str = "first-order") -> list[tuple[str, "NetSweep"]]:
+    """(label, sweep settings) of the networks whose profile entry is set (``key`` "so": the
+    second-order entries ``*_so``), in display order."""
+    suffix = "_so" if key == "so" else ""
+    entries = [("digits MLP", getattr(p, "mlp" + suffix)), ("digits CNN", getattr(p, "cnn" + suffix)),
+               (f"MiniLM ({p.minilm_sweep_layers} layer(s))", getattr(p, "minilm" + suffix))]
+    return [(label, cfg) for label, cfg in entries if cfg is not None]
+
+
+@lru_cache(maxsize=None)
+def network(p: "ReportProfile", seed: int, label: str) -> tuple[Any, Any, Any]:
+    """(model, task, wrap) of a swept network, built once per process (zoo models come from
+    the cache; MiniLM is truncated to the profile's sweep layers under the seeded head)."""
+    from convrate.models import zoo
+    from convrate.models.experiments import encoder_wrap
+    from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, text_task
+
+    if label == "digits MLP":
+        return zoo.digits_mlp(), digits_relabel_task(seed, standardize=False), None
+    if label == "digits CNN":
+        return zoo.digits_cnn(), digits_relabel_task(seed, standardize=False, image=True), None
+    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=seed)
+    return zoo.minilm(n_layers=p.minilm_sweep_layers), text, encoder_wrap(text, seed)
+
+
+@lru_cache(maxsize=8)
+def _attacked(p: "ReportProfile", seed: int, label: str, defense: str, K: float) -> tuple[Any, float]:
+    from convrate.models.experiments import released_model
+
+    model, _, wrap = network(p, seed, label)
+    released, kappa = released_model(model, defense, K, seed)
+    return (released.module if wrap is None else wrap(released.module)), kappa
+
+
+def sweep_job(p: "ReportProfile", seed: int, key: str, label: str, defense: str, K: float, optimizer: str
+              ) -> tuple[str, "SweepRun", str]:
+    """One learning-rate search of a sweep: (label, the run, the task's description)."""
+    from convrate.models.experiments import sweep_run
+    from convrate.models.runtime import single_thread
+
+    cfg = dict(network_labels(p, key))[label]
+    model, task, _ = network(p, seed, label)
+    with single_thread():
+        attacked, kappa = _attacked(p, seed, label, defense, K)
+        run = sweep_run(attacked, task, model.kind, defense, K, kappa, optimizer, cfg.target, cfg.search, seed,
+                        device="cpu")
+    return label, run, task.description
 
 
 @dataclass
 class SweepRecord:
-    """A network's sweep as later sections reuse it (recoveries run at its learning rates)."""
+    """A network's sweep as later sections reuse it (recoveries run at its learning rates);
+    ``model``, ``task``, ``wrap`` are rebuilt where needed (``network``), so the record travels
+    between processes as settings and runs."""
 
     label: str
     cfg: "NetSweep"
-    model: Any
-    task: Any
-    wrap: Any
+    profile: "ReportProfile"
+    seed: int
     runs: list["SweepRun"]
 
+    @property
+    def model(self) -> Any:
+        return network(self.profile, self.seed, self.label)[0]
 
-def _sweep(ctx: "Context", label: str, cfg: "NetSweep", model: Any, task: Any, wrap: Any = None) -> list["SweepRun"]:
-    from convrate.models.experiments import slowdown_sweep
-    from convrate.models.runtime import single_thread
+    @property
+    def task(self) -> Any:
+        return network(self.profile, self.seed, self.label)[1]
 
-    def step(what: str, done: int, total: int) -> None:
-        ctx.step(f"slowdown: {what}", done, total)
+    @property
+    def wrap(self) -> Any:
+        return network(self.profile, self.seed, self.label)[2]
 
-    with single_thread():
-        kw = {} if wrap is None else {"wrap": wrap}
-        return slowdown_sweep(model, task, defenses=cfg.defenses, Ks=cfg.Ks, optimizers=cfg.optimizers,
-                              target=cfg.target, search=cfg.search, seed=ctx.seed, progress=step, device="cpu", **kw)
+
+def _jobs(ctx: "Context", key: str) -> list[tuple[Any, tuple]]:
+    """One job per search; the long ones (CNN, MiniLM) first, so that they start early."""
+    from convrate.models.experiments import sweep_jobs
+
+    jobs = []
+    for label, cfg in network_labels(ctx.profile, key):
+        jobs += [(sweep_job, (ctx.profile, ctx.seed, key, label, d, K, o)) for d, K, o in
+                 sweep_jobs(cfg.defenses, cfg.Ks, cfg.optimizers)]
+    return sorted(jobs, key=lambda j: j[1][3] == "digits MLP")
+
+
+def _runs(ctx: "Context", key: str, results: Sequence[Any]) -> list[tuple[str, "NetSweep", list["SweepRun"], str]]:
+    """(label, settings, runs in sweep order with their slowdowns, task description) per network."""
+    from convrate.models.experiments import set_slowdowns, sweep_jobs
+
+    by = {(label, r.defense, r.K, r.optimizer): (r, desc) for label, r, desc in results}
+    out = []
+    for label, cfg in network_labels(ctx.profile, key):
+        runs = [by[label, d, K, o][0] for d, K, o in sweep_jobs(cfg.defenses, cfg.Ks, cfg.optimizers)]
+        set_slowdowns(runs)
+        out.append((label, cfg, runs, by[label, "none", 1.0, cfg.optimizers[0]][1]))
+    return out
 
 
 def _steps(d: dict[str, Any]) -> str:
@@ -69,29 +145,6 @@ _EXPLAIN = (
     "prediction is a comparison, not a theorem.")
 
 
-def _networks(ctx: "Context", key: str) -> list[tuple[str, Any, Any, Any, Any]]:
-    """(label, sweep config, model, task, wrap) of the networks whose profile entry ``key`` (mlp, cnn,
-    minilm, or with the suffix _so) is set."""
-    from convrate.models import zoo
-    from convrate.models.experiments import encoder_wrap
-    from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, text_task
-
-    p = ctx.profile
-    suffix = "_so" if key == "so" else ""
-    out = []
-    if getattr(p, "mlp" + suffix) is not None:
-        out.append(("digits MLP", getattr(p, "mlp" + suffix), zoo.digits_mlp(), digits_relabel_task(ctx.seed, standardize=False),
-                    None))
-    if getattr(p, "cnn" + suffix) is not None:
-        out.append(("digits CNN", getattr(p, "cnn" + suffix), zoo.digits_cnn(),
-                    digits_relabel_task(ctx.seed, standardize=False, image=True), None))
-    if getattr(p, "minilm" + suffix) is not None:
-        text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed)
-        out.append((f"MiniLM ({p.minilm_sweep_layers} layer(s))", getattr(p, "minilm" + suffix),
-                    zoo.minilm(n_layers=p.minilm_sweep_layers), text, encoder_wrap(text, ctx.seed)))
-    return out
-
-
 def _rows(runs: Sequence["SweepRun"]) -> list[dict[str, Any]]:
     from convrate.models.experiments import within_reference
 
@@ -112,18 +165,17 @@ def _table(s: Section, rows: Sequence[dict[str, Any]]) -> None:
               {None: "-", True: "yes", False: "no"}[d["within_reference"]]] for d in rows])
 
 
-def slowdown_section(ctx: "Context") -> Section:
+def _assemble(ctx: "Context", results: list[Any]) -> Section:
     s = Section("Slowdown vs defense strength on real networks")
     s.para(_EXPLAIN)
     data: dict[str, Any] = {"networks": {}}
     ctx.shared["sweeps"] = sweeps = {}
-    for label, cfg, model, task, wrap in _networks(ctx, "first-order"):
-        runs = _sweep(ctx, label, cfg, model, task, wrap)
-        sweeps[label] = SweepRecord(label, cfg, model, task, wrap, runs)
+    for label, cfg, runs, description in _runs(ctx, "first-order", results):
+        sweeps[label] = SweepRecord(label, cfg, ctx.profile, ctx.seed, runs)
         rows = _rows(runs)
         data["networks"][label] = {"target": cfg.target, "budget": cfg.search.budget, "grid": list(cfg.search.grid),
-                                   "task": task.description, "runs": rows}
-        s.para(f"**{label}**: task {task.description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps.")
+                                   "task": description, "runs": rows}
+        s.para(f"**{label}**: task {description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps.")
         _table(s, rows)
         s.figure(_slowdown_figure(label, rows))
         s.figure(_curves_figure(label, rows, cfg.target))
@@ -249,7 +301,23 @@ def _curves_figure(label: str, rows: Sequence[dict[str, Any]], target: float, pr
                                                          "lines larger K; dotted: target.")
 
 
-def second_order_section(ctx: "Context") -> Section:
+def checks_job(seed: int) -> list[dict[str, Any]]:
+    """The exact second-order statements on the real loss (digits MLP, SpecDef K = 100)."""
+    from convrate.models import zoo
+    from convrate.models.experiments import second_order_checks
+    from convrate.models.runtime import single_thread
+    from convrate.models.tasks import digits_relabel_task
+
+    with single_thread():
+        return [c if isinstance(c, dict) else c.to_dict() for c in
+                second_order_checks(zoo.digits_mlp(), digits_relabel_task(seed, standardize=False), 100.0, seed=seed)]
+
+
+def _so_parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    return _jobs(ctx, "so") + [(checks_job, (ctx.seed,))]
+
+
+def _so_assemble(ctx: "Context", results: list[Any]) -> Section:
     """The second-order and preconditioned attackers (L-BFGS, Newton-CG, Gauss-Newton, K-FAC, Shampoo,
     SOAP, Sophia, Muon) on the same networks and targets; when the first-order sweep ran in this
     report, its rows join each network's table and figure, so every attacker is listed."""
@@ -258,24 +326,19 @@ def second_order_section(ctx: "Context") -> Section:
            "targets of the previous section. " + _EXPLAIN)
     data: dict[str, Any] = {"networks": {}}
     earlier = ctx.shared.get("sweeps", {})
-    for label, cfg, model, task, wrap in _networks(ctx, "so"):
-        rows = _rows(_sweep(ctx, label, cfg, model, task, wrap))
+    for label, cfg, runs, description in _runs(ctx, "so", results[:-1]):
+        rows = _rows(runs)
         first = [d for d in _rows(earlier[label].runs)] if label in earlier else []
         data["networks"][label] = {"target": cfg.target, "budget": cfg.search.budget, "grid": list(cfg.search.grid),
-                                   "grids": {o: list(g) for o, g in cfg.search.grids}, "task": task.description,
+                                   "grids": {o: list(g) for o, g in cfg.search.grids}, "task": description,
                                    "runs": rows, "first_order_runs_merged": len(first)}
-        s.para(f"**{label}**: task {task.description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps"
+        s.para(f"**{label}**: task {description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps"
                + (f"; the first {len(first)} rows are the first-order attackers of the previous section" if first else "")
                + ".")
         _table(s, first + rows)
         s.figure(_slowdown_figure(label + " (all attackers)" if first else label, first + rows, "so_"))
         s.figure(_curves_figure(label, rows, cfg.target, "so_"))
-    from convrate.models import zoo
-    from convrate.models.experiments import second_order_checks
-    from convrate.models.tasks import digits_relabel_task
-
-    checks = ctx.record(second_order_checks(zoo.digits_mlp(), digits_relabel_task(ctx.seed, standardize=False), 100.0,
-                                            seed=ctx.seed))
+    checks = ctx.record(results[-1])
     s.para("Exact statements on the real loss (digits MLP, SpecDef K = 100): k CG steps on the defended release, "
            "mapped back by T^-1, equal CG preconditioned by T^-1 T^-T with damping lambda T^T T on the original, for "
            "the Hessian (SO-NEWTON-CG) and the Gauss-Newton matrix (SO-GN).")
@@ -287,4 +350,18 @@ def second_order_section(ctx: "Context") -> Section:
     return s
 
 
-SECTIONS: list[tuple[str, Any]] = [("slowdown", slowdown_section), ("slowdown-second-order", second_order_section)]
+def _planned(parts: Any, assemble: Any) -> Any:
+    from convrate.reports.builder import Planned
+
+    return Planned(parts, assemble)
+
+
+def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    return _jobs(ctx, "first-order")
+
+
+slowdown_section = _planned(_parts, _assemble)
+second_order_section = _planned(_so_parts, _so_assemble)
+#: the second-order section merges the first-order rows (Context.shared["sweeps"]): built after it
+SECTIONS: list[tuple[Any, ...]] = [("slowdown", slowdown_section),
+                                   ("slowdown-second-order", second_order_section, ("slowdown",))]

@@ -55,33 +55,50 @@ def _summary(obj: Any, dense: bool, seed: int, steps: int, probes: int) -> dict[
     return out
 
 
-def spectra_section(ctx: "Context") -> Section:
+def mlp_job(p: Any, seed: int) -> list[dict[str, Any]]:
+    """The digits MLP's four states (dense spectrum too): one job of the report builder."""
+    from convrate.models import zoo
+    from convrate.models.curvature import Objective
+    from convrate.models.runtime import single_thread
+    from convrate.models.tasks import digits_relabel_task
+
+    digits = digits_relabel_task(seed, standardize=False)
+    out = []
+    with single_thread():
+        for name, mod in _states(zoo.digits_mlp(), max(p.W_Ks)):
+            obj = Objective(mod, digits.X_train, digits.y_train, loss="cross_entropy", device="cpu")
+            out.append({"state": name, **_summary(obj, True, seed, 80, 32)})
+    return out
+
+
+def minilm_job(p: Any, seed: int) -> list[dict[str, Any]]:
+    """MiniLM's four states (layer 0 attention, 8 sequences): one job of the report builder."""
     from convrate.models import zoo
     from convrate.models.curvature import Objective
     from convrate.models.experiments import encoder_wrap
-    from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, select, text_task
     from convrate.models.runtime import single_thread
+    from convrate.models.tasks import minilm_tokenizer, select, text_task
 
-    p = ctx.profile
-    K = max(p.W_Ks)
-    digits = digits_relabel_task(ctx.seed, standardize=False)
-    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed)
+    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=seed)
     Xt, yt = select(text.X_train, torch.arange(8)), text.y_train[:8]
-    wrap = encoder_wrap(text, ctx.seed)
-    nets: dict[str, list[dict[str, Any]]] = {}
+    wrap = encoder_wrap(text, seed)
+    out = []
     with single_thread():
-        for i, (name, mod) in enumerate(_states(zoo.digits_mlp(), K)):
-            ctx.step(f"spectra: digits MLP {name}", i, 8)
-            obj = Objective(mod, digits.X_train, digits.y_train, loss="cross_entropy", device="cpu")
-            nets.setdefault("digits MLP", []).append({"state": name, **_summary(obj, True, ctx.seed, 80, 32)})
-        m = zoo.minilm(n_layers=1)
-        for i, (name, mod) in enumerate(_states(m, K)):
-            ctx.step(f"spectra: MiniLM {name}", 4 + i, 8)
+        for name, mod in _states(zoo.minilm(n_layers=1), max(p.W_Ks)):
             net = wrap(mod)
             params = [n for n, q in net.named_parameters() if ".layer.0.attention." in n and q.requires_grad]
             obj = Objective(net, Xt, yt, loss="cross_entropy", params=params, device="cpu")
-            nets.setdefault("MiniLM (layer 0 attention)", []).append(
-                {"state": name, **_summary(obj, False, ctx.seed, p.spectra_lanczos_steps, p.spectra_probes)})
+            out.append({"state": name, **_summary(obj, False, seed, p.spectra_lanczos_steps, p.spectra_probes)})
+    return out
+
+
+def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    return [(mlp_job, (ctx.profile, ctx.seed)), (minilm_job, (ctx.profile, ctx.seed))]
+
+
+def _assemble(ctx: "Context", results: list[Any]) -> Section:
+    K = max(ctx.profile.W_Ks)
+    nets: dict[str, list[dict[str, Any]]] = {"digits MLP": results[0], "MiniLM (layer 0 attention)": results[1]}
     s = Section("Hessian spectra before and after defense and recovery")
     s.para("Loss: the attacker's task at the released weights (digits relabel, all 1437 training examples; "
            "MiniLM: 8 sequences of the text task, Hessian restricted to layer 0's attention weights). "
@@ -128,4 +145,11 @@ def _density(rows: list[dict[str, Any]]) -> Figure:
                                               "undefended, defended, and after each recovery.")
 
 
+def _planned() -> Any:
+    from convrate.reports.builder import Planned
+
+    return Planned(_parts, _assemble)
+
+
+spectra_section = _planned()
 SECTIONS: list[tuple[str, Any]] = [("spectra", spectra_section)]

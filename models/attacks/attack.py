@@ -191,6 +191,9 @@ class Attack:
     lbfgs_memory: int = 10
     exponent: float | None = None
     cost_ratios: tuple[tuple[str, float], ...] | None = None
+    #: full-batch loss and gradient through ``curvature.distributed.BatchReduction`` (micro-batches,
+    #: data-parallel ranks); None: one forward pass over the batch
+    reduction: Any = None
 
     def __post_init__(self) -> None:
         _check_optimizer(self.optimizer)
@@ -242,7 +245,7 @@ class Attack:
         with deterministic(self.seed, dev):
             net, params = self._prepare(model, dev)
             dtype = params[0].dtype if params[0].is_floating_point() else None
-            ctx = StepContext(net, params, task.to(dev, dtype))
+            ctx = StepContext(net, params, task.to(dev, dtype), reduction=self.reduction)
             if self.cost_ratios is not None:
                 ratios = dict(self.cost_ratios)
             else:

@@ -121,8 +121,11 @@ class StepContext:
     """The live network ``net`` with trainable ``params``, the task (on the run's device and
     dtype), the current step's batch, and counted evaluations (module doc)."""
 
-    def __init__(self, net: nn.Module, params: list[nn.Parameter], task: "Task") -> None:
+    def __init__(self, net: nn.Module, params: list[nn.Parameter], task: "Task", reduction: Any = None) -> None:
         self.net, self.params, self.task = net, params, task
+        #: full-batch loss and gradient summed over micro-batches and ranks
+        #: (``curvature.distributed.BatchReduction``); None: one forward pass
+        self.reduction = reduction
         self.cost = Cost()
         self.step_index = 0
         self._cache: tuple[int, torch.Tensor, float] | None = None  # (step, params, loss) with p.grad set
@@ -160,6 +163,9 @@ class StepContext:
             return self.task.evaluate(self.net)
         if self._cache is not None and self._same((self._cache[0], self._cache[1])):
             return self._cache[2]
+        if self.reduction is not None:  # no graph is kept: the gradient is taken now, piece by piece
+            self.closure()
+            return self._cache[2]
         loss = self.loss_graph()
         self._pending = (self.step_index, self.theta(), loss)
         return float(loss.detach())
@@ -169,6 +175,14 @@ class StepContext:
         (a repeated call at the same parameters returns the cached evaluation)."""
         if self._cache is not None and self._same((self._cache[0], self._cache[1])):
             return torch.tensor(self._cache[2])
+        if self.reduction is not None and self.full_batch:
+            for p in self.params:
+                p.grad = None
+            with torch.enable_grad():
+                value = self.reduction.loss_and_backward(self.net, self.task)
+            self.cost.gradients += 1
+            self._cache = (self.step_index, self.theta(), value)
+            return torch.tensor(value)
         with torch.enable_grad():
             if self._pending is not None and self._same((self._pending[0], self._pending[1])):
                 loss = self._pending[2]
@@ -212,18 +226,16 @@ class StepContext:
         if self._objective is None or not _same_index(self._objective[0], key):
             X, y = self.batch()
             loss = self.task.loss
-            targets = y
-            if loss == "cross_entropy" and y.ndim == 2 and not y.is_floating_point():
-                from convrate.models.tasks import token_targets  # next-token ids (n, T) -> the kept rows (M,)
-
-                targets = token_targets(y)
+            targets = y  # next-token ids (n, T) stay per sequence: the Objective flattens them per piece
             if loss == "squared" and not y.is_floating_point():
                 with torch.no_grad():
                     n_out = self.task.forward(self.net, X).shape[-1]
                 targets = torch.nn.functional.one_hot(y, n_out).to(self.params[0].dtype)
             names = [n for n, p in self.net.named_parameters() if p.requires_grad]
+            red = self.reduction if idx is None else None
             obj = Objective(self.net, X, targets, loss=loss, params=names, dtype=self.params[0].dtype,
-                            device=self.params[0].device)
+                            device=self.params[0].device, world=None if red is None else red.world,
+                            micro_batch=None if red is None else red.micro_batch)
             self._objective = (key, obj)
         return self._objective[1]
 

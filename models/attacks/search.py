@@ -8,19 +8,50 @@ records its cost to the target (steps, gradients, curvature products, gradient-e
 the product cost ratios measured once per search, wall seconds). ``slowdown`` runs it on an
 undefended and a defended model and returns the ratio of best step counts (dimensionless), and
 the ratios of gradient-equivalents and wall time at those best runs.
+
+Work the search does not do, without changing what it returns:
+- *pruning*: a trial runs only up to the incumbent's step count (it stops as soon as it cannot
+  beat the best count so far; ties are still seen, as the trial may reach the target exactly at
+  that count). The lr with the fewest steps is therefore the same as an unpruned search's; ties
+  are broken by the final loss, which a tied trial has computed in full. When no lr reaches
+  the target there is never an incumbent and every trial runs its whole budget, so the
+  fallback (lowest final loss) is unchanged too. Only the table's ``budget`` / ``ran`` of
+  slower trials differ from an unpruned search.
+- *successive halving over the grid*: rounds with budgets max(16, budget/64), x4, ..., budget; each
+  round reruns every live lr (not diverged, not yet decided) from the start up to the round's
+  budget (and the incumbent's count). An lr is dropped only when it diverged (it diverges at
+  the same step in a longer run) or, after the round in which the first lr met the target,
+  because it did not meet the target within a budget at most the incumbent's (so it needs
+  more steps than the best). So the fewest-steps lr is the unpruned one; what changes is the
+  order of work: an lr that is stable but slow (e.g. Adam at too large a rate, which neither
+  diverges nor converges) costs a round's budget instead of the whole budget before a fast one
+  is found, and from the second round on the lr with the lowest loss so far runs first, so
+  the others are capped by its count. The reruns from the start of the earlier rounds cost at
+  most 1/3 of the last round's budget per lr (rounds grow 4x): when no lr meets the target
+  (every lr then runs its whole budget) the search costs up to 4/3 of the descending one; an lr
+  that stops (target or divergence) at step s costs at most 7/3 s.
+- *known prefixes*: ``known`` maps learning rates to trajectories already run from the same
+  model, task, optimizer, seed and attack options with no target stop (e.g. the audit's pilot).
+  A trial at such an lr is the prefix cut at the first step that meets the target or diverges
+  (runs are deterministic and a trial differs from the prefix only in where it stops), so when
+  the prefix decides it (target met, divergence, or budget reached within the prefix) it is
+  answered from it (``source`` "known", 0 steps run).
+- *best curve*: ``best_losses`` is the best trial's own loss curve, the same deterministic run
+  as re-running the best lr to the target with the whole budget (the best trial either met
+  the target within its budget, where both stop, or ran the whole budget).
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks.attack import (Attack, Progress, _check_optimizer, _check_target, _positive_finite,
-                                            _positive_int, make_attack, require_finite_parameters)
+from convrate.models.attacks.attack import (Attack, Progress, Trajectory, _check_optimizer, _check_target,
+                                            _positive_finite, _positive_int, make_attack, require_finite_parameters)
 from convrate.models.attacks.registry import get_spec
 from convrate.models.tasks import Task
 
@@ -39,7 +70,8 @@ def log_grid(lo: float = 1e-5, hi: float = 10.0, per_decade: int = 2) -> list[fl
 @dataclass(frozen=True)
 class LRTrial:
     """One learning rate tried: ``steps`` to target (None: not within ``budget``, the budget
-    this trial ran under, which pruning may set below the search's budget)."""
+    this trial ran under, which pruning may set below the search's budget); ``ran``: optimizer
+    steps executed (0 when answered from a known prefix, ``source`` "known"; else "run")."""
 
     lr: float
     steps: int | None
@@ -49,6 +81,8 @@ class LRTrial:
     stage: str
     wall_s: float
     cost: dict[str, Any] | None = None
+    ran: int = 0
+    source: str = "run"
 
 
 def _rank(tr: LRTrial) -> tuple[float, int, float, float]:
@@ -70,10 +104,22 @@ class LRSearchResult:
     table: tuple[LRTrial, ...]
     wall_s: float
     cost_ratios: dict[str, float] | None = None
+    best_losses: tuple[float, ...] = ()
 
     @property
     def reached(self) -> bool:
         return self.best_steps is not None
+
+    @property
+    def steps_run(self) -> int:
+        """Optimizer steps the search executed (trials answered from known prefixes: 0)."""
+        return sum(t.ran for t in self.table)
+
+    @property
+    def steps_unpruned(self) -> int:
+        """Steps an unpruned search of the same trials would take at most (each trial its whole
+        budget): the yardstick of what pruning and known prefixes saved."""
+        return len(self.table) * self.budget
 
     @property
     def knob(self) -> str:
@@ -93,15 +139,20 @@ class LRSearchResult:
 def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budget: int, *,
               grid: Sequence[float] | None = None, refine: int = 2, refine_rounds: int = 1,
               per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
-              progress: Progress | None = None, **attack_options: Any) -> LRSearchResult:
+              progress: Progress | None = None, known: Mapping[float, Trajectory] | None = None,
+              schedule: str = "halving", **attack_options: Any) -> LRSearchResult:
     """Steps to ``target`` for each lr of ``grid`` (default: the optimizer's own grid, else
-    ``log_grid(1e-5, 10, per_decade)``),
-    tried from the largest down, then ``refine`` log-spaced points on each side of the best
-    (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
+    ``log_grid(1e-5, 10, per_decade)``), then ``refine`` log-spaced points on each side of the
+    best (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
 
     With ``prune`` a trial runs only up to the incumbent's step count (a slower lr cannot
-    win); its row then records that smaller budget. The returned lr has the fewest steps
-    among all trials."""
+    win); its row then records that smaller budget. ``schedule`` "halving" (with ``prune``)
+    runs the grid in successive-halving rounds (``halving_budgets``: every live lr, largest
+    first, up to max(16, budget/64), then the survivors -- not diverged, lowest loss first --
+    up to 4x that, ...) and stops after the first round in which some lr meets the target;
+    "descending" runs each lr once, largest first. ``known``: prefix trajectories (module
+    doc). Either way the returned lr is the one with the fewest steps among all lrs, as an
+    unpruned search's (module doc)."""
     _check_optimizer(optimizer)
     tgt = _check_target(target)
     if tgt is None:
@@ -122,38 +173,109 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     if spec.uses and "cost_ratios" not in attack_options:  # measured once for the whole search
         probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, **{**attack_options, "stop_at_target": False})
         attack_options["cost_ratios"] = tuple(sorted(probe.run(model, task).cost_ratios.items()))
-    table: list[LRTrial] = []
-    tried: set[float] = set()
+    if schedule not in SCHEDULES:
+        raise InvalidInputError(f"unknown lr-search schedule {schedule!r} (supported: {', '.join(SCHEDULES)})")
+    table: dict[float, LRTrial] = {}
+    curves: dict[float, list[float]] = {}
     n_total = len(set(lrs)) + 2 * refine * refine_rounds
+    factor = float(attack_options.get("divergence_factor", Attack.divergence_factor))
 
-    def attempt(lr: float, stage: str) -> None:
-        if any(math.isclose(lr, x, rel_tol=1e-12) for x in tried):
-            return
-        tried.add(lr)
-        best = min((tr.steps for tr in table if tr.steps is not None), default=None)
-        b = min(budget, best) if (prune and best is not None and best >= 1) else budget
-        atk = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
-        traj = atk.run(model, task)
-        table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s,
-                             traj.cost_to(tgt)))
+    def incumbent() -> int | None:
+        return min((tr.steps for tr in table.values() if tr.steps is not None), default=None)
+
+    def attempt(lr: float, stage: str, cap: int) -> LRTrial:
+        best = incumbent()
+        b = min(cap, best) if (prune and best is not None and best >= 1) else cap
+        prefix = _from_prefix(known, lr, b, tgt, factor)
+        before = table[lr].ran if lr in table else 0
+        if prefix is not None:
+            traj, losses, diverged = prefix
+            steps = _first_at_most(losses, tgt)
+            tr = LRTrial(lr, steps, diverged, losses[-1], b, stage, 0.0,
+                         traj.cost_at(steps) if steps is not None else None, before, "known")
+        else:
+            traj = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).run(model, task)
+            losses = traj.losses
+            tr = LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage,
+                         traj.wall_s + (table[lr].wall_s if lr in table else 0.0), traj.cost_to(tgt),
+                         before + traj.steps, "run")
+        table[lr] = tr  # a later (longer) trial of the same lr replaces the earlier one
+        curves[lr] = list(losses)
         if progress is not None:
             progress(f"lr search {optimizer}", len(table), n_total)
+        return tr
 
-    for lr in sorted(set(lrs), reverse=True):
-        attempt(lr, "grid")
+    grid_lrs = sorted(set(lrs), reverse=True)
+    caps = halving_budgets(budget) if (prune and schedule == "halving") else [budget]
+    alive = grid_lrs
+    for cap in caps:  # successive halving: every live lr up to cap, then the survivors up to 4 cap, ...
+        for lr in alive:
+            attempt(lr, "grid", cap)
+        if incumbent() is not None:
+            break  # every lr that has not met the target within its budget needs more steps than the best
+        # survivors, lowest loss first: the likeliest to meet the target runs first and caps the others
+        alive = sorted((lr for lr in alive if not table[lr].diverged),
+                       key=lambda lr: (table[lr].final_loss if math.isfinite(table[lr].final_loss) else math.inf, -lr))
     ratio = 10.0 ** (1.0 / per_decade)
     for rnd in range(refine_rounds):
         if refine == 0:
             break
-        centre = _best(table).lr
+        centre = _best(list(table.values())).lr
         ratio = ratio ** (1.0 / (refine + 1))
         for j in range(refine, 0, -1):
-            attempt(centre * ratio**j, f"refine{rnd + 1}")
-            attempt(centre / ratio**j, f"refine{rnd + 1}")
-    best = _best(table)
+            for lr in (centre * ratio**j, centre / ratio**j):
+                if not any(math.isclose(lr, x, rel_tol=1e-12) for x in table):
+                    attempt(lr, f"refine{rnd + 1}", budget)
+    rows = tuple(table.values())
+    best = _best(rows)
     ratios = dict(attack_options["cost_ratios"]) if "cost_ratios" in attack_options else {}
-    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, tuple(table),
-                          time.perf_counter() - start, ratios)
+    return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, rows, time.perf_counter() - start, ratios,
+                          tuple(curves[best.lr]))
+
+
+#: first budget of the successive-halving rounds (a fraction of the search's budget, at least
+#: HALVING_MIN steps: shorter rounds cost more in reruns than they save) and the factor between rounds
+HALVING_FIRST = 1 / 64
+HALVING_MIN = 16
+HALVING_FACTOR = 4
+SCHEDULES = ("halving", "descending")
+
+
+def halving_budgets(budget: int) -> list[int]:
+    """The round budgets max(16, ceil(budget / 64)), x 4, ..., ending with ``budget``."""
+    caps = []
+    b = max(HALVING_MIN, math.ceil(budget * HALVING_FIRST))
+    while b < budget:
+        caps.append(b)
+        b *= HALVING_FACTOR
+    return caps + [budget]
+
+
+def _first_at_most(losses: Sequence[float], target: float) -> int | None:
+    return next((t for t, v in enumerate(losses) if v <= target), None)
+
+
+def _from_prefix(known: Mapping[float, Trajectory] | None, lr: float, budget: int, target: float,
+                 factor: float) -> tuple[Trajectory, list[float], bool] | None:
+    """(the prefix, losses, diverged) of a trial at ``lr`` with ``budget`` and ``target``, read
+    off a known prefix trajectory when the prefix decides it (see the module doc), else None.
+    Mirrors ``Attack.run``: at each step the loss is recorded, then divergence (non-finite, or
+    above factor x max(|L_0|, 1e-300)) stops the run, then the target does, then the budget."""
+    if not known:
+        return None
+    traj = next((tr for x, tr in known.items() if math.isclose(x, lr, rel_tol=1e-12)), None)
+    if traj is None or not traj.losses:
+        return None
+    losses = traj.losses
+    floor = factor * max(abs(losses[0]), 1e-300)
+    for t, v in enumerate(losses):
+        if t > budget:
+            break
+        if not math.isfinite(v) or v > floor:
+            return traj, losses[: t + 1], True
+        if v <= target or t == budget:
+            return traj, losses[: t + 1], False
+    return None  # the prefix ends before the trial is decided
 
 
 def _best(table: Sequence[LRTrial]) -> LRTrial:

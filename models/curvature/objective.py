@@ -14,10 +14,22 @@ In float64 the module's Hugging Face decoders run without their float32 steps
 (``families.decoder_float64``), so products are float64-accurate. Units: L in loss units, eigenvalues of H = nabla^2 L in loss units per
 parameter unit squared.
 
-Products: H v by double backward (grad of <grad L, v>) or by torch.func forward-over-reverse
-(jvp of grad); G v = (1/N) sum_n J_n^T (nabla^2 ell_n) J_n v, the Gauss-Newton product.
-Nothing is reported before ``require_deterministic`` has seen two identical products on one
-vector.
+Every quantity is a sum over examples divided by the global count C of loss terms
+(``distributed``): the examples are sharded over the ranks of ``world`` and, within a rank,
+cut into micro-batches of at most ``micro_batch`` examples; each piece contributes its *sum*
+divided by C, and one all-reduce adds the ranks' contributions. World size 1 and one
+micro-batch is the plain full-batch computation.
+
+Products: H v by double backward (grad of <grad L, v>), by torch.func forward-over-reverse
+(jvp of grad), or by central finite differences of gradients,
+
+    H v ~ (grad L(theta + eps v) - grad L(theta - eps v)) / (2 eps),
+
+whose error is eps^2/6 ||D^3(grad L)[v, v, v]|| (the fourth derivative of L; the second-order
+terms cancel) plus the rounding of the two gradients, ~ 2 u ||grad L|| / eps: the route for
+sharded parameters, where double backward is not available (``sharded``). G v = (1/C) sum_n
+J_n^T (nabla^2 ell_n) J_n v is the Gauss-Newton product. Nothing is reported before
+``require_deterministic`` has seen two identical products on one vector.
 """
 from __future__ import annotations
 
@@ -31,6 +43,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from convrate.errors import InvalidInputError
+from convrate.models.curvature.distributed import World, chunks
 from convrate.models.io import unwrap_output
 from convrate.models.runtime import resolve_device
 
@@ -39,8 +52,10 @@ HVP_METHODS = ("reuse", "double_backward", "func")
 #: "reuse": the gradient graph g(theta) = nabla L(theta) (create_graph) is built once per theta
 #: and each H v is one more backward pass through it (amortized: one product costs less than a
 #: fresh double backward; ``benchmarks/`` measures it); "double_backward": a fresh gradient graph
-#: per product; "func": torch.func forward-over-reverse. All three agree to round-off.
+#: per product (memory: one micro-batch's graph at a time); "func": torch.func forward-over-reverse.
+#: All three agree to round-off. ``FINITE_DIFFERENCE`` (not exact; see the module doc) is accepted too.
 DEFAULT_HVP_METHOD = "reuse"
+FINITE_DIFFERENCE = "finite_difference"
 
 
 class NondeterministicLossError(InvalidInputError):
@@ -55,22 +70,75 @@ def _to(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
     return x
 
 
+def _rows(x: Any, idx: range) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[idx.start:idx.stop]
+    if isinstance(x, Mapping):
+        return {k: _rows(v, idx) for k, v in x.items()}
+    return x
+
+
 def _random_modules(module: nn.Module) -> list[str]:
     kinds = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
     return [n or type(m).__name__ for n, m in module.named_modules() if isinstance(m, kinds) and m.training]
+
+
+def loss_terms(loss: str, targets: torch.Tensor) -> int:
+    """The number of loss terms in ``targets``: one per row, or one per predicted token of
+    next-token ids (n, T) (entries ``tasks.IGNORE_INDEX`` excluded)."""
+    from convrate.models.tasks import IGNORE_INDEX
+
+    if loss == "cross_entropy" and targets.ndim == 2 and not targets.is_floating_point():
+        return int((targets != IGNORE_INDEX).sum())
+    return int(targets.shape[0])
+
+
+def loss_targets(loss: str, y: torch.Tensor) -> torch.Tensor:
+    """The targets the loss compares with the outputs: next-token ids (n, T) flattened to the
+    predicted tokens (``tasks.token_targets``), anything else as it is."""
+    if loss == "cross_entropy" and y.ndim == 2 and not y.is_floating_point():
+        from convrate.models.tasks import token_targets
+
+        return token_targets(y)
+    return y
+
+
+def loss_sum(loss: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum of the loss terms of outputs ``z`` against targets ``y`` (not divided by a count)."""
+    if loss == "squared":
+        return 0.5 * ((z - y) ** 2).sum()
+    return torch.nn.functional.cross_entropy(z, y, reduction="sum")
+
+
+def _check_shapes(loss: str, z: torch.Tensor, y: torch.Tensor) -> None:
+    if loss == "squared" and tuple(y.shape) != tuple(z.shape):
+        raise InvalidInputError(f"squared loss: targets shape {list(y.shape)} != outputs {list(z.shape)}")
+    if loss == "cross_entropy" and (z.ndim != 2 or y.shape != (z.shape[0],) or y.is_floating_point()):
+        raise InvalidInputError("cross_entropy needs outputs (N, C) and integer targets (N,)")
 
 
 class Objective:
     """L(theta) on fixed data; theta = the flat vector of ``params`` (default: all trainable
     parameters). The module is deep-copied to ``device`` / ``dtype`` and put in eval mode
     (``eval_mode=False`` keeps train mode, for which ``require_deterministic`` refuses
-    stochastic layers)."""
+    stochastic layers). ``world``: the data-parallel world (default: one process); this
+    rank keeps its shard of ``inputs`` / ``targets``. ``micro_batch``: at most this many
+    examples per forward pass (bounds memory with the "double_backward" and "func" products;
+    "reuse" keeps every micro-batch's graph). ``hvp_method``: the product used when a call
+    names none."""
 
     def __init__(self, module: nn.Module, inputs: Any, targets: torch.Tensor, *, loss: str = "squared",
                  params: Sequence[str] | None = None, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device = "auto", eval_mode: bool = True) -> None:
+                 device: str | torch.device = "auto", eval_mode: bool = True, world: World | None = None,
+                 micro_batch: int | None = None, hvp_method: str | None = None) -> None:
         if loss not in LOSSES:
             raise InvalidInputError(f"unknown loss {loss!r} (supported: {', '.join(LOSSES)})")
+        method = hvp_method or DEFAULT_HVP_METHOD
+        if method not in HVP_METHODS + (FINITE_DIFFERENCE,):
+            raise InvalidInputError(f"unknown HVP method {method!r} (supported: {', '.join(HVP_METHODS)}, "
+                                    f"{FINITE_DIFFERENCE})")
+        self.hvp_method = method
+        self.world = world if world is not None else World()
         self.device = resolve_device(device)
         self.dtype = dtype
         self.loss_name = loss
@@ -91,21 +159,27 @@ class Objective:
         self.theta = torch.cat([named[n].detach().reshape(-1) for n in self.names]).clone()
         self.fixed = {k: v.detach() for k, v in named.items() if k not in set(self.names)}
         self.fixed.update({k: v for k, v in self.module.named_buffers()})
-        self.inputs = _to(inputs, self.device, dtype)
-        if loss == "cross_entropy" and targets.ndim == 2 and not targets.is_floating_point():
-            from convrate.models.tasks import token_targets
-
-            targets = token_targets(targets)  # next-token ids (n, T) -> the (N,) predicted tokens
-        self.targets = _to(targets, self.device, dtype)
-        with torch.no_grad():
-            z = self.outputs(self.theta)
-        if loss == "squared" and tuple(self.targets.shape) != tuple(z.shape):
-            raise InvalidInputError(f"squared loss: targets shape {list(self.targets.shape)} != outputs {list(z.shape)}")
-        if loss == "cross_entropy" and (z.ndim != 2 or self.targets.shape != (z.shape[0],)
-                                        or self.targets.is_floating_point()):
-            raise InvalidInputError("cross_entropy needs outputs (N, C) and integer targets (N,)")
-        self.n_examples = int(z.shape[0])
-        self.n_terms = int(z.numel() // z.shape[-1])
+        if not isinstance(targets, torch.Tensor) or targets.ndim < 1:
+            raise InvalidInputError("targets must be a tensor with one row per example")
+        n_all = int(targets.shape[0])
+        mine = self.world.shard(n_all)
+        self.inputs = _to(_rows(inputs, mine), self.device, dtype)
+        # next-token ids (n, T) of a causal-LM task (``tasks.NextTokenLM`` outputs one row per
+        # predicted token) are kept per sequence, flattened per micro-batch (``loss_targets``)
+        self.targets = _to(_rows(targets, mine), self.device, dtype)
+        self.pieces = [range(c.start - mine.start, c.stop - mine.start) for c in chunks(mine, micro_batch)]
+        self.micro_batch = micro_batch
+        if self.pieces:
+            with torch.no_grad():
+                z = self._outputs(self.theta, self.pieces[0])
+            _check_shapes(loss, z, self._piece_targets(self.pieces[0]))
+        #: rows of the data (examples; sequences of a causal LM), sharded over the world
+        self.n_rows = self.world.sum_int(len(mine))
+        #: C, the loss terms L averages over (examples; predicted tokens of a causal LM)
+        self.n_terms = self.world.sum_int(loss_terms(loss, self.targets) if len(mine) else 0)
+        self.n_examples = self.n_terms
+        if self.n_rows != n_all or self.n_terms < 1:
+            raise InvalidInputError(f"the data have no loss terms (examples {n_all}, terms {self.n_terms})")
         self._checked = False
         self.matvecs = 0
 
@@ -117,29 +191,56 @@ class Objective:
     def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([tensors[n].detach().to(self.device, self.dtype).reshape(-1) for n in self.names])
 
-    def outputs(self, theta: torch.Tensor) -> torch.Tensor:
-        """f(x; theta) for all examples (N, ...)."""
+    def _outputs(self, theta: torch.Tensor, piece: range | None = None) -> torch.Tensor:
         state = {**self.fixed, **self.unflatten(theta)}
+        x = self.inputs if piece is None else _rows(self.inputs, piece)
         # tie_weights: a parameter shared by two modules (a decoder's embedding and its tied lm_head)
         # appears once in named_parameters; the substituted tensor must reach both uses
-        if isinstance(self.inputs, Mapping):
-            out = torch.func.functional_call(self.module, state, (), self.inputs, strict=False, tie_weights=True)
+        if isinstance(x, Mapping):
+            out = torch.func.functional_call(self.module, state, (), x, strict=False, tie_weights=True)
         else:
-            out = torch.func.functional_call(self.module, state, (self.inputs,), strict=False, tie_weights=True)
+            out = torch.func.functional_call(self.module, state, (x,), strict=False, tie_weights=True)
         return unwrap_output(out)
 
-    def loss_of_outputs(self, z: torch.Tensor) -> torch.Tensor:
-        if self.loss_name == "squared":
-            return 0.5 * ((z - self.targets) ** 2).sum() / z.shape[0]
-        return torch.nn.functional.cross_entropy(z, self.targets)
+    def outputs(self, theta: torch.Tensor) -> torch.Tensor:
+        """f(x; theta) for this rank's examples (N, ...)."""
+        return self._outputs(theta)
+
+    def piece_loss(self, theta: torch.Tensor, piece: range) -> torch.Tensor:
+        """(sum of the loss terms of micro-batch ``piece``) / C, differentiable in theta."""
+        z = self._outputs(theta, piece)
+        return loss_sum(self.loss_name, z, self._piece_targets(piece)) / self.n_terms
+
+    def _piece_targets(self, piece: range) -> torch.Tensor:
+        """The targets of micro-batch ``piece``, next-token ids flattened to its predicted tokens."""
+        return loss_targets(self.loss_name, _rows(self.targets, piece))
+
+    def local_loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """This rank's share of L (differentiable): sum over its micro-batches of ``piece_loss``."""
+        t = self.theta if theta is None else theta
+        if not self.pieces:
+            return (t * 0).sum()
+        total = self.piece_loss(t, self.pieces[0])
+        for piece in self.pieces[1:]:
+            total = total + self.piece_loss(t, piece)
+        return total
 
     def loss(self, theta: torch.Tensor | None = None) -> torch.Tensor:
-        return self.loss_of_outputs(self.outputs(self.theta if theta is None else theta))
+        """L(theta); differentiable in one process, the all-reduced value (detached) in several."""
+        local = self.local_loss(theta)
+        return local if not self.world.distributed else self.world.sum(local.detach())
+
+    def _local_gradient(self, theta: torch.Tensor) -> torch.Tensor:
+        g = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        for piece in self.pieces:
+            t = theta.detach().requires_grad_(True)
+            (gp,) = torch.autograd.grad(self.piece_loss(t, piece), t)
+            g += gp
+        return g
 
     def gradient(self, theta: torch.Tensor | None = None) -> torch.Tensor:
-        t = (self.theta if theta is None else theta).detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(self.loss(t), t)
-        return g.detach()
+        """nabla L(theta) (all-reduced)."""
+        return self.world.sum(self._local_gradient(self.theta if theta is None else theta))
 
     def _vec(self, v: Any) -> torch.Tensor:
         v = torch.as_tensor(v)
@@ -148,53 +249,71 @@ class Objective:
         return v.to(self.device, self.dtype)
 
     def hvp(self, v: Any, theta: torch.Tensor | None = None, method: str | None = None) -> torch.Tensor:
-        """H(theta) v."""
-        method = method or DEFAULT_HVP_METHOD
+        """H(theta) v (all-reduced over the world)."""
+        method = method or self.hvp_method
         v = self._vec(v)
         t = (self.theta if theta is None else theta).detach()
         self.matvecs += 1
+        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         if method == "reuse":
-            t, g = self._gradient_graph(t)
-            (hv,) = torch.autograd.grad(g, t, grad_outputs=v, retain_graph=True)
-            return hv.detach()
-        if method == "double_backward":
-            t = t.requires_grad_(True)
-            (g,) = torch.autograd.grad(self.loss(t), t, create_graph=True)
-            (hv,) = torch.autograd.grad(g, t, grad_outputs=v)
-            return hv.detach()
-        if method == "func":
-            _, hv = torch.func.jvp(torch.func.grad(self.loss), (t,), (v,))
-            return hv.detach()
-        raise InvalidInputError(f"unknown HVP method {method!r} (supported: {', '.join(HVP_METHODS)})")
+            for tc, g in self._gradient_graphs(t):
+                (hv,) = torch.autograd.grad(g, tc, grad_outputs=v, retain_graph=True)
+                out += hv
+        elif method == "double_backward":
+            for piece in self.pieces:
+                tc = t.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.piece_loss(tc, piece), tc, create_graph=True)
+                (hv,) = torch.autograd.grad(g, tc, grad_outputs=v)
+                out += hv
+        elif method == "func":
+            for piece in self.pieces:
+                _, hv = torch.func.jvp(torch.func.grad(lambda x, p=piece: self.piece_loss(x, p)), (t,), (v,))
+                out += hv
+        elif method == FINITE_DIFFERENCE:
+            eps = fd_step(t, v, self.dtype)
+            out = (self._local_gradient(t + eps * v) - self._local_gradient(t - eps * v)) / (2 * eps)
+        else:
+            raise InvalidInputError(f"unknown HVP method {method!r} (supported: {', '.join(HVP_METHODS)}, "
+                                    f"{FINITE_DIFFERENCE})")
+        return self.world.sum(out.detach())
 
-    def _gradient_graph(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(theta as a leaf, nabla L(theta) with its graph), cached for the last theta seen
-        (compared by value, so a changed theta rebuilds it)."""
+    def _gradient_graphs(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per micro-batch (theta as a leaf, its share of nabla L(theta) with its graph), cached
+        for the last theta seen (compared by value, so a changed theta rebuilds them)."""
         cached = getattr(self, "_graph", None)
-        if cached is None or cached[0].shape != theta.shape or not torch.equal(cached[0].detach(), theta):
-            t = theta.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.loss(t), t, create_graph=True)
-            self._graph = cached = (t, g)
-        return cached
+        if cached is None or cached[0].shape != theta.shape or not torch.equal(cached[0], theta):
+            self._graph = None  # free the old graphs before building new ones
+            graphs = []
+            for piece in self.pieces:
+                t = theta.clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.piece_loss(t, piece), t, create_graph=True)
+                graphs.append((t, g))
+            self._graph = cached = (theta.clone(), graphs)
+        return cached[1]
 
     def gnvp(self, v: Any, theta: torch.Tensor | None = None) -> torch.Tensor:
-        """G v = (1/N) sum_n J_n^T (nabla^2 ell_n) J_n v: squared loss nabla^2 ell = I,
-        cross-entropy nabla^2 ell = diag(p) - p p^T (p = softmax z_n). J v by the
-        double-vjp trick (J^T w is linear in w; differentiate <J^T w, v> in w)."""
+        """G v = (1/C) sum_n J_n^T (nabla^2 ell_n) J_n v: squared loss nabla^2 ell = I,
+        cross-entropy nabla^2 ell = diag(p) - p p^T (p = softmax z_n; one row per predicted
+        token for a causal LM). J v by the double-vjp trick (J^T w is linear in w;
+        differentiate <J^T w, v> in w)."""
         v = self._vec(v)
-        t = (self.theta if theta is None else theta).detach().requires_grad_(True)
+        t0 = (self.theta if theta is None else theta).detach()
         self.matvecs += 1
-        z = self.outputs(t)
-        w = torch.zeros_like(z, requires_grad=True)
-        (jtw,) = torch.autograd.grad(z, t, grad_outputs=w, create_graph=True)
-        (jv,) = torch.autograd.grad(jtw, w, grad_outputs=v)
-        if self.loss_name == "squared":
-            u = jv / z.shape[0]
-        else:
-            p = torch.softmax(z.detach(), dim=-1)
-            u = (p * jv - p * (p * jv).sum(-1, keepdim=True)) / z.shape[0]
-        (out,) = torch.autograd.grad(z, t, grad_outputs=u)
-        return out.detach()
+        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        for piece in self.pieces:
+            t = t0.clone().requires_grad_(True)
+            z = self._outputs(t, piece)
+            w = torch.zeros_like(z, requires_grad=True)
+            (jtw,) = torch.autograd.grad(z, t, grad_outputs=w, create_graph=True)
+            (jv,) = torch.autograd.grad(jtw, w, grad_outputs=v)
+            if self.loss_name == "squared":
+                u = jv
+            else:
+                p = torch.softmax(z.detach(), dim=-1)
+                u = p * jv - p * (p * jv).sum(-1, keepdim=True)
+            (gv,) = torch.autograd.grad(z, t, grad_outputs=u / self.n_terms)
+            out += gv
+        return self.world.sum(out.detach())
 
     # ------------------------------------------------------------ safety
     def require_deterministic(self, seed: int = 12345) -> float:
@@ -204,7 +323,8 @@ class Objective:
         g = torch.Generator().manual_seed(seed)
         v = torch.randn(self.n, generator=g, dtype=torch.float64)
         v = (v / v.norm()).to(self.device, self.dtype)
-        h1, h2 = self.hvp(v, method="double_backward"), self.hvp(v, method="double_backward")  # fresh graphs:
+        method = "double_backward" if self.hvp_method in HVP_METHODS else self.hvp_method
+        h1, h2 = self.hvp(v, method=method), self.hvp(v, method=method)  # fresh graphs:
         # a cached graph would freeze one dropout mask and hide the randomness
         scale = float(h1.norm())
         rel = float((h1 - h2).norm()) / scale if scale > 0 else float((h1 - h2).norm())
@@ -224,6 +344,17 @@ class Objective:
         if kind == "gauss_newton":
             return self.gnvp
         raise InvalidInputError(f"unknown operator {kind!r} (hessian, gauss_newton)")
+
+
+def fd_step(theta: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> float:
+    """eps of the central difference: u^(1/3) max(1, ||theta||) / ||v|| (u the unit roundoff),
+    balancing the truncation eps^2 / 6 ||D^4 L|| against the rounding 2 u ||grad L|| / eps
+    when the derivatives are of the order of the weights' scale."""
+    u = torch.finfo(dtype).eps / 2
+    nv = float(v.norm())
+    if nv == 0:
+        return 1.0
+    return u ** (1 / 3) * max(1.0, float(theta.norm())) / nv
 
 
 # ---------------------------------------------------------------- timing
@@ -257,4 +388,6 @@ def dense_hessian(obj: Objective) -> torch.Tensor:
     """The full Hessian by torch.func.hessian (tiny models only), float64 (n, n)."""
     if obj.n > 4000:
         raise InvalidInputError(f"dense Hessian of {obj.n} parameters refused (> 4000)")
+    if obj.world.distributed:
+        raise InvalidInputError("the dense Hessian is computed in one process (world size 1)")
     return torch.func.hessian(obj.loss)(obj.theta.detach()).detach()
