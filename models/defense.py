@@ -40,7 +40,8 @@ from convrate.errors import InvalidInputError, PrecisionError
 from convrate.models.elements import VECTOR_KINDS
 from convrate.models.io import LoadedModel, dtype_name, model_output, save_model
 from convrate.models.symmetry import TorchReparameterization, TorchSymmetry
-from convrate.models.families import discover_symmetries
+from convrate.models.families import discover_symmetries, llama
+from convrate.models.families.decoder_float64 import exact_float64
 from convrate.theory.bounds import specdef_geometric_profile, specdef_spike_profile
 
 PRESERVATION_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -210,8 +211,22 @@ def largest_safe_strengths(defense: "Defense", model: LoadedModel, K_max: float 
     return out
 
 
+def release_cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` (in place) as a release in ``dtype`` computes: its parameters cast to
+    ``dtype``. A decoder keeps its buffers (transformers holds the rotary ``inv_freq`` in
+    float32 whatever the weights' dtype, so a bf16 release loads with float32 frequencies;
+    ``module.to(bf16)`` would round them, another function) and, in float64, computes in
+    float64 throughout (``decoder_float64.exact_float64``: no float32 RMSNorm or softmax).
+    Other modules: ``module.to(dtype)``."""
+    if not llama.is_decoder(module):
+        return module.to(dtype)
+    for p in module.parameters():  # tied weights: one parameter, cast once
+        p.data = p.data.to(dtype)
+    return exact_float64(module) if dtype == torch.float64 else module
+
+
 def _reference(model: LoadedModel, probes: Any) -> torch.Tensor:
-    m64 = copy.deepcopy(model.module).to(torch.float64)
+    m64 = release_cast(copy.deepcopy(model.module), torch.float64)
     with torch.no_grad():
         return model_output(m64, _cast_inputs(probes, torch.float64)).detach()
 
@@ -232,12 +247,12 @@ def _rel_dev(out: torch.Tensor, ref: torch.Tensor) -> float:
 def _preservation(model: LoadedModel, record: TorchReparameterization, probes: Any, ref64: torch.Tensor,
                   dtype: torch.dtype, tol: dict[torch.dtype, float]) -> Preservation:
     x = _cast_inputs(probes, dtype)
-    base_mod = copy.deepcopy(model.module).to(torch.float64)
+    base_mod = release_cast(copy.deepcopy(model.module), torch.float64)
     defended64 = record.apply_to_module(base_mod)
     with torch.no_grad():
         finite = all(bool(torch.isfinite(p.to(dtype)).all()) for p in defended64.parameters())
-        dev = _rel_dev(model_output(defended64.to(dtype), x), ref64) if finite else math.inf
-        base = _rel_dev(model_output(base_mod.to(dtype), x), ref64)
+        dev = _rel_dev(model_output(release_cast(defended64, dtype), x), ref64) if finite else math.inf
+        base = _rel_dev(model_output(release_cast(base_mod, dtype), x), ref64)
     return Preservation(dtype_name(dtype), dev, base, max(tol[dtype], 2 * base if math.isfinite(base) else 0.0))
 
 

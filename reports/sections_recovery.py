@@ -40,7 +40,14 @@ def _r1_per_step(attacked: Any, task: Any, record: Any) -> float:
 
 #: how each R2 allowance is obtained (``models.recovery.canonical_agreement``)
 R2_PRECISION = {"S2": "float64; a-posteriori error of the balance sweeps + gamma_6 rounding",
-                "S1": "float64; first-order (Wedin) perturbation estimate of the SVD-balanced factors"}
+                "S1": "float64; first-order (Wedin) perturbation estimate of the SVD-balanced factors",
+                # decoder groups share tensors, so every group is compared by its factors
+                "S4": "float64; factors: a-posteriori sweep error + first-order (Wedin) estimate of the balanced "
+                      "RoPE-commutant factors",
+                "S5": "float64; factors: a-posteriori sweep error + first-order (Wedin) estimate of the balanced "
+                      "V/O factors",
+                "S6": "float64; factors: a-posteriori error of the balance sweeps + gamma_6 rounding",
+                "S7": "float64; factors: a-posteriori error of the balance sweeps + gamma_6 rounding"}
 
 
 def _float64_params(module: Any) -> dict[str, torch.Tensor]:
