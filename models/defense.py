@@ -192,11 +192,13 @@ class Defense:
 
 def largest_safe_strengths(defense: "Defense", model: LoadedModel, K_max: float = 1e12,
                            dtypes: Sequence[torch.dtype] = PRESERVATION_DTYPES, probes: Any = None,
-                           tolerance: dict[torch.dtype, float] | None = None) -> dict[str, dict[str, Any]]:
+                           tolerance: dict[torch.dtype, float] | None = None,
+                           symmetries: Sequence[TorchSymmetry] | None = None) -> dict[str, dict[str, Any]]:
     """Per dtype: the largest K in [1, K_max] (to 1 %, bisection in log K) at which
     ``defense`` keeps function preservation (module doc), with the deviation at K_max.
-    K = 1 means no strength above 1 passes. Probes default to ``model.probe_inputs()``."""
-    syms = discover_symmetries(model)
+    K = 1 means no strength above 1 passes. Probes default to ``model.probe_inputs()``;
+    ``symmetries`` (default: every group of ``discover_symmetries``) are the groups defended."""
+    syms = list(symmetries) if symmetries is not None else discover_symmetries(model)
     probes = model.probe_inputs() if probes is None else probes
     ref64 = _reference(model, probes)
     tol = {**PRESERVATION_TOLERANCE, **(tolerance or {})}

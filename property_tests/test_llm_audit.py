@@ -227,3 +227,20 @@ def test_a_derived_release_keeps_the_tokenizer(tmp_path):
     assert derived.source is None and task_name_for(derived) == "lm-text"
     out = save_model(derived, tmp_path / "r")
     assert (out / "tokenizer.json").is_file() and task_name_for(load_model(out)) == "lm-text"
+
+
+def test_r1_with_lora_replays_the_peft_run():
+    """R1's in-project LoRA sits on peft's projections (q k v o gate up down: not lm_head) with the same
+    A draws, so R1 + LoRA on the defended decoder replays peft LoRA on the undefended one (float64,
+    exact path on both; allowance 1e-10 relative for round-off growing over 6 steps)."""
+    from convrate.models.attacks import make_attack
+    from convrate.models.tasks import task_for
+
+    m = tiny_decoder("llama", 5, layers=2)
+    res = SpecDef(20).apply(m)
+    task = task_for(m, "lm-tokens", 0, max_length=8, sequences=8)
+    runs = [make_attack("lora-adam", 0.01, 6, None, seed=0, device="cpu").run(task.head(release_cast(mod, torch.float64)),
+                                                                             task)
+            for mod in (copy.deepcopy(m.module), r1_module(res.model.module, res.record))]
+    assert runs[0].trainable_parameters == runs[1].trainable_parameters
+    assert max(abs(a - b) / abs(b) for a, b in zip(runs[1].losses, runs[0].losses)) <= 1e-10
