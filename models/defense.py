@@ -40,7 +40,7 @@ from convrate.errors import InvalidInputError, PrecisionError
 from convrate.models.elements import VECTOR_KINDS
 from convrate.models.io import LoadedModel, dtype_name, model_output, save_model
 from convrate.models.symmetry import TorchReparameterization, TorchSymmetry
-from convrate.models.families import discover_symmetries, llama
+from convrate.models.families import discover_symmetries
 from convrate.models.families.decoder_float64 import exact_float64
 from convrate.theory.bounds import specdef_geometric_profile, specdef_spike_profile
 
@@ -213,6 +213,14 @@ def largest_safe_strengths(defense: "Defense", model: LoadedModel, K_max: float 
     return out
 
 
+def _holds_decoder(module: torch.nn.Module) -> bool:
+    """A transformers decoder LM (llama, qwen2, mistral) is part of ``module`` (also when inserted
+    layers replaced some of its projections)."""
+    from convrate.models.families.llama_load import DECODER_TYPES
+
+    return any(getattr(getattr(m, "config", None), "model_type", None) in DECODER_TYPES for m in module.modules())
+
+
 def release_cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """``module`` (in place) as a release in ``dtype`` computes: its parameters cast to
     ``dtype``. A decoder keeps its buffers (transformers holds the rotary ``inv_freq`` in
@@ -220,7 +228,7 @@ def release_cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
     ``module.to(bf16)`` would round them, another function) and, in float64, computes in
     float64 throughout (``decoder_float64.exact_float64``: no float32 RMSNorm or softmax).
     Other modules: ``module.to(dtype)``."""
-    if not llama.is_decoder(module):
+    if not _holds_decoder(module):
         return module.to(dtype)
     for p in module.parameters():  # tied weights: one parameter, cast once
         p.data = p.data.to(dtype)

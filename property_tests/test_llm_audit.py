@@ -244,3 +244,16 @@ def test_r1_with_lora_replays_the_peft_run():
             for mod in (copy.deepcopy(m.module), r1_module(res.model.module, res.record))]
     assert runs[0].trainable_parameters == runs[1].trainable_parameters
     assert max(abs(a - b) / abs(b) for a, b in zip(runs[1].losses, runs[0].losses)) <= 1e-10
+
+
+def test_a_grown_decoder_is_cast_as_a_decoder():
+    """Inserted layers replace projections of a decoder (no longer a plain Llama layout): its float64
+    evaluation still runs RMSNorm and softmax in float64, so the chain C W' = W keeps the logits at
+    float64 round-off, u alpha = 1e-13 at alpha = 1000 (allowance 1e-12; transformers' float32 islands
+    alone leave ~1e-8 and more)."""
+    from convrate.models.experiments_inserted import error_vs_alpha
+
+    m = tiny_decoder("llama", 6, layers=1)
+    r = error_vs_alpha(m, (10.0, 1000.0), k=2, layers="*.self_attn.v_proj", dtypes=(torch.float64,), alpha_max=1e6)
+    assert r["layers"] == ["model.layers.0.self_attn.v_proj"]
+    assert all(c["deviation"] <= 1e-12 for c in r["curve"]["float64"]), r["curve"]

@@ -47,6 +47,8 @@ class InsertedProfile:
     minilm_alphas: tuple[float, ...]
     minilm_layers: str
     precision_alphas: tuple[float, ...]
+    #: the zoo Llama's layers in the precision curve (None: not run)
+    llm_layers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ FULL = ReportProfile(
     spectra_lanczos_steps=80, spectra_probes=32,
     inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000, 10000), mlp_optimizers=("sgd", "momentum", "adam"),
                              minilm_alphas=(100, 1000), minilm_layers="*.attention.self.query,*.attention.self.value",
-                             precision_alphas=tuple(10.0 ** e for e in range(0, 17))),
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 17)), llm_layers="*.self_attn.v_proj"),
     mlp_so=NetSweep((100, 10000), _SO_ALL, ("specdef", "specdef:spike", "diagonal"), 0.02,
                     _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL, hvp_budget=300)),
     cnn_so=NetSweep((100,), _SO_ALL, ("specdef",), 0.2,
