@@ -11,6 +11,9 @@ geometric SpecDef, six attackers, and the real-loss SO checks); FULL about 25-35
 x 9; MiniLM: Sophia and Muon on 2 models, about 1-3 s per MiniLM step). Newton-CG and
 Gauss-Newton (k products per step) get smaller step budgets; K-FAC and Shampoo are too dear on
 MiniLM (about 17 and 68 s per step measured) and Gauss-Newton is for small models.
+The decoder-LLM sections (``llm``, ``llm-recovery`` on the zoo Llama) add, measured alone on a
+loaded 2-core machine (so upper bounds): QUICK 51 CPU-seconds, FULL 173, plus about 45 s in FULL's
+inserted section (the zoo Llama's precision curve).
 Targets are losses of the attacker's task (cross-entropy, nats per example); the digits task
 starts near 18 nats (the released model is confident in the original labels), the text task
 near ln 4 = 1.39 (a fresh 4-way head).
