@@ -23,14 +23,6 @@ LLM_TINY = replace(TINY, name="tiny-llm", llm=LLMProfile(
 ONLY = ("llm", "llm-recovery")
 
 
-def _strip(x):
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in builder.TIMING_KEYS}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
-
-
 @pytest.fixture(scope="module")
 def serial():
     """Both sections built in order in this process (as ``build_report(jobs=1)`` does), with their Context."""
@@ -68,4 +60,4 @@ def test_every_piece_runs_and_its_checks_reach_the_statements_table(serial):
 def test_parallel_build_equals_serial(serial, tmp_path):
     _, secs = serial
     par = builder.build_report(tmp_path / "parallel", seed=0, jobs=2, report_profile=LLM_TINY, only=ONLY)
-    assert [_strip(s.data) for s in secs] == [_strip(par[s.title]) for s in secs]
+    assert [builder.without_timings(s.data) for s in secs] == [builder.without_timings(par[s.title]) for s in secs]
