@@ -43,7 +43,9 @@ Tasks: ``digits-relabel`` (``tasks.digits_relabel_task``, pixels / 16 as the zoo
 models are trained; zoo models with 64 inputs or 1x8x8 images and 10 outputs) and ``text``
 (``tasks.text_task`` with the MiniLM tokenizer, for BERT models with MiniLM's vocabulary: the
 encoder under a fresh linear head seeded by ``seed``, embeddings frozen, as the report's
-``experiments.encoder_wrap``). ``auto`` picks by architecture. Units: losses are mean
+``experiments.encoder_wrap``), and for decoder LMs ``lm-text`` / ``lm-tokens`` (``lm_tasks``: next-token
+prediction in blocks of ``text_max_length`` tokens, every parameter trained under
+``tasks.NextTokenLM``). ``auto`` picks by architecture. Units: losses are mean
 cross-entropies (nats), eigenvalues in loss units per parameter unit squared, steps are
 optimizer steps.
 """
