@@ -33,7 +33,8 @@ def _fail(err: ConvrateError) -> None:
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
+                    TimeElapsedColumn(), console=console, transient=True,
+                    disable=not console.is_terminal)  # in a pipe a transient bar leaves blank lines
 
 
 def _write_new(path: Path, text: str) -> None:

@@ -131,7 +131,10 @@ def sections(result: Mapping[str, Any], figures: Sequence[Any]) -> list[Any]:
             ["weight distance (max relative over tensors)", _f(result["weight_distance"], ".3e")],
             ["FPLR residual", _f(fit["residual"], ".3e")], ["FPLR rtol", _f(fit["rtol"], ".3e")],
             ["T found", fit["found"]], ["kappa(T)", _f(result["kappa_T"])],
-            ["max kappa(A) over groups", _f(fit["kappa_A_max"])], ["S2 sign mismatches", fit["sign_mismatches"]],
+            ["max kappa(A) over groups", _f(fit["kappa_A_max"])],
+            ["kappa(A) per group kind", ", ".join(f"{k} {v:.4g}" for k, v in (result.get("kappa_A") or {}).items())
+             or "n/a"],
+            ["S2 sign mismatches", fit["sign_mismatches"]],
         ])
         if fit["reason"]:
             fw.para(f"No T: {fit['reason']}")
@@ -228,9 +231,10 @@ def render(result: Mapping[str, Any]) -> dict[str, bytes | str]:
 # ---------------------------------------------------------------- command
 @app.command()
 def audit(
-    model: Path = typer.Argument(..., help="the claimed (defended) checkpoint directory"),
-    reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="the original checkpoint"),
-    task: str = typer.Option("auto", "--task", help="auto | digits-relabel | text"),
+    model: Path = typer.Argument(..., help="the claimed (defended) checkpoint directory or zoo name"),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r",
+                                             help="the original checkpoint (directory or zoo name)"),
+    task: str = typer.Option("auto", "--task", help="auto | digits-relabel | text | lm-text | lm-tokens"),
     out_dir: Path = typer.Option(..., "--out", help="output directory (audit.md, audit.html, audit.json, figures)"),
     as_json: bool = typer.Option(False, "--json", help="print audit.json on stdout as well"),
     seed: int = typer.Option(0, "--seed", help="seed of the task, probes, attacks and Lanczos"),
@@ -246,6 +250,9 @@ def audit(
 
     profile = PROFILES["quick" if quick else "default"]
     try:
+        from convrate.cli_models import checkpoint_dir
+
+        model, reference = checkpoint_dir(model), (checkpoint_dir(reference) if reference is not None else None)
         check_out_dir(out_dir, "audit", AUDIT_FILES, [model] + ([reference] if reference is not None else []))
         resolve_device(device)
         claimed = load_for_audit(model, profile)

@@ -209,7 +209,7 @@ def _validate(spec: dict[str, Any]) -> None:
 
 @app.command()
 def hessian(
-    model: str = typer.Argument(..., help="checkpoint directory or zoo name (digits-mlp, digits-cnn, minilm)"),
+    model: str = typer.Argument(..., help="checkpoint directory or zoo name (digits-mlp, digits-cnn, minilm, llama-tiny)"),
     task: str = typer.Option("auto", "--task", help="the attacker's task (auto picks by architecture)"),
     top: int = typer.Option(1, "--top", help="number of largest distinct eigenvalues"),
     bottom: int = typer.Option(1, "--bottom", help="number of smallest distinct eigenvalues"),

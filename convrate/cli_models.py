@@ -30,10 +30,6 @@ ZOO_NAMES = ("digits-mlp", "digits-cnn", "minilm", "llama-tiny")
 METHODS = ("specdef", "diagonal")
 FORMS = ("absorbed", "inserted")
 RECOVERIES = ("none", "r1", "r2")
-#: models up to this size are attacked with one torch thread on the CPU: their kernels are too
-#: small for intra-op parallelism, and on shared cores the threads contend (the zoo Llama: 0.05 s
-#: of CPU per Adam step on one thread, 1.7 s on two at load 10 on 2 cores)
-SMALL_MODEL_PARAMETERS = 10_000_000
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -58,6 +54,21 @@ def resolve_model(spec: str, layers: Optional[int] = None) -> Any:
             m = zoo.llama_tiny()
             return m if layers is None else load_model(m.source, n_layers=layers)
         return zoo.digits_mlp() if spec == "digits-mlp" else zoo.digits_cnn()
+
+
+def checkpoint_dir(spec: str | Path) -> Path:
+    """The directory of a checkpoint given as a path or a zoo name (an existing path wins; a
+    zoo model is trained and cached on first use)."""
+    from convrate.models import zoo
+
+    p = Path(spec)
+    if p.exists() or str(spec) not in ZOO_NAMES:
+        return p
+    if str(spec) == "minilm":
+        return zoo.minilm_path()
+    loaded = resolve_model(str(spec))
+    assert loaded.source is not None
+    return Path(loaded.source)
 
 
 def _empty_or_absent(path: Path, what: str) -> None:
@@ -115,6 +126,8 @@ def defend(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="inserted form: factor alpha > 0 on the top-k"),
     side: str = typer.Option("output", "--side", help="inserted form: C after W' (output) or before it (input)"),
     top: Optional[int] = typer.Option(None, "--top", help="inserted form: the N Linear layers of largest sigma_1"),
+    groups: Optional[str] = typer.Option(None, "--groups", help="absorbed form: comma-separated group kinds to "
+                                         "reparameterize (e.g. rope-qk,gqa-vo,swiglu); default every continuous group"),
 ) -> None:
     """Defend MODEL: write the reparameterized release to --out and, separately, the secret record T.
 
@@ -124,6 +137,8 @@ def defend(
     if form not in FORMS:
         _fail(InvalidInputError(f"unknown --form {form!r}; choose one of {', '.join(FORMS)}"))
     if form == "inserted":
+        if groups is not None:
+            _fail(InvalidInputError("--groups applies to --form absorbed only"))
         return _defend_inserted(model, strength, method, profile, out_dir, record_dir, layers, as_json, rank, alpha,
                                 side, top)
     try:
@@ -149,10 +164,11 @@ def defend(
         loaded = resolve_model(model, layers)
         if loaded.source is not None and any(_inside(d, Path(loaded.source)) for d in (out_dir, rdir)):
             raise InvalidInputError(f"refusing to write into the input directory {loaded.source}; choose another --out / --record")
+        syms = _selected_groups(loaded, groups)
         defense = SpecDef(K, profile) if method == "specdef" else DiagonalScaling(K, seed)
         with _progress() as prog:
             prog.add_task(f"{method} K={K:g}: building T and checking preservation per dtype", total=None)
-            res = defense.apply(loaded)
+            res = defense.apply(loaded, symmetries=syms)
             release, rec_path = res.save(out_dir, rdir)
     except ConvrateError as e:
         _fail(e)
@@ -161,7 +177,8 @@ def defend(
         "model": model, "method": method, "K": K, "profile": profile if method == "specdef" else None, "seed": seed,
         "release": release, "record": rec_path, "release_dtype": res.release_dtype,
         "groups": dict(kinds), "n_groups": len(res.record.items),
-        "kappa_A": res.record.kappa_A(), "kappa_T": res.record.kappa_T(),
+        "kappa_A": res.record.kappa_A(), "kappa_A_by_kind": res.record.kappa_A_by_kind(),
+        "kappa_T": res.record.kappa_T(),
         "preservation": {d: {"deviation": p.deviation, "baseline": p.baseline, "tolerance": p.tolerance, "ok": p.ok}
                          for d, p in res.preservation.items()},
     }
@@ -171,7 +188,27 @@ def defend(
     out.print(f"defended release: {release}   secret record (keep private, needed only for R1): {rec_path}")
     out.print(f"groups: {len(res.record.items)} ({', '.join(f'{k} x{v}' for k, v in kinds.items())});  "
               f"max kappa(A) = {summary['kappa_A']:.4g};  kappa(T) = {summary['kappa_T']:.4g}")
+    if summary["kappa_T"] > 1.01 * summary["kappa_A"]:
+        out.print("kappa(T) > kappa(A): groups acting on the rows and on the columns of one tensor multiply there "
+                  "(kappa(A) per kind: " + ", ".join(f"{k} {v:.4g}" for k, v in summary["kappa_A_by_kind"].items())
+                  + ")")
     out.print(_preservation_table(res.preservation, res.release_dtype))
+
+
+def _selected_groups(loaded: Any, groups: Optional[str]) -> Any:
+    """The symmetry groups of the kinds named in ``groups`` (comma-separated), or None (all)."""
+    if groups is None:
+        return None
+    from convrate.models.families import discover_symmetries
+
+    syms = discover_symmetries(loaded)
+    have = list(dict.fromkeys(s.kind for s in syms))
+    wanted = [g.strip() for g in groups.split(",") if g.strip()]
+    bad = [g for g in wanted if g not in have]
+    if not wanted or bad:
+        raise InvalidInputError(f"--groups: {', '.join(bad) or repr(groups)} not among this model's group kinds "
+                                f"({', '.join(have)})")
+    return [s for s in syms if s.kind in wanted]
 
 
 def _preservation_table(preservation: dict[str, Any], release_dtype: str) -> Table:
@@ -293,7 +330,7 @@ def attack(
     """
     try:
         from convrate.models.attacks import OPTIMIZERS, get_spec, lr_search, make_attack, resolve_device
-        from convrate.models.runtime import single_thread
+        from convrate.models.runtime import is_small, single_thread
 
         if optimizer not in OPTIMIZERS:
             raise InvalidInputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -324,7 +361,7 @@ def attack(
         net, info = _attack_network(loaded, recovery, record_dir, task, seed)
         initial = task.evaluate(net)  # on the CPU copy; function-preserving, so the defense does not change it
         tgt = 0.5 * initial if target is None else float(target)
-        small = dev.type == "cpu" and sum(p.numel() for p in net.parameters()) <= SMALL_MODEL_PARAMETERS
+        small = is_small(net, dev)
         with _progress() as prog, (single_thread() if small else contextlib.nullcontext()):
             bar = prog.add_task("attack", total=None)
 

@@ -43,7 +43,9 @@ Tasks: ``digits-relabel`` (``tasks.digits_relabel_task``, pixels / 16 as the zoo
 models are trained; zoo models with 64 inputs or 1x8x8 images and 10 outputs) and ``text``
 (``tasks.text_task`` with the MiniLM tokenizer, for BERT models with MiniLM's vocabulary: the
 encoder under a fresh linear head seeded by ``seed``, embeddings frozen, as the report's
-``experiments.encoder_wrap``). ``auto`` picks by architecture. Units: losses are mean
+``experiments.encoder_wrap``), and for decoder LMs ``lm-text`` / ``lm-tokens`` (``lm_tasks``: next-token
+prediction in blocks of ``text_max_length`` tokens, every parameter trained under
+``tasks.NextTokenLM``). ``auto`` picks by architecture. Units: losses are mean
 cross-entropies (nats), eigenvalues in loss units per parameter unit squared, steps are
 optimizer steps.
 """
@@ -72,8 +74,8 @@ from convrate.models.io import HF_CONFIG, LoadedModel, _read_json, load_model
 from convrate.models.recovery import R1Module, canonicalize, distance_to_canonical, r1_extra_parameters, r1_module
 from convrate.models.symmetry import TorchReparameterization
 from convrate.models.families import discover_symmetries
-from convrate.models.runtime import single_thread
-from convrate.models.tasks import TASKS, Task, task_for, task_name_for
+from convrate.models.runtime import is_small, single_thread
+from convrate.models.tasks import TASKS, Task, is_decoder, task_for, task_name_for
 from convrate.theory.bounds import ostrowski_interval
 
 SCHEMA = "convrate-audit/1"
@@ -92,10 +94,12 @@ class AuditError(ConvrateError):
 class AuditProfile:
     """Budgets of one audit: ``budget`` steps per attack run; lr grids
     ``log_grid(lo, hi, per_decade)`` per model format and optimizer (``lr_ranges``: (fmt,
-    optimizer, lo, hi), fmt "zoo" or "hf") with ``refine`` points each
+    optimizer, lo, hi), fmt "zoo", "hf" (BERT) or "lm" (decoder LMs; "hf" when the profile has
+    no "lm" range: ``format_of``)) with ``refine`` points each
     side of the best; ``pilot_fraction`` of the budget for the target pilot; Lanczos steps,
-    Hutchinson samples, probe inputs; text task size; BERT: keep the first ``bert_layers``
-    encoder layers (None: all)."""
+    Hutchinson samples, probe inputs; text task size (decoders: block length
+    ``text_max_length``); BERT: keep the first ``bert_layers`` encoder layers (None: all;
+    decoders are never truncated)."""
 
     name: str
     budget: int
@@ -113,6 +117,13 @@ class AuditProfile:
     #: Hugging Face models: examples per forward pass of the full-batch gradients (attacks) and of
     #: the Hessian products (``curvature.distributed``; bounds memory, same sums); None: one pass
     micro_batch: int | None = None
+
+    def format_of(self, model: LoadedModel) -> str:
+        """The ``lr_ranges`` key of ``model``: "lm" for a decoder LM when the profile has "lm"
+        ranges, else its ``fmt`` ("zoo" | "hf")."""
+        if is_decoder(model) and any(f == "lm" for f, _, _, _ in self.lr_ranges):
+            return "lm"
+        return model.fmt
 
     def optimizers_for(self, fmt: str) -> tuple[str, ...]:
         """The profile's optimizers that apply to a model of format ``fmt``: those with a range."""
@@ -147,14 +158,16 @@ SECOND_ORDER_RANGES = (("momentum", 1e-5, 1.0), ("adamw", 1e-5, 1.0), ("lbfgs", 
 PROFILES: dict[str, AuditProfile] = {
     "quick": AuditProfile("quick", budget=60, pilot_fraction=0.25, optimizers=("sgd", "adam"),
                           lr_ranges=(("zoo", "sgd", 1e-2, 10.0), ("zoo", "adam", 1e-3, 1.0),
-                                     ("hf", "sgd", 1e-3, 1.0), ("hf", "adam", 1e-5, 1e-2)),
+                                     ("hf", "sgd", 1e-3, 1.0), ("hf", "adam", 1e-5, 1e-2),
+                                     ("lm", "sgd", 1e-3, 10.0), ("lm", "adam", 1e-4, 1e-1)),
                           per_decade=1, refine=1, lanczos_steps=16, trace_samples=8, probes=8,
                           text_per_class=8, text_max_length=16, bert_layers=1),
     "default": AuditProfile("default", budget=400, pilot_fraction=0.25, optimizers=DEFAULT_ATTACKERS,
                             lr_ranges=(("zoo", "sgd", 1e-5, 10.0), ("zoo", "adam", 1e-5, 1.0),
-                                       ("hf", "sgd", 1e-5, 10.0), ("hf", "adam", 1e-6, 1e-1))
-                            + tuple((f, o, lo, hi) for f in ("zoo", "hf") for o, lo, hi in SECOND_ORDER_RANGES
-                                    if not (f == "hf" and o == "gauss-newton")),
+                                       ("hf", "sgd", 1e-5, 10.0), ("hf", "adam", 1e-6, 1e-1),
+                                       ("lm", "sgd", 1e-4, 10.0), ("lm", "adam", 1e-5, 1.0))
+                            + tuple((f, o, lo, hi) for f in ("zoo", "hf", "lm") for o, lo, hi in SECOND_ORDER_RANGES
+                                    if not (f != "zoo" and o == "gauss-newton")),
                             per_decade=2, refine=2, lanczos_steps=60, trace_samples=32, probes=16,
                             text_per_class=None, text_max_length=32, bert_layers=None, micro_batch=16),
 }
@@ -170,11 +183,13 @@ def get_profile(profile: str | AuditProfile) -> AuditProfile:
 
 # ---------------------------------------------------------------- loading
 def load_for_audit(path: str | Path, profile: str | AuditProfile = "quick") -> LoadedModel:
-    """``load_model`` with the profile's BERT truncation (first ``bert_layers`` layers)."""
+    """``load_model`` with the profile's BERT truncation (first ``bert_layers`` layers;
+    decoders whole)."""
     prof = get_profile(profile)
     p = Path(path)
     n_layers = None
-    if prof.bert_layers is not None and (p / HF_CONFIG).is_file() and not (p / "arch.json").exists():
+    if prof.bert_layers is not None and (p / HF_CONFIG).is_file() and not (p / "arch.json").exists() \
+            and _read_json(p / HF_CONFIG).get("model_type") == "bert":
         total = _read_json(p / HF_CONFIG).get("num_hidden_layers")
         if isinstance(total, int) and not isinstance(total, bool) and total > prof.bert_layers:
             n_layers = prof.bert_layers
@@ -186,9 +201,12 @@ def attack_module(model: LoadedModel, module: nn.Module, task: Task, seed: int) 
     """What the attacker fine-tunes: a zoo module itself; a BERT encoder (or its R1 module)
     under the task's fresh classification head with the embedding tables frozen
     (``experiments.encoder_wrap``, the report's convention; seed ``seed``, the same head for
-    every variant). Never modifies ``module``."""
+    every variant); a decoder LM (or its R1 module) under ``tasks.NextTokenLM``, every
+    parameter trained (as ``convrate attack``). Never modifies ``module``."""
     if model.fmt == "zoo":
         return module
+    if is_decoder(model):  # a causal LM under its own shifted head (NextTokenLM); every parameter trains
+        return task.head(module, seed=seed)
     if isinstance(module, R1Module):
         net = encoder_wrap(task, seed, freeze_embeddings=False)(module)
         net.encoder.phi.embeddings.requires_grad_(False)
@@ -297,6 +315,18 @@ def pilot_target(net: nn.Module, task: Task, optimizer: str, grid: Sequence[floa
             "pilot_best_lr": best_lr, "pilot_budget": budget, "progress": TARGET_PROGRESS}
 
 
+def kappa_evidence(kappa_A: Mapping[str, float], kappa_T: float) -> str:
+    """The evidence sentence on the strength of T: kappa(A) per group kind, and why kappa(T)
+    can exceed all of them (row and column groups of one tensor multiply)."""
+    s = "kappa(A) per group kind: " + ", ".join(f"{k} {v:.4g}" for k, v in kappa_A.items()) + "."
+    if kappa_T > 1.01 * max(kappa_A.values(), default=1.0):
+        s += (f" kappa(T) = {kappa_T:.4g} exceeds each of them because groups acting on the rows and on the columns "
+              "of one tensor multiply there (a norm scaling the input columns of a projection whose output rows "
+              "another group scales): each group's strength is its kappa(A); the worst-case references (T3, B) "
+              "scale with kappa(T).")
+    return s
+
+
 def _work(attacks: Mapping[str, Any], curv: Mapping[str, Any]) -> dict[str, Any]:
     """What the audit ran and what it did not have to (``attacks.search``: incumbent pruning,
     successive halving, trials read off the pilot, best curves not re-run), and the peak memory
@@ -321,10 +351,12 @@ def audit(claimed: LoadedModel, reference: LoadedModel | None = None, *, task: s
     """Audit ``claimed`` (against ``reference`` when given); see the module doc. Returns the
     JSON-ready dict of ``audit.json`` (schema in README, "convrate audit").
 
-    Zoo models (thousands of parameters) run with one torch thread: their kernels are too
-    small to gain from intra-op parallelism, and on shared cores the threads contend (the
+    Zoo models (thousands of parameters) and decoders up to ``runtime.SMALL_MODEL_PARAMETERS``
+    on the CPU run with one torch thread: their kernels are too small to gain from intra-op
+    parallelism, and on shared cores the threads contend (the
     quick digits audit took 62 s with 2 threads vs 13 s with 1 at load 4 on 2 cores)."""
-    if isinstance(claimed, LoadedModel) and claimed.fmt == "zoo":
+    if isinstance(claimed, LoadedModel) and (claimed.fmt == "zoo" or (is_decoder(claimed) and
+                                                                     is_small(claimed.module, device))):
         with single_thread():
             return _audit(claimed, reference, task, profile, seed, device, progress)
     return _audit(claimed, reference, task, profile, seed, device, progress)
@@ -349,7 +381,8 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     syms = discover_symmetries(reference if reference is not None else claimed)
     group_params = list(dict.fromkeys(n for s in syms for n in s.params))
     has_ref = reference is not None
-    optimizers = prof.optimizers_for(claimed.fmt)
+    fmt = prof.format_of(claimed)
+    optimizers = prof.optimizers_for(fmt)
     stages = ["function", "fplr", "canonicalize", "curvature"] + [f"attack {o}" for o in optimizers]
     done = 0
 
@@ -384,12 +417,12 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
         cls = classify(has_reference=True, function_deviation=dev, function_tolerance=ftol, weight_distance=wd,
                        fplr_found=fit.found, rtol=fit.rtol)
         result.update(function_deviation=dev, function_tolerance=ftol, weight_distance=wd, fplr=fit.to_json(),
-                      kappa_T=fit.kappa_T)
+                      kappa_T=fit.kappa_T, kappa_A=fit.record.kappa_A_by_kind() if fit.found else None)
     else:
         tick("FPLR fit")
         cls = "unreferenced"
         result.update(function_deviation=None, function_tolerance=None, weight_distance=None, fplr=None,
-                      kappa_T=None)
+                      kappa_T=None, kappa_A=None)
     result["class"] = cls
     record = fit.record if (fit is not None and cls == "fplr") else None
 
@@ -435,7 +468,7 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     recovered: dict[str, dict[str, Slowdown]] = {r: {} for r in extra if has_ref}
     for opt in optimizers:
         tick(f"attack {opt}")
-        grid = prof.grid(opt, claimed.fmt)
+        grid = prof.grid(opt, fmt)
         pilot: dict[float, Any] = {}
         tgt = pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device, runs=pilot, **reduce)
         searches, curves = {}, {}
@@ -471,6 +504,7 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
         evidence.insert(0, f"T found with residual {fit.residual:.3g} <= {fit.rtol:.3g}; kappa(T) = "
                            f"{fit.kappa_T:.4g}; function deviation {result['function_deviation']:.3g} "
                            f"<= {result['function_tolerance']:.3g}.")
+        evidence.insert(1, kappa_evidence(fit.record.kappa_A_by_kind(), fit.kappa_T))
     elif has_ref:
         evidence.insert(0, f"function deviation {result['function_deviation']:.3g} (tolerance "
                            f"{result['function_tolerance']:.3g}); no T: {fit.reason if fit else ''}.")

@@ -185,7 +185,7 @@ def audit_grown(claimed: LoadedModel, reference: LoadedModel | None, chains: Seq
     the_task = task_for(claimed, task_name, seed, max_length=prof.text_max_length, per_class=prof.text_per_class)
     has_ref = reference is not None
     base = reference if has_ref else merged
-    stages = ["chains", "function", "alpha limit", "canonicalize", "curvature"] + [f"attack {o}" for o in prof.optimizers_for(claimed.fmt)]
+    stages = ["chains", "function", "alpha limit", "canonicalize", "curvature"] + [f"attack {o}" for o in prof.optimizers_for(prof.format_of(claimed))]
     done = 0
 
     def tick(label: str) -> None:
@@ -294,9 +294,9 @@ def audit_grown(claimed: LoadedModel, reference: LoadedModel | None, chains: Seq
     slowdown: dict[str, Slowdown] = {}
     frozen: dict[str, Slowdown] = {}
     recovered: dict[str, dict[str, Slowdown]] = {r: {} for r in extra} if has_ref else {}
-    for opt in prof.optimizers_for(claimed.fmt):
+    for opt in prof.optimizers_for(prof.format_of(claimed)):
         tick(f"attack {opt}")
-        grid = prof.grid(opt, claimed.fmt)
+        grid = prof.grid(opt, prof.format_of(claimed))
         tgt = A.pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device)
         searches, curves = {}, {}
         for v, net in nets.items():

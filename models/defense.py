@@ -41,6 +41,7 @@ from convrate.models.elements import VECTOR_KINDS
 from convrate.models.io import LoadedModel, dtype_name, model_output, save_model
 from convrate.models.symmetry import TorchReparameterization, TorchSymmetry
 from convrate.models.families import discover_symmetries
+from convrate.models.families.decoder_float64 import exact_float64
 from convrate.theory.bounds import specdef_geometric_profile, specdef_spike_profile
 
 PRESERVATION_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -191,11 +192,13 @@ class Defense:
 
 def largest_safe_strengths(defense: "Defense", model: LoadedModel, K_max: float = 1e12,
                            dtypes: Sequence[torch.dtype] = PRESERVATION_DTYPES, probes: Any = None,
-                           tolerance: dict[torch.dtype, float] | None = None) -> dict[str, dict[str, Any]]:
+                           tolerance: dict[torch.dtype, float] | None = None,
+                           symmetries: Sequence[TorchSymmetry] | None = None) -> dict[str, dict[str, Any]]:
     """Per dtype: the largest K in [1, K_max] (to 1 %, bisection in log K) at which
     ``defense`` keeps function preservation (module doc), with the deviation at K_max.
-    K = 1 means no strength above 1 passes. Probes default to ``model.probe_inputs()``."""
-    syms = discover_symmetries(model)
+    K = 1 means no strength above 1 passes. Probes default to ``model.probe_inputs()``;
+    ``symmetries`` (default: every group of ``discover_symmetries``) are the groups defended."""
+    syms = list(symmetries) if symmetries is not None else discover_symmetries(model)
     probes = model.probe_inputs() if probes is None else probes
     ref64 = _reference(model, probes)
     tol = {**PRESERVATION_TOLERANCE, **(tolerance or {})}
@@ -210,8 +213,30 @@ def largest_safe_strengths(defense: "Defense", model: LoadedModel, K_max: float 
     return out
 
 
+def _holds_decoder(module: torch.nn.Module) -> bool:
+    """A transformers decoder LM (llama, qwen2, mistral) is part of ``module`` (also when inserted
+    layers replaced some of its projections)."""
+    from convrate.models.families.llama_load import DECODER_TYPES
+
+    return any(getattr(getattr(m, "config", None), "model_type", None) in DECODER_TYPES for m in module.modules())
+
+
+def release_cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` (in place) as a release in ``dtype`` computes: its parameters cast to
+    ``dtype``. A decoder keeps its buffers (transformers holds the rotary ``inv_freq`` in
+    float32 whatever the weights' dtype, so a bf16 release loads with float32 frequencies;
+    ``module.to(bf16)`` would round them, another function) and, in float64, computes in
+    float64 throughout (``decoder_float64.exact_float64``: no float32 RMSNorm or softmax).
+    Other modules: ``module.to(dtype)``."""
+    if not _holds_decoder(module):
+        return module.to(dtype)
+    for p in module.parameters():  # tied weights: one parameter, cast once
+        p.data = p.data.to(dtype)
+    return exact_float64(module) if dtype == torch.float64 else module
+
+
 def _reference(model: LoadedModel, probes: Any) -> torch.Tensor:
-    m64 = copy.deepcopy(model.module).to(torch.float64)
+    m64 = release_cast(copy.deepcopy(model.module), torch.float64)
     with torch.no_grad():
         return model_output(m64, _cast_inputs(probes, torch.float64)).detach()
 
@@ -232,12 +257,12 @@ def _rel_dev(out: torch.Tensor, ref: torch.Tensor) -> float:
 def _preservation(model: LoadedModel, record: TorchReparameterization, probes: Any, ref64: torch.Tensor,
                   dtype: torch.dtype, tol: dict[torch.dtype, float]) -> Preservation:
     x = _cast_inputs(probes, dtype)
-    base_mod = copy.deepcopy(model.module).to(torch.float64)
+    base_mod = release_cast(copy.deepcopy(model.module), torch.float64)
     defended64 = record.apply_to_module(base_mod)
     with torch.no_grad():
         finite = all(bool(torch.isfinite(p.to(dtype)).all()) for p in defended64.parameters())
-        dev = _rel_dev(model_output(defended64.to(dtype), x), ref64) if finite else math.inf
-        base = _rel_dev(model_output(base_mod.to(dtype), x), ref64)
+        dev = _rel_dev(model_output(release_cast(defended64, dtype), x), ref64) if finite else math.inf
+        base = _rel_dev(model_output(release_cast(base_mod, dtype), x), ref64)
     return Preservation(dtype_name(dtype), dev, base, max(tol[dtype], 2 * base if math.isfinite(base) else 0.0))
 
 

@@ -174,6 +174,7 @@ class FPLRFit:
         worst = sorted(self.param_residuals.items(), key=lambda kv: -kv[1])[:5]
         return {"found": self.found, "residual": self.residual, "rtol": self.rtol, "kappa_T": self.kappa_T,
                 "kappa_A_max": self.record.kappa_A() if self.record is not None else None,
+                "kappa_A_by_kind": self.record.kappa_A_by_kind() if self.record is not None else None,
                 "groups": len(self.groups), "sign_mismatches": self.sign_mismatches, "reason": self.reason,
                 "worst_parameters": [{"name": n, "residual": r} for n, r in worst],
                 "group_fits": [g.to_json() for g in self.groups]}

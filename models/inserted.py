@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from convrate.errors import InvalidInputError, PrecisionError
-from convrate.models.defense import (PRESERVATION_DTYPES, PRESERVATION_TOLERANCE, Preservation, _cast_inputs,
+from convrate.models.defense import (PRESERVATION_DTYPES, PRESERVATION_TOLERANCE, Preservation, _cast_inputs, release_cast,
                                      _reference, _rel_dev)
 from convrate.models.io import LoadedModel, dtype_name, model_output
 from convrate.theory import bounds_inserted as bi
@@ -256,10 +256,10 @@ def preservation(module: nn.Module, original: nn.Module, probes: Any, ref64: tor
     original in float64); baseline: ``original`` cast to ``dtype``."""
     x = _cast_inputs(probes, dtype)
     with torch.no_grad():
-        m = copy.deepcopy(module).to(dtype)
+        m = release_cast(copy.deepcopy(module), dtype)  # decoders: float32 rotary frequencies, as loaded
         finite = all(bool(torch.isfinite(p).all()) for p in m.parameters())
         dev = _rel_dev(model_output(m, x), ref64) if finite else math.inf
-        base = _rel_dev(model_output(copy.deepcopy(original).to(dtype), x), ref64)
+        base = _rel_dev(model_output(release_cast(copy.deepcopy(original), dtype), x), ref64)
     return Preservation(dtype_name(dtype), dev, base, max(tol[dtype], 2 * base if math.isfinite(base) else 0.0))
 
 

@@ -82,8 +82,21 @@ class LoadedModel:
         return next(self.module.parameters()).dtype
 
     def with_module(self, module: nn.Module, **info: Any) -> "LoadedModel":
-        """The same description around another module (e.g. the defended one); not from disk."""
-        return replace(self, module=module, source=None, info={**self.info, **info})
+        """The same description around another module (e.g. the defended one); not from disk.
+        ``info["derived_from"]`` keeps the directory it came from: its side files (tokenizer,
+        generation config) belong to the new module too (``side_files_dir``)."""
+        origin = self.side_files_dir
+        derived = {"derived_from": str(origin)} if origin is not None else {}
+        return replace(self, module=module, source=None, info={**self.info, **derived, **info})
+
+    @property
+    def side_files_dir(self) -> Path | None:
+        """Where the model's tokenizer and generation files are: its ``source``, else the
+        directory of the model it was derived from (``with_module``), else None."""
+        if self.source is not None:
+            return Path(self.source)
+        origin = self.info.get("derived_from")
+        return Path(origin) if origin else None
 
     def probe_inputs(self, n: int = 8, seed: int = 0, seq_len: int = 16,
                      dtype: torch.dtype | None = None) -> Any:
@@ -443,9 +456,9 @@ def save_model(model: LoadedModel, out_dir: str | os.PathLike, *, overwrite: boo
         from convrate.models.inserted_io import write_hf_inserted  # grown releases: convrate_inserted.json
 
         write_hf_inserted(model, out)
-        if model.source is not None:
+        if model.side_files_dir is not None:
             for rel in _HF_SIDE_FILES:
-                src = Path(model.source) / rel
+                src = model.side_files_dir / rel
                 if src.is_file():
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, out / rel)

@@ -76,6 +76,21 @@ def _act_differentiable(X: torch.Tensor, slot: Slot, M: torch.Tensor, r: int) ->
     return V.movedim(0, slot.axis)
 
 
+def _meta_skeleton(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` on the meta device with its tied parameters still tied (``.to()``
+    unties them when it changes the device: each module gets its own converted parameter), so
+    that ``functional_call(..., tie_weights=True)`` feeds a tied lm_head the embedding."""
+    skeleton = copy.deepcopy(module).to("meta")
+    first: dict[int, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in first:
+            first[id(p)] = name
+            continue
+        path, _, attr = name.rpartition(".")
+        setattr(skeleton.get_submodule(path) if path else skeleton, attr, skeleton.get_parameter(first[id(p)]))
+    return skeleton
+
+
 class R1Module(nn.Module):
     """theta' = T phi: trainable phi (``self.phi``, the architecture holding T^-1 theta'),
     forward = the defended architecture evaluated at T phi. Buffers ``A_i``, ``A_inv_i``
@@ -88,7 +103,7 @@ class R1Module(nn.Module):
         require_finite(dict(defended.named_parameters()), "the defended model")
         self.phi = record.inverse().apply_to_module(defended)  # phi_0 = T^-1 theta'_0 (float64, cast);
         # deepcopy keeps each parameter's requires_grad: phi trains what the defended model trains
-        self._skeleton = [copy.deepcopy(defended).to("meta")]  # not a submodule: LoRA and .to() skip it
+        self._skeleton = [_meta_skeleton(defended)]  # not a submodule: LoRA and .to() skip it
         dev = next(defended.parameters()).device
         self._groups: list[tuple[TorchSymmetry, str, str]] = []
         for i, (sym, e) in enumerate(record.items):
@@ -101,6 +116,11 @@ class R1Module(nn.Module):
         self._names = [n for n, _ in defended.named_parameters()]
         self.record_meta = dict(record.meta)
         self.config = getattr(defended, "config", None)  # encoders: EncoderClassifier reads config
+
+    def unregistered_modules(self) -> list[nn.Module]:
+        """The skeleton the forward runs (not a submodule; ``decoder_float64.exact_float64``
+        reaches it through this)."""
+        return list(self._skeleton)
 
     @property
     def extra_parameters(self) -> int:

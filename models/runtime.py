@@ -24,6 +24,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+#: models up to this many parameters run with one torch thread on the CPU: their kernels are too
+#: small for intra-op parallelism, and on shared cores the threads contend (the zoo Llama: 0.05 s
+#: of CPU per Adam step on one thread, 1.7 s on two at load 10 on 2 cores)
+SMALL_MODEL_PARAMETERS = 10_000_000
+
+
+def is_small(module: torch.nn.Module, device: str | torch.device = "cpu") -> bool:
+    """Whether ``module`` runs single-threaded (``SMALL_MODEL_PARAMETERS``; CPU only)."""
+    return resolve_device(device).type == "cpu" and sum(p.numel() for p in module.parameters()) <= SMALL_MODEL_PARAMETERS
+
+
 class single_thread:
     """Context manager: torch intra-op threads = 1 (restored on exit). On 2 shared cores,
     OpenMP workers of several processes contend and small float64 kernels slow down 10-100x;

@@ -239,6 +239,15 @@ class TorchReparameterization:
         """max over groups of kappa(A) (1 for the identity / an empty record)."""
         return max((s.kappa(e) for s, e in self.items), default=1.0)
 
+    def kappa_A_by_kind(self) -> dict[str, float]:
+        """Group kind -> max kappa(A) over the groups of that kind (first-seen order). kappa(T)
+        can exceed every entry: groups acting on the rows and on the columns of one tensor
+        multiply there (e.g. RMSNorm's c on the columns of q_proj, RoPE-QK's A on its rows)."""
+        out: dict[str, float] = {}
+        for s, e in self.items:
+            out[s.kind] = max(out.get(s.kind, 1.0), s.kappa(e))
+        return out
+
     def singular_value_range(self, space: Iterable[str] | None = None) -> tuple[float, float]:
         """(sigma_min(T), sigma_max(T)) of T on the parameters ``space`` (default: those it
         touches; untouched names add the singular value 1). On one tensor every slot acts along

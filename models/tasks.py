@@ -551,7 +551,7 @@ def task_name_for(model: Any, name: str = "auto") -> str:
         if decoder:
             from convrate.models.families.llama_load import has_tokenizer
 
-            return "lm-text" if has_tokenizer(model.source) else "lm-tokens"
+            return "lm-text" if has_tokenizer(model.side_files_dir) else "lm-tokens"
         if model.fmt == "hf":
             return "text"
         raise InvalidInputError(f"no task fits a {model.kind} with input shape {list(model.input_shape or [])}: "
@@ -591,7 +591,7 @@ def tokenizer_for(model: Any) -> Any:
     has more tokens than the model's vocabulary."""
     from convrate.models.families.llama_load import TOKENIZER_FILES
 
-    src = model.source
+    src = model.side_files_dir
     decoder = is_decoder(model)
     files = TOKENIZER_FILES if decoder else ("tokenizer.json", "vocab.txt")
     if src is not None and any((Path(src) / f).is_file() for f in files):

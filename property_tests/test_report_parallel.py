@@ -15,20 +15,12 @@ from convrate.reports import builder
 from convrate.reports.profiles import TINY
 
 
-def _strip(x):
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in builder.TIMING_KEYS}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
-
-
 def test_parallel_build_equals_serial(tmp_path):
     only = ("slowdown", "recovery")
     serial = builder.build_report(tmp_path / "serial", seed=1, jobs=1, report_profile=TINY, only=only)
     parallel = builder.build_report(tmp_path / "parallel", seed=1, jobs=2, report_profile=TINY, only=only)
     assert serial["Provenance"]["jobs"] == 1 and parallel["Provenance"]["jobs"] == 2
-    a, b = _strip(serial), _strip(parallel)
+    a, b = builder.without_timings(serial), builder.without_timings(parallel)
     assert list(a) == list(b) and a == b
     runs = a["Slowdown vs defense strength on real networks"]["networks"]
     assert sum(len(n["runs"]) for n in runs.values()) == 2 * 2 + 2 + 2  # every search ran

@@ -149,7 +149,9 @@ def _device() -> str:
 #: modules of ``convrate.reports`` whose ``SECTIONS`` make the report, in build order; the
 #: statements table (``sections_exact``) comes last: it summarizes what the others measured
 SECTION_MODULES: tuple[str, ...] = ("sections_laws", "sections_slowdown", "sections_recovery", "sections_spectra",
-                                    "sections_precision", "sections_bench", "sections_inserted", "sections_exact")
+                                    "sections_precision", "sections_bench", "sections_inserted",
+                                    "sections_llm",
+                                    "sections_exact")
 
 
 def _declared() -> list[tuple[Any, ...]]:
@@ -398,5 +400,14 @@ TIMING_KEYS = ("generated", "wall_seconds", "section_seconds", "jobs", "search_s
                "wall_slowdown", "cost_ratios", "grad_equivalents", "cost_slowdown")
 
 
+def without_timings(x: Any) -> Any:
+    """``results.json`` data without the ``TIMING_KEYS`` (what a rebuild may change), recursively."""
+    if isinstance(x, dict):
+        return {k: without_timings(v) for k, v in x.items() if k not in TIMING_KEYS}
+    if isinstance(x, list):
+        return [without_timings(v) for v in x]
+    return x
+
+
 __all__ = ["build_report", "png", "pyplot", "Context", "Figure", "Section", "DEFAULT_OUT", "DEFAULT_OUT_QUICK",
-           "default_out", "Planned", "Part", "seed_everything", "default_jobs", "TIMING_KEYS"]
+           "default_out", "Planned", "Part", "seed_everything", "default_jobs", "TIMING_KEYS", "without_timings"]

@@ -11,6 +11,9 @@ geometric SpecDef, six attackers, and the real-loss SO checks); FULL about 25-35
 x 9; MiniLM: Sophia and Muon on 2 models, about 1-3 s per MiniLM step). Newton-CG and
 Gauss-Newton (k products per step) get smaller step budgets; K-FAC and Shampoo are too dear on
 MiniLM (about 17 and 68 s per step measured) and Gauss-Newton is for small models.
+The decoder-LLM sections (``llm``, ``llm-recovery`` on the zoo Llama) add, measured alone on a
+loaded 2-core machine (so upper bounds): QUICK 51 CPU-seconds, FULL 173, plus about 45 s in FULL's
+inserted section (the zoo Llama's precision curve).
 Targets are losses of the attacker's task (cross-entropy, nats per example); the digits task
 starts near 18 nats (the released model is confident in the original labels), the text task
 near ln 4 = 1.39 (a fresh 4-way head).
@@ -47,6 +50,32 @@ class InsertedProfile:
     minilm_alphas: tuple[float, ...]
     minilm_layers: str
     precision_alphas: tuple[float, ...]
+    #: the zoo Llama's layers in the precision curve (None: not run)
+    llm_layers: str | None = None
+
+
+@dataclass(frozen=True)
+class LLMProfile:
+    """The decoder-LLM sections (``sections_llm``) on the zoo Llama: the attack task (``lm-text``,
+    ``sequences`` blocks of ``tokens`` tokens); its first-order sweep (SpecDef on every continuous
+    group) and, when set, the second-order one (``so``); R1 / R2 for the sweep's
+    ``recovery_optimizers``; float64 batches of ``law_sequences`` x ``law_tokens`` for T1/T2, the
+    Hessian extremes (``spectra_steps`` Lanczos steps, ``spectra_probes`` Hutchinson probes) and
+    statement O (``rotations`` Haar rotations, ``rotation_steps`` steps); the largest safe K per
+    group kind and dtype is searched up to ``K_max``."""
+
+    sequences: int
+    tokens: int
+    sweep: NetSweep
+    recovery_optimizers: tuple[str, ...]
+    law_sequences: int
+    law_tokens: int
+    spectra_steps: int
+    spectra_probes: int
+    rotations: int
+    rotation_steps: int
+    K_max: float = 1e12
+    so: NetSweep | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,8 @@ class ReportProfile:
     mlp_so: NetSweep | None = None
     cnn_so: NetSweep | None = None
     minilm_so: NetSweep | None = None
+    #: the decoder-LLM sections on the zoo Llama (None: not run)
+    llm: LLMProfile | None = None
 
 
 #: damping grid of Newton-CG, Gauss-Newton and K-FAC (their searched knob), one point per decade
@@ -112,6 +143,11 @@ QUICK = ReportProfile(
     mlp_so=NetSweep((100,), ("lbfgs-wolfe", "newton-cg", "kfac", "shampoo", "sophia", "muon"), ("specdef",), 0.05,
                     _so_search(300, tuple(log_grid(1e-3, 1, 1)), (0.1, 1.0, 10.0), 0,
                                ("lbfgs-wolfe", "newton-cg", "kfac"), hvp_budget=150)),
+    llm=LLMProfile(sequences=32, tokens=32,
+                   sweep=NetSweep((100,), ("sgd", "adam", "lora-adam"), ("specdef",), 3.0,
+                                  SearchProfile(100, tuple(log_grid(1e-3, 1, 1)), refine=0)),
+                   recovery_optimizers=("sgd", "adam"), law_sequences=4, law_tokens=16, spectra_steps=20,
+                   spectra_probes=8, rotations=4, rotation_steps=6),
 )
 
 FULL = ReportProfile(
@@ -128,12 +164,19 @@ FULL = ReportProfile(
     spectra_lanczos_steps=80, spectra_probes=32,
     inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000, 10000), mlp_optimizers=("sgd", "momentum", "adam"),
                              minilm_alphas=(100, 1000), minilm_layers="*.attention.self.query,*.attention.self.value",
-                             precision_alphas=tuple(10.0 ** e for e in range(0, 17))),
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 17)), llm_layers="*.self_attn.v_proj"),
     mlp_so=NetSweep((100, 10000), _SO_ALL, ("specdef", "specdef:spike", "diagonal"), 0.02,
                     _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL, hvp_budget=300)),
     cnn_so=NetSweep((100,), _SO_ALL, ("specdef",), 0.2,
                     _so_search(400, tuple(log_grid(1e-3, 1, 1)), _DAMPING, 0, _SO_ALL, hvp_budget=200)),
     minilm_so=NetSweep((100,), ("sophia", "muon"), ("specdef",), 0.1, _so_search(60, (1e-3, 1e-2), (), 0, ())),
+    llm=LLMProfile(sequences=32, tokens=32,
+                   sweep=NetSweep((10, 100, 1000), ("sgd", "momentum", "adam", "lora-adam"), ("specdef",), 3.0,
+                                  SearchProfile(150, tuple(log_grid(1e-4, 1, 1)), refine=1)),
+                   recovery_optimizers=("sgd", "momentum", "adam", "lora-adam"), law_sequences=8, law_tokens=16,
+                   spectra_steps=40, spectra_probes=16, rotations=8, rotation_steps=8,
+                   so=NetSweep((100,), ("lbfgs-wolfe", "soap", "sophia", "muon"), ("specdef",), 3.0,
+                               _so_search(100, tuple(log_grid(1e-4, 1, 1)), (), 0, ("lbfgs-wolfe",)))),
 )
 
 

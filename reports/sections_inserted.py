@@ -1,6 +1,7 @@
 """SpecDef as the paper builds it: an inserted compensation layer (THEORY.md I, PREC-ALPHA, M).
 
-On the digits MLP and MiniLM: slowdown vs alpha per optimizer for the grown release with C
+On the digits MLP and MiniLM (the precision curve also on the zoo Llama when the profile names its layers):
+slowdown vs alpha per optimizer for the grown release with C
 trainable, with C frozen and after the merge (``models.experiments_inserted.inserted_sweep``), next
 to the absorbed SpecDef pair (geometric and spike profiles) at K = alpha (from the slowdown
 section's sweeps when it ran with the same settings, else run here); the function error vs alpha per
@@ -115,6 +116,8 @@ def inserted_section(ctx: "Context") -> Section:
         real[f"MiniLM ({p.minilm_sweep_layers} layer(s))"] = error_vs_alpha(zoo.minilm(n_layers=p.minilm_sweep_layers),
                                                                             ip.precision_alphas, k=ip.k,
                                                                             layers=ip.minilm_layers)
+        if ip.llm_layers is not None:  # the zoo Llama (decoder releases: float32 rotary frequencies in every dtype)
+            real["zoo Llama"] = error_vs_alpha(zoo.llama_tiny(), ip.precision_alphas, k=ip.k, layers=ip.llm_layers)
     exact = _exact_table(ctx.seed, ip.precision_alphas, ip.k)
     data["precision"] = {"real": real, "exact": exact}
     s.para("Precision (PREC-ALPHA, corrected): the chain's rounding error grows like u rho with rho = "

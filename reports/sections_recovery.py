@@ -24,23 +24,32 @@ if TYPE_CHECKING:
     from convrate.reports.sections_slowdown import SweepRecord
 
 R1_PRECISION = ("float64; first-order estimate: each step's loss and gradient carry a relative rounding of "
-                "about 2 gamma_m kappa_S1^2 (kappa_S1 = max kappa(A) over dense S1 groups, 1 for diagonal S2), "
+                "about 2 gamma_m kappa_S1^2 (kappa_S1 = max kappa(A) over dense groups: S1, decoders' S4 and S5; 1 for "
+                "diagonal S2, S6, S7 and permutations), "
                 "adding up linearly over stable steps: |L_R1(t) - L(t)| <= (t + 1) per_step max(1, max|L|)")
 
 
 def _r1_per_step(attacked: Any, task: Any, record: Any) -> float:
     """2 gamma_m kappa_S1^2, m the reduction length of the attacked model's loss (R1_PRECISION)."""
+    from convrate.models import elements
     from convrate.models.checks import gamma, reduction_length
     from convrate.models.curvature import Objective
 
     obj = Objective(attacked, task.X_train, task.y_train, loss=task.loss, device="cpu")
-    k = max((sym.kappa(e) for sym, e in record.items if sym.family == "S1"), default=1.0)
+    k = max((sym.kappa(e) for sym, e in record.items if not elements.is_monomial(sym.element_kind)), default=1.0)
     return 2 * gamma(reduction_length(obj)) * k**2
 
 
 #: how each R2 allowance is obtained (``models.recovery.canonical_agreement``)
 R2_PRECISION = {"S2": "float64; a-posteriori error of the balance sweeps + gamma_6 rounding",
-                "S1": "float64; first-order (Wedin) perturbation estimate of the SVD-balanced factors"}
+                "S1": "float64; first-order (Wedin) perturbation estimate of the SVD-balanced factors",
+                # decoder groups share tensors, so every group is compared by its factors
+                "S4": "float64; factors: a-posteriori sweep error + first-order (Wedin) estimate of the balanced "
+                      "RoPE-commutant factors",
+                "S5": "float64; factors: a-posteriori sweep error + first-order (Wedin) estimate of the balanced "
+                      "V/O factors",
+                "S6": "float64; factors: a-posteriori error of the balance sweeps + gamma_6 rounding",
+                "S7": "float64; factors: a-posteriori error of the balance sweeps + gamma_6 rounding"}
 
 
 def _float64_params(module: Any) -> dict[str, torch.Tensor]:
@@ -89,15 +98,19 @@ def cost_job() -> list[dict[str, Any]]:
 
 def _network(seed: int, rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[Any]]:
     from convrate.models.attacks import lr_search
+    from convrate.models.defense import release_cast
     from convrate.models.experiments import sweep_defense
+    from convrate.models.tasks import is_decoder
     from convrate.models.recovery import canonical_agreement, canonicalize, r1_extra_parameters, r1_module
     from convrate.theory.core import compare
 
     wrap = rec.wrap or _identity
     # every recovery run is in float64 (a float32 release, MiniLM, is converted): float32 SGD near the
     # edge of stability amplifies its rounding beyond any per-step allowance within tens of steps
-    model = rec.model if rec.model.dtype == torch.float64 else \
-        rec.model.with_module(copy.deepcopy(rec.model.module).to(torch.float64), converted_from=str(rec.model.dtype))
+    # (a decoder runs float64 throughout: ``defense.release_cast`` lifts transformers' float32 RMSNorm and softmax)
+    model = rec.model if rec.model.dtype == torch.float64 and not is_decoder(rec.model) else \
+        rec.model.with_module(release_cast(copy.deepcopy(rec.model.module), torch.float64),
+                              converted_from=str(rec.model.dtype))
     base = {r.optimizer: r for r in rec.runs if r.defense == "none"}
     canon0, crec0 = canonicalize(model)
     ref_params = _float64_params(model.module)
@@ -108,7 +121,7 @@ def _network(seed: int, rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[
     # the best trial's curve is the run at the best lr (``attacks.search``): not repeated
     r2_base = {opt: _known_run(rec, opt, r.best_lr, r.best_losses) for opt, r in r2_search.items()}
     # a float64 release is attacked exactly as the sweep did: its recorded best run is reused
-    converted = rec.model.dtype != torch.float64
+    converted = model is not rec.model
     und_runs = {opt: (_attack(wrap(model.module), rec.task, opt, b.search.best_lr, rec.cfg.search.budget,
                               rec.cfg.target, seed) if converted else _known_run(rec, opt, b.search.best_lr, b.losses))
                 for opt, b in base.items()}

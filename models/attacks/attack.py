@@ -45,7 +45,7 @@ from convrate.errors import InvalidInputError
 from convrate.models.attacks import first_order, gauss_newton, preconditioned, second_order  # noqa: F401 (register)
 from convrate.models.attacks.lora import Targets, lora_wrap
 from convrate.models.attacks.registry import REGISTRY, Cost, StepContext, get_spec, measure_cost_ratios
-from convrate.models.attacks.peft_lora import peft_wrap, uses_peft
+from convrate.models.attacks.peft_lora import decoder_targets, peft_wrap, uses_peft
 from convrate.models.runtime import deterministic, resolve_device
 from convrate.models.tasks import Task
 
@@ -220,9 +220,10 @@ class Attack:
     # ---- setup
     def _prepare(self, model: nn.Module, dev: torch.device) -> tuple[nn.Module, list[nn.Parameter]]:
         if self.spec.lora:
-            wrap = peft_wrap if uses_peft(model) else lora_wrap
-            net, params = wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
-                               extra_trainable=self.lora_extra_trainable)
+            peft = uses_peft(model)
+            targets = self.lora_targets if self.lora_targets is not None or peft else decoder_targets(model)
+            net, params = (peft_wrap if peft else lora_wrap)(model, self.lora_rank, targets, seed=self.seed,
+                                                             extra_trainable=self.lora_extra_trainable)
         else:
             net = copy.deepcopy(model)
             params = [p for p in net.parameters() if p.requires_grad]

@@ -115,6 +115,17 @@ def peft_wrap(model: nn.Module, rank: int, targets: Targets = None, *, alpha: fl
     return net, [p for p in net.parameters() if p.requires_grad]
 
 
+def decoder_targets(model: nn.Module) -> list[str] | None:
+    """The in-project LoRA's targets on a module holding a Hugging Face decoder that peft does not
+    serve (an R1 module of a decoder): peft's default projections (``DECODER_PROJECTIONS``), so that
+    R1 with LoRA replays the peft run on the undefended model; None otherwise (every Linear)."""
+    from convrate.models.families.llama_load import DECODER_TYPES
+
+    if any(getattr(getattr(m, "config", None), "model_type", None) in DECODER_TYPES for _, m in hf_models(model)):
+        return [rf"\.{p}$" for p in DECODER_PROJECTIONS]
+    return None
+
+
 def lora_parameters(model: nn.Module) -> int:
     """Number of peft adapter parameters (``lora_A`` / ``lora_B`` weights) in ``model``."""
     return sum(p.numel() for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n)
@@ -130,4 +141,4 @@ def uses_peft(model: Any) -> bool:
     return any(getattr(getattr(m, "config", None), "model_type", None) in DECODER_TYPES for _, m in hf_models(model))
 
 
-__all__ = ["DECODER_PROJECTIONS", "ENCODER_PROJECTIONS", "hf_models", "peft_wrap", "lora_parameters", "uses_peft"]
+__all__ = ["DECODER_PROJECTIONS", "ENCODER_PROJECTIONS", "decoder_targets", "hf_models", "peft_wrap", "lora_parameters", "uses_peft"]

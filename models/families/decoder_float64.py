@@ -63,11 +63,23 @@ RMSNORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
 ATTENTIONS = ("LlamaAttention", "Qwen2Attention", "MistralAttention")
 
 
+def _modules(module: nn.Module) -> list[nn.Module]:
+    """Every submodule, and those a module runs without registering them: a module may list
+    them in ``unregistered_modules()`` (R1's skeleton, evaluated by ``functional_call``)."""
+    out = []
+    for m in module.modules():
+        out.append(m)
+        hidden = getattr(m, "unregistered_modules", None)
+        for h in (hidden() if callable(hidden) else ()):
+            out += _modules(h)
+    return out
+
+
 def exact_float64(module: nn.Module) -> nn.Module:
     """See the module doc. The attention modules get a private copy of the config naming
     ``ATTENTION_NAME`` (the model's own config, which builds the eager additive mask, is
-    untouched)."""
-    for m in module.modules():
+    untouched). Reaches the modules listed by ``unregistered_modules()`` too."""
+    for m in _modules(module):
         name = type(m).__name__
         if name in RMSNORMS:
             m.forward = types.MethodType(_rmsnorm_forward, m)

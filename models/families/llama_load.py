@@ -299,9 +299,9 @@ def save_decoder(model: Any, out: Path, *, max_shard_bytes: int | None = None) -
     from convrate.models.inserted_io import write_hf_inserted  # grown releases: convrate_inserted.json
 
     write_hf_inserted(model, out)
-    if model.source is not None:
+    if model.side_files_dir is not None:  # the source's, or that of the model it was derived from
         for rel in SIDE_FILES:
-            src = Path(model.source) / rel
+            src = model.side_files_dir / rel
             if src.is_file():
                 _write_file(out / rel, lambda p, src=src: shutil.copyfile(src, p))
     return out
