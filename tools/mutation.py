@@ -1,0 +1,269 @@
+"""Mutation testing of convrate's core with mutmut 3 (``make mutation [MODULES=...]``).
+
+mutmut 3 derives a mutant's module name from its file path (``src/convrate/theory/bounds.py``
+-> ``convrate.theory.bounds``) and needs the tests to import the code under that name. The
+repository maps ``theory/`` -> ``convrate.theory`` etc. through setuptools ``package-dir``, so
+this script stages, per module, a src-layout copy of the package under
+``build/mutation/<module>/`` (``src/convrate/{theory,numerics,models,reports}``, the property
+tests, a ``pyproject.toml`` holding the mutmut and pytest settings) and runs ``mutmut run``
+there. mutmut puts ``mutants/src`` first on ``sys.path``, ahead of the editable install's
+finder (which setuptools appends to ``sys.meta_path``), so the tests exercise the mutants.
+
+Each module is run against the property tests listed for it in ``TESTS`` (mutmut then runs,
+per mutant, only those of them that call the mutated function), under the Hypothesis
+``mutation`` profile: the examples of ``ci`` -- the profile ``make test`` uses -- without
+shrinking, so a mutant counts as killed only if CI would catch it. Results go to ``tools/mutation/results.json`` (per module: counts, score, the
+surviving mutants with their diffs) and ``tools/mutation/RESULTS.md``; a survivor is
+*accounted for* when ``tools/mutation/equivalent.json`` explains it (matched by module,
+function and the changed lines, so the explanation survives renumbering).
+
+Score = (killed + timeout) / (mutants - equivalent); "no tests" and unexplained survivors count
+against it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tools" / "mutation"
+STAGE = ROOT / "build" / "mutation"
+#: repository folder -> subpackage of convrate (pyproject package-dir)
+PACKAGES = {"convrate": "", "theory": "theory", "numerics": "numerics", "models": "models", "reports": "reports"}
+
+#: module -> the property tests it is checked against (real-network tests on the digits MLP and
+#: MiniLM are left out, see DESELECT: their tiny-model counterparts exercise the same code)
+TESTS: dict[str, tuple[str, ...]] = {
+    "theory/bounds.py": ("test_theory.py", "test_battery.py", "test_quadratic.py", "test_nets.py"),
+    "theory/bounds_nets.py": ("test_battery.py", "test_nets.py", "test_theory.py"),
+    "theory/bounds_optim.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
+    "theory/bounds_precision.py": ("test_fp_precision.py", "test_battery.py", "test_theory.py"),
+    "numerics/steps.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
+    "numerics/krylov.py": ("test_quadratic.py", "test_battery.py"),
+    "numerics/reparam.py": ("test_nets.py", "test_battery.py", "test_quadratic.py"),
+    "models/symmetry.py": ("test_models_symmetry.py", "test_models_defense.py", "test_models_recovery.py",
+                           "test_fplr.py", "test_models_laws.py"),
+    "models/recovery.py": ("test_models_recovery.py", "test_models_symmetry.py"),
+    "models/fplr.py": ("test_fplr.py", "test_audit.py"),
+    "models/audit_verdict.py": ("test_audit_verdict.py",),
+}
+MODULES = tuple(TESTS)
+#: pytest -k expression deselecting the slow real-network tests (seconds each, per mutant)
+DESELECT = "not minilm and not digits_mlp"
+
+#: lines never mutated: the wording of error messages (a ``raise`` line) and logging; every
+#: condition that decides to raise is on its own line and is mutated
+DO_NOT_MUTATE = [r"^\s*raise \w+(Error|Exception)\(", r"^\s*(warnings\.warn|print)\("]
+
+
+def _slug(module: str) -> str:
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def stage(module: str) -> Path:
+    """A fresh src-layout copy of the repository for ``module`` (see the module docstring)."""
+    where = STAGE / _slug(module)
+    if where.exists():
+        shutil.rmtree(where)
+    src = where / "src" / "convrate"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "reference", "reference-quick")
+    for folder, sub in PACKAGES.items():
+        shutil.copytree(ROOT / folder, src / sub if sub else src, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(ROOT / "property_tests", where / "property_tests", ignore=ignore)
+    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
+    tests = [f"property_tests/{t}" for t in TESTS[module]]
+    cfg = [
+        "[tool.mutmut]",
+        'source_paths = ["src"]',
+        f"only_mutate = {json.dumps([target])}",
+        'also_copy = ["property_tests"]',
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-k", "{DESELECT}"]',
+        f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
+        'process_isolation = "forkserver"',
+        "timeout_multiplier = 10.0",
+        "timeout_constant = 30.0",
+        "use_git_change_detection = false",
+        "",
+        "[tool.pytest.ini_options]",
+        'testpaths = ["property_tests"]',
+        "",
+    ]
+    (where / "pyproject.toml").write_text("\n".join(cfg))
+    return where
+
+
+def _mutmut(where: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "PYTHONDONTWRITEBYTECODE": "1"}
+    exe = Path(sys.executable).with_name("mutmut")
+    return subprocess.run([str(exe), *args], cwd=where, env=env, check=check, capture_output=True, text=True)
+
+
+def _statuses(where: Path) -> dict[str, int | None]:
+    """mutant name -> exit code, from the ``.meta`` files mutmut writes beside each mutated file."""
+    out: dict[str, int | None] = {}
+    for meta in (where / "mutants").rglob("*.meta"):
+        out.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return out
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def _changed_lines(diff: str) -> list[str]:
+    """The -/+ lines of a unified diff, whitespace-normalized (the key of an explanation)."""
+    return [re.sub(r"\s+", " ", ln).strip() for ln in diff.splitlines()
+            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+
+
+def _function(name: str) -> str:
+    """``convrate.models.recovery.x_r1_module__mutmut_3`` -> ``r1_module`` (methods: Class.method)."""
+    mangled = name.rpartition(".")[2].partition("__mutmut_")[0]
+    if mangled.startswith("x_"):
+        return mangled[2:]
+    _, cls, meth = mangled.split("ǁ")
+    return f"{cls}.{meth}"
+
+
+def _explanations() -> list[dict]:
+    path = OUT / "equivalent.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _explain(module: str, function: str, lines: list[str], table: list[dict]) -> dict | None:
+    for e in table:
+        if e["module"] == module and e["function"] == function and e["lines"] == lines:
+            return e
+    return None
+
+
+def run_module(module: str, jobs: int) -> dict:
+    """Stage, run mutmut, and summarize one module."""
+    t0 = time.time()
+    where = stage(module)
+    proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
+    codes = _statuses(where)
+    if proc.returncode != 0 or not codes:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{tail}")
+    table = _explanations()
+    counts: dict[str, int] = {}
+    survivors, equivalent = [], []
+    for name, code in sorted(codes.items()):
+        status = _status(code)
+        if status in ("killed", "timeout", "caught by type check", "segfault"):
+            counts["killed" if status != "timeout" else "timeout"] = counts.get(
+                "killed" if status != "timeout" else "timeout", 0) + 1
+            continue
+        diff = _mutmut(where, "show", name, check=False).stdout
+        lines = _changed_lines(diff)
+        fn = _function(name)
+        e = _explain(module, fn, lines, table)
+        item = {"mutant": name, "function": fn, "status": status, "lines": lines}
+        if e is not None:
+            equivalent.append({**item, "reason": e["reason"]})
+        else:
+            survivors.append(item)
+        counts[status] = counts.get(status, 0) + 1
+    total = len(codes)
+    denominator = total - len(equivalent)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    return {"module": module, "tests": list(TESTS[module]), "mutants": total, "counts": counts,
+            "killed": killed, "equivalent": len(equivalent), "unexplained": len(survivors),
+            "score": killed / denominator if denominator else 1.0,
+            "survivors": survivors, "equivalent_mutants": equivalent,
+            "seconds": round(time.time() - t0, 1), "mutmut": _version()}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def _load() -> dict:
+    path = OUT / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {"modules": {}}
+
+
+def _overall(results: dict) -> dict:
+    mods = [results["modules"][m] for m in MODULES if m in results["modules"]]
+    total = sum(m["mutants"] for m in mods)
+    eq = sum(m["equivalent"] for m in mods)
+    killed = sum(m["killed"] for m in mods)
+    return {"mutants": total, "killed": killed, "equivalent": eq,
+            "unexplained": sum(m["unexplained"] for m in mods),
+            "score": killed / (total - eq) if total > eq else 1.0,
+            "modules_run": len(mods), "modules_listed": len(MODULES)}
+
+
+def render(results: dict) -> str:
+    """RESULTS.md: the score per module and every survivor with its diff or explanation."""
+    o = results["overall"]
+    lines = ["# Mutation testing of the core (`make mutation`)", "",
+             "Generated by `tools/mutation.py` (mutmut, Hypothesis profile `ci`). Score = (killed + timeout) / "
+             "(mutants - equivalent). A survivor is accounted for when `tools/mutation/equivalent.json` explains "
+             "why no test can kill it (an equivalent mutant).", "",
+             f"**Overall: {o['score']:.1%}** ({o['killed']} of {o['mutants'] - o['equivalent']} non-equivalent "
+             f"mutants killed; {o['equivalent']} equivalent; {o['unexplained']} unexplained survivors; "
+             f"{o['modules_run']} of {o['modules_listed']} modules run).", "",
+             "| module | mutants | killed | equivalent | unexplained | score | tests | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in MODULES:
+        r = results["modules"].get(m)
+        if r is None:
+            lines.append(f"| {m} | not run | | | | | | |")
+            continue
+        lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['equivalent']} | {r['unexplained']} | "
+                     f"{r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
+    for m in MODULES:
+        r = results["modules"].get(m)
+        if r is None or not (r["survivors"] or r["equivalent_mutants"]):
+            continue
+        lines += ["", f"## {m}", ""]
+        for s in r["survivors"]:
+            lines.append(f"- **UNEXPLAINED** `{s['mutant']}` ({s['status']}): `{' | '.join(s['lines'])}`")
+        for s in r["equivalent_mutants"]:
+            lines.append(f"- equivalent `{s['mutant']}`: `{' | '.join(s['lines'])}` -- {s['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modules", nargs="*", default=list(MODULES),
+                    help="repository paths, e.g. models/recovery.py (default: every core module)")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    args = ap.parse_args(argv)
+    mods = [m for spec in args.modules for m in spec.replace(",", " ").split()]
+    unknown = [m for m in mods if m not in TESTS]
+    if unknown:
+        print(f"error: not a core module: {', '.join(unknown)}; choose from {', '.join(MODULES)}", file=sys.stderr)
+        return 2
+    results = _load()
+    for m in mods:
+        print(f"mutation: {m} ...", flush=True)
+        r = run_module(m, args.jobs)
+        results["modules"][m] = r
+        results["overall"] = _overall(results)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        (OUT / "RESULTS.md").write_text(render(results))
+        print(f"  {r['mutants']} mutants, score {r['score']:.1%}, {r['unexplained']} unexplained "
+              f"survivors ({r['seconds']} s)", flush=True)
+    o = results.get("overall") or _overall(results)
+    print(f"overall {o['score']:.1%} over {o['modules_run']} modules; results in {OUT / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
