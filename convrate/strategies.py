@@ -137,13 +137,23 @@ def _element(sym: Any, kappa: float, seed: int) -> Any:
     return torch.from_numpy(A)
 
 
-def _record(model: Any, kappa: float, family: str | None, seed: int) -> Any:
+def general_record(model: Any, kappa: float, seed: int, family: str | None = None) -> Any:
+    """A ``TorchReparameterization`` of ``model`` by *general* group elements, kappa(A) = kappa
+    on every group of width >= 2: S1 A = U diag(s) V^T with independent random orthogonal U, V
+    (neither symmetric nor diagonal, so A^-1 and A^-T differ; s geometric from sqrt(kappa) to
+    1/sqrt(kappa)), S2 a permuted geometric positive diagonal. Defenses such as SpecDef use
+    symmetric A = U diag(s) U^T only; statements that hold for every element (T1, T2, R1, R2,
+    FPLR inference) must be tested on these."""
     from convrate.models.symmetry import TorchReparameterization
     from convrate.models.families import discover_symmetries
 
     syms = [s for s in discover_symmetries(model) if family is None or s.family == family]
     return TorchReparameterization([(s, _element(s, kappa, seed * 1009 + i)) for i, s in enumerate(syms)],
-                                   {"defense": "strategies.reparameterizations", "kappa_A": kappa})
+                                   {"defense": "strategies.general_record", "kappa_A": kappa})
+
+
+def _record(model: Any, kappa: float, family: str | None, seed: int) -> Any:
+    return general_record(model, kappa, seed, family)
 
 
 def reparameterizations(model: Any, kappa: Any = log_uniform(1.0, 1e3), family: str | None = None,
@@ -168,4 +178,5 @@ def attacks(optimizers: Sequence[str] = ("sgd", "momentum", "adam", "adamw"), lr
 __all__ = [
     "SEEDS", "log_uniform", "quadratics", "quadratic_reparameterizations", "net_cases", "spec_cases",
     "NetCase", "SpecCase", "mlps", "attention_blocks", "instances", "reparameterizations", "attacks",
+    "general_record",
 ]

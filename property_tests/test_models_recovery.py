@@ -60,11 +60,31 @@ zoo_archs = st.one_of(  # MLPs (relu-linear groups) and CNNs (relu-conv, relu-co
     st.builds(lambda c, p: cnn_arch(c, side=4, pool=p), st.lists(st.integers(1, 3), min_size=1, max_size=2),
               st.sampled_from(["maxpool2d", "avgpool2d"])),
 )
-defenses = st.sampled_from(["specdef-geometric", "specdef-spike", "diagonal"])
+defenses = st.sampled_from(["specdef-geometric", "specdef-spike", "diagonal", "general"])
 strengths = st.floats(1.5, 1e3)
 
 
+class _General:
+    """Not a defense of the zoo: a general element of every group (``strategies.general_record``:
+    S1 A = U diag(s) V^T, neither symmetric nor diagonal; S2 permuted positive diagonal),
+    kappa(A) = K. SpecDef's A = U diag(s) U^T is symmetric, so only these catch a transposed
+    A^-1 (A^-T vs A^-1) in a recovery."""
+
+    def __init__(self, K: float, seed: int) -> None:
+        self.K, self.seed = K, seed
+
+    def apply(self, m, dtypes=F64):
+        from types import SimpleNamespace
+
+        from convrate.strategies import general_record
+
+        rec = general_record(m, self.K, self.seed)
+        return SimpleNamespace(model=m.with_module(rec.apply_to_module(m.module)), record=rec)
+
+
 def _defense(name: str, K: float, seed: int = 0):
+    if name == "general":
+        return _General(K, seed)
     return DiagonalScaling(K, seed) if name == "diagonal" else SpecDef(K, name.split("-")[1])
 
 
@@ -325,6 +345,26 @@ def test_r1_replays_the_undefended_run_attention(seed, defense, K, optimizer):
     r1 = r1_module(res.model, res.record)
     lr = {"sgd": 0.2, "adam": 0.01, "lora-sgd": 0.2}[optimizer]
     atk = Attack(optimizer, lr, 6, device="cpu", seed=seed)
+    base = atk.run(task.head(m.module, seed=seed), task)
+    rec = atk.run(task.head(r1, seed=seed), task)
+    _assert_same_trajectory(base.losses, rec.losses, _encoder_per_step(m, ids, res.record))
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**20), K=st.floats(2.0, 100.0), optimizer=st.sampled_from(["sgd", "adam"]))
+def test_r1_replays_with_general_elements(seed, K, optimizer):
+    """R1 holds for every element of GL(r), not only SpecDef's symmetric A: a general A makes
+    A^-1 != A^-T, so a recovery that inserts the wrong one fails here (with SpecDef's symmetric
+    A it would not)."""
+    pytest.importorskip("transformers")
+    m = tiny_bert(seed, hidden=4, heads=2)
+    ids = bert_inputs(m, 8, 5, seed)
+    y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(seed))
+    task = Task("tiny", "random tokens", ids, y, loss="cross_entropy", n_outputs=3)
+    res = _General(K, seed).apply(m)
+    assert any(s.family == "S1" and not torch.allclose(e, e.T) for s, e in res.record.items)
+    r1 = r1_module(res.model, res.record)
+    atk = Attack(optimizer, {"sgd": 0.2, "adam": 0.01}[optimizer], 6, device="cpu", seed=seed)
     base = atk.run(task.head(m.module, seed=seed), task)
     rec = atk.run(task.head(r1, seed=seed), task)
     _assert_same_trajectory(base.losses, rec.losses, _encoder_per_step(m, ids, res.record))
