@@ -89,6 +89,57 @@ def test_proof_machinery_refutes_and_never_proves_silently() -> None:
     assert derive_runner._downgrade(p4.done().status, derive_runner._checked(p4.steps)) is Status.CHECKED_ONLY
 
 
+#: statements whose identities are proved in every dimension (matrix expressions of symbolic size or
+#: scalar laws that are the general case); the others rely on a fixed-size instance somewhere
+GENERAL = {"T1", "T2", "T3", "P", "N", "LM", "A", "C", "R1", "B", "F1", "SPECDEF-OPT", "ORBIT-NULL", "PREC"}
+
+
+def test_derive_json_says_how_far_each_proof_goes(results: dict[str, dict]) -> None:
+    """``convrate derive --json``: scope "general" / "general + argued" when every load-bearing
+    identity was verified in every dimension, "instances + argued" otherwise, with the argued
+    (prose / cited) steps listed and the label shown ("proved (instances) + argued", ...)."""
+    for sid, r in results.items():
+        if sid not in THEORY_IDS + ("ORBIT-NULL",):
+            continue
+        assert r["scope"] in ("general", "general + argued", "instances + argued"), sid
+        argued = [s for s in r["steps"] if s.startswith(("[argument]", "[cited]"))]
+        if sid in GENERAL:
+            assert r["scope"].startswith("general") and r["instance_steps"] == 0 and r["general_steps"] >= 1, sid
+            assert r["argued_steps"] == argued
+            assert r["label"] == f"{r['status']} (general)" + (" + argued" if argued else "")
+        else:
+            assert r["scope"] == "instances + argued" and r["instance_steps"] >= 1, sid
+            assert r["label"] == f"{r['status']} (instances) + argued"
+            assert r["argued_steps"][:-1] == argued and "fixed-size symbolic instances" in r["argued_steps"][-1]
+
+
+def test_general_identities_are_checked_not_assumed() -> None:
+    """Matrix expressions of symbolic size: a transpose, a swapped factor or a dropped term is not
+    reduced to 0 (the step is recorded unproved and the statement drops to checked-only); the
+    correct identity is proved with scope general."""
+    from convrate.theory.core import Scope
+    from convrate.theory.derive_transforms import general_pair
+
+    g = general_pair()
+    A, Wa, Wb = g.A, g.Wa, g.Wb
+    for wrong in (A.I * Wa, A.T * Wa, Wa.T.T * 2):  # the true law is A^-T W_a
+        q = Proof()
+        assert not q.equal("gradient block", A.I.T * Wa, wrong, scope="general")
+        assert derive_runner._downgrade(q.done().status, derive_runner._checked(q.steps)) is Status.CHECKED_ONLY
+    q = Proof()
+    assert not q.equal("(W_b A)^T = W_b^T A^T (factors not swapped: false)", (Wb * A).T, Wb.T * A.T, scope="general")
+    q = Proof()
+    assert q.equal("(W_b A)^T = A^T W_b^T", (Wb * A).T, A.T * Wb.T, scope="general")
+    assert q.done().scope is Scope.GENERAL and q.steps[0].startswith("[sympy:general] ")
+    q.argue("a written step")
+    assert q.done().scope is Scope.GENERAL_ARGUED and q.done().argued == ["[argument] a written step"]
+    q.equal("2 x 2 instance", sp.eye(2), sp.eye(2))
+    assert q.done().scope is Scope.INSTANCES_ARGUED
+    q2 = Proof()
+    q2.equal("only an example", sp.eye(2), sp.eye(2), scope="example")
+    assert derive_runner._downgrade(q2.done().status, derive_runner._checked(q2.steps)) is Status.CHECKED_ONLY
+
+
 @given(m=st.fractions(-10, 10, max_denominator=50), b=st.fractions(-10, 10, max_denominator=50),
        e=st.fractions(0, 5, max_denominator=50), rel=st.sampled_from(["<=", ">=", "=="]))
 def test_compare_verdict_and_margin(m: Fraction, b: Fraction, e: Fraction, rel: str) -> None:
