@@ -22,6 +22,7 @@ ENTRY_MODULES = (
     "convrate.numerics.checks_quadratic",
     "convrate.numerics.checks_nets",
     "convrate.numerics.checks_precision",
+    "convrate.numerics.checks_tight",
 )
 
 #: examples per entry for ``convrate check`` profiles
