@@ -125,6 +125,10 @@ def check(
     With --defense, the statements of convrate.byod (FPLR, T-CLAIM, T1, T2, W, R1, R2) checked
     against that defense on drawn float64 models.
 
+    The JSON rows carry ``coverage``: the entries (property tests) that check each statement,
+    the tightest margin each reached, and ``flag`` = "slack" when no inequality check came within
+    10 % of its bound (``numerics.coverage``).
+
     Exit code 1 on any violation, 2 on bad input (also a defense that raises, returns another
     architecture or NaN weights, or cannot be imported).
     """
@@ -144,33 +148,42 @@ def check(
                 _fail(ConvrateError(f"no battery entry checks {', '.join(only)}"))
         t0 = time.perf_counter()
         results = []
+        by_entry = []
         with _progress() as prog:
             task = prog.add_task("checking", total=len(entries))
             for e in entries:
                 prog.update(task, description=f"checking {e.name}")
                 n = max(1, PROFILES[profile] // e.cost)
                 if defense is None:
-                    results.extend(run_entry(e, n, seed))
+                    got = run_entry(e, n, seed)
                 else:
                     got, why = run_defense_entry(e, n, seed)
-                    results.extend(got)
                     if why:
                         not_run[e.statements[0]] = why
+                results.extend(got)
+                by_entry.append((e.name, got))
                 prog.advance(task)
     except ConvrateError as err:
         _fail(err)
+    from convrate.numerics.coverage import ENTRY_TEST, coverage, flag_text
+
+    cov = coverage(by_entry, test_format=ENTRY_TEST if defense is None else None)
     rows = summarize(results)
+    for r in rows:
+        r["coverage"] = cov.get(r["id"])
     if only:
         rows = [r for r in rows if r["id"] in set(only)]
     what = f"--defense {name}" if defense is not None else f"--profile {profile}"
     table = Table(title=f"convrate check {what} ({time.perf_counter() - t0:.1f} s)")
-    for col in ("statement", "instances", "worst margin", "precision", "holds"):
+    for col in ("statement", "instances", "worst margin", "tightest inequality", "entries", "precision", "holds"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], str(r["instances"]), f"{r['worst_margin']:.3e}", "; ".join(r["precision"]),
+        c = r["coverage"]
+        table.add_row(r["id"], str(r["instances"]), f"{r['worst_margin']:.3e}", flag_text(c),
+                      str(len(c["sources"])) if c else "0", "; ".join(r["precision"]),
                       "[green]yes[/]" if r["holds"] else "[bold red]NO[/]")
     for sid, why in not_run.items():
-        table.add_row(sid, "0", "-", "-", "[yellow]not run[/]")
+        table.add_row(sid, "0", "-", "-", "0", "-", "[yellow]not run[/]")
     (console if json_file is not None and str(json_file) == "-" else out).print(table)
     for sid, why in not_run.items():
         console.print(f"[yellow]not run[/] {sid}: {why}")
