@@ -209,10 +209,21 @@ def report(
                                             "reports/reference-quick/ with --quick)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print results.json on stdout as well"),
+    compare_to: Optional[Path] = typer.Option(None, "--compare", help="afterwards, compare the new report with this "
+                                              "(committed) one within each number's sensitivity; exit 1 if one moved"),
 ) -> None:
-    """Regenerate the bound-checking report (report.md, report.html, results.json, figures)."""
+    """Regenerate the bound-checking report (report.md, report.html, results.json, figures).
+
+    With --compare DIR: then compare it with the report in DIR (see `convrate compare`)."""
     from convrate.reports.builder import build_report, default_out
+    from convrate.reports.compare import load_results
     from convrate.reports.sections_exact import STATEMENTS_TITLE
+
+    if compare_to is not None:
+        try:
+            load_results(compare_to)  # refuse a bad --compare before the long run
+        except ConvrateError as err:
+            _fail(err)
 
     with _progress() as prog:
         task = prog.add_task("report", total=None)
@@ -234,6 +245,44 @@ def report(
     if bad:
         console.print(f"[bold red]{len(bad)} statement(s) violated[/]: {', '.join(bad)}")
         raise typer.Exit(1)
+    if compare_to is not None:
+        _compare_and_exit(target, compare_to, as_json=False)
+
+
+def _compare_and_exit(new: Path, old: Path, as_json: bool) -> None:
+    from convrate.reports.compare import compare_reports
+
+    try:
+        res = compare_reports(new, old)
+    except ConvrateError as err:
+        _fail(err)
+    if as_json:
+        out.print_json(json.dumps(res, default=str))
+    table = Table(title=f"compare {new} with {old}")
+    for col in ("path", "kind", "old", "new", "why"):
+        table.add_column(col)
+    for m in res["moved"]:
+        table.add_row(m["path"], m["kind"], str(m["old"]), str(m["new"]), m["why"])
+    (console if as_json else out).print(table)
+    info = res["informational"]
+    console.print(f"{len(res['moved'])} value(s) moved beyond their stated sensitivity ({res['ranged_compared']} "
+                  f"ranged and {res['exact_compared']} exact values compared); {len(info)} other values differ (no "
+                  f"sensitivity stated; largest relative change {res['informational_max_relative_change']:.2g})")
+    if not res["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    new: Path = typer.Argument(..., help="the regenerated report (directory or results.json)"),
+    old: Path = typer.Argument(..., help="the committed report to compare with (directory or results.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout"),
+    seed: int = typer.Option(0, "--seed", help="unused; accepted for uniformity"),
+) -> None:
+    """Compare two reports within each number's stated sensitivity (reports.compare): step counts
+    and slowdowns must have intersecting sensitivity ranges, verdicts, exact counts and labels must
+    be equal; other numbers are listed, not judged. Exit 1 if a number moved, 2 on bad input."""
+    _compare_and_exit(new, old, as_json)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from convrate.models.attacks import Attack, LRSearchResult, Progress, Slowdown, 
 from convrate.errors import InvalidInputError
 from convrate.models.defense import Defense, defense_by_name
 from convrate.models.io import LoadedModel
+from convrate.models.sensitivity import ratio_range, step_sensitivity
 from convrate.models.tasks import Task
 
 #: exponent p of the local-model reference kappa(T)^p per optimizer (F1/B: GD-like methods see
@@ -41,6 +42,8 @@ class SearchProfile:
     grid: tuple[float, ...]
     refine: int = 2
     refine_rounds: int = 1
+    #: perturbed starts per reported count at the best lr (``models.sensitivity``; 0: none)
+    sensitivity: int = 0
 
 
 @dataclass
@@ -56,6 +59,9 @@ class SweepRun:
     losses: list[float]
     slowdown: float | None = None
     slowdown_is_lower_bound: bool = False
+    #: the count's sensitivity range (``models.sensitivity``), when the search profile asks for it
+    sensitivity: Any = None
+    slowdown_range: list[float | None] | None = None
 
     @property
     def reference(self) -> float | None:
@@ -71,7 +77,16 @@ class SweepRun:
             "reference": self.reference, "reference_formula": _formula(self.optimizer),
             "trials": len(self.search.table), "search_seconds": round(self.search.wall_s, 2),
             "losses": self.losses,
+            **_sensitivity_fields(self),
         }
+
+
+def _sensitivity_fields(run: "SweepRun") -> dict[str, Any]:
+    """steps_range / slowdown_range (``convrate report --compare`` checks numbers against them)."""
+    if run.sensitivity is None:
+        return {}
+    return {"steps_range": run.sensitivity.range, "sensitivity": run.sensitivity.to_dict(),
+            "slowdown_range": run.slowdown_range}
 
 
 def _formula(optimizer: str) -> str:
@@ -126,6 +141,10 @@ def slowdown_sweep(model: LoadedModel, task: Task, *, defenses: Sequence[str], K
                             refine=search.refine, refine_rounds=search.refine_rounds, seed=seed, **attack_options)
             run = SweepRun(name, dname, K, kappa, opt, res,
                            best_trajectory(attacked, task, res, seed, **attack_options))
+            if search.sensitivity:
+                run.sensitivity = step_sensitivity(attacked, task, opt, res.best_lr, target, search.budget,
+                                                   runs=search.sensitivity, seed=seed, nominal=res.best_steps,
+                                                   **attack_options)
             if dname == "none":
                 base[opt] = run
             _set_slowdown(run, base.get(opt))
@@ -139,6 +158,8 @@ def _set_slowdown(run: SweepRun, base: SweepRun | None) -> None:
     if base is not None:
         sd = Slowdown.between(base.search, run.search)
         run.slowdown, run.slowdown_is_lower_bound = sd.ratio, sd.is_lower_bound
+        if base.sensitivity is not None and run.sensitivity is not None:
+            run.slowdown_range = ratio_range(run.sensitivity.range, base.sensitivity.range)
 
 
 def within_reference(run: SweepRun) -> bool | None:

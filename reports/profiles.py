@@ -10,7 +10,7 @@ near ln 4 = 1.39 (a fresh 4-way head).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from convrate.models.attacks import log_grid
 from convrate.models.experiments import SearchProfile
@@ -77,6 +77,22 @@ FULL = ReportProfile(
     precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
     spectra_lanczos_steps=80, spectra_probes=32,
 )
+
+
+#: perturbed starts per reported step count, per profile (``models.sensitivity``: each count of the
+#: sweeps and recoveries carries the range over them and the unperturbed run, at its best learning
+#: rate only; the cost is that many extra attacks per count)
+STEP_SENSITIVITY_RUNS = {"quick": 2, "full": 3}
+
+
+def _with_sensitivity(p: ReportProfile, runs: int) -> ReportProfile:
+    """Every NetSweep of ``p`` with ``search.sensitivity = runs``."""
+    sweeps = {f.name: getattr(p, f.name) for f in fields(p) if isinstance(getattr(p, f.name), NetSweep)}
+    return replace(p, **{k: replace(v, search=replace(v.search, sensitivity=runs)) for k, v in sweeps.items()})
+
+
+QUICK = _with_sensitivity(QUICK, STEP_SENSITIVITY_RUNS["quick"])
+FULL = _with_sensitivity(FULL, STEP_SENSITIVITY_RUNS["full"])
 
 
 def profile(quick: bool) -> ReportProfile:
