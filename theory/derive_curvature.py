@@ -155,6 +155,19 @@ def derive_orbit_null() -> Derivation:
     p.argue("T1 (proved in every dimension) along the one-parameter group T_t = exp(t Ghat(B)): grad L(T_t theta) = "
             "T_t^-T grad L(theta); differentiating at t = 0 gives H v + Ghat(B)^T grad L = 0 (the 2x2 instance above "
             "checks it explicitly)")
+    vB = (Bg * g.Wa, Bg * g.ba, -(g.Wb * Bg))  # v(B) = Ghat(B) theta in matrix form
+    GvB = (Bg * vB[0], Bg * vB[1], -(vB[2] * Bg))  # Ghat(B) applied to v(B)
+    for name, lhs, rhs in (("W_a", GvB[0], Bg * Bg * g.Wa), ("b_a", GvB[1], Bg * Bg * g.ba),
+                           ("W_b", GvB[2], g.Wb * Bg * Bg)):
+        p.equal(f"every dimension: Ghat(B) v(B) has {name}-block B^2-terms only ({name}: "
+                f"{'W_b B^2' if name == 'W_b' else 'B^2 ' + name})", lhs, rhs, scope="general")
+    p.argue("so v^T H v = -(Ghat(B) v)^T grad L vanishes for every nilpotent B (B^2 = 0, e.g. E_12: they exist "
+            "for r >= 2) at every theta, not only at critical points; v(B) != 0 when W_a has full row rank: "
+            "H has a nonzero isotropic direction, so for r >= 2 neither H nor H' is ever positive definite, and "
+            "W''s 'for H' > 0' kappa claim applies only to the block-diagonal part diag(H'_aa, H'_bb) "
+            "(checked in the battery: tight_Wprime_active)")
+    E = Matrix([[0, 1], [0, 0]])
+    p.equal("E_12 is nilpotent: E_12^2 = 0", E * E, sp.zeros(2, 2), scope="example")
     p.argue("hence at every critical point H v = 0 for the r^2-dimensional space of orbit tangents (nonzero when "
             "W_a has full row rank): neither H nor H' = T^-T H T^-1 is positive definite at a critical point, and "
             "the Gauss-Newton matrix G' is singular everywhere; 'H' > 0' can only hold away from critical points")

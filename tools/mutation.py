@@ -55,8 +55,11 @@ TESTS: dict[str, tuple[str, ...]] = {
     "models/audit_verdict.py": ("test_audit_verdict.py",),
 }
 MODULES = tuple(TESTS)
-#: pytest -k expression deselecting the slow real-network tests (seconds each, per mutant)
-DESELECT = "not minilm and not digits_mlp"
+#: pytest -k expression deselecting the slow real-network tests (seconds each, per mutant) and the
+#: tests that run every sympy derivation (tens of seconds per mutant; the bounds functions they
+#: call are the battery's, which test_battery and test_theory's direct tests exercise)
+DESELECT = ("not minilm and not digits_mlp and not every_derivation and not false_statements and not derive_json "
+            "and not renderers")
 
 #: lines never mutated: the wording of error messages (a ``raise`` line) and logging; every
 #: condition that decides to raise is on its own line and is mutated
