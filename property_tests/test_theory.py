@@ -395,3 +395,53 @@ def test_deep_linear_closed_form_matches_direct_gauss_newton(seed: int, depth: i
             for i in range(r):
                 for got, want in ((first[i * r], two["eig_aa"][i]), (second[i], two["eig_bb"][i])):
                     assert abs(got - want) <= mpmath.mpf(10) ** (10 - DPS) * abs(want)
+
+
+@given(r=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_aligned_two_layer_kappas_from_exact_spectra(r: int, seed: int) -> None:
+    """kappa fields of bounds.aligned_two_layer_gn_spectra = max/min of the exact eigenvalue lists
+    (b_i/s_i)^2, (s_i a_i)^2 and of their union."""
+    rng = np.random.default_rng(seed)
+    s, a, b = ([Fraction(int(v), 3) for v in rng.integers(1, 10, size=r)] for _ in range(3))
+    ea = [(bi / si) ** 2 for si, bi in zip(s, b)]
+    eb = [(si * ai) ** 2 for si, ai in zip(s, a)]
+    with mpmath.workdps(DPS):
+        got = bounds.aligned_two_layer_gn_spectra(s, a, b)
+        tol = mpmath.mpf(10) ** (10 - DPS)
+        for key, want in (("kappa_aa", max(ea) / min(ea)), ("kappa_bb", max(eb) / min(eb)),
+                          ("kappa_block_diagonal", max(ea + eb) / min(ea + eb))):
+            w = mpmath.mpf(want.numerator) / want.denominator
+            assert abs(got[key] - w) <= tol * w, key
+        for lst, want in ((got["eig_aa"], ea), (got["eig_bb"], eb)):
+            assert [abs(x - mpmath.mpf(y.numerator) / y.denominator) <= tol * x for x, y in zip(lst, want)] == [True] * r
+
+
+@given(lam=st.lists(st.fractions(Fraction(1, 50), 100, max_denominator=50), min_size=2, max_size=6, unique=True),
+       u=st.fractions(Fraction(1, 64), Fraction(63, 32), max_denominator=64))
+def test_best_fixed_step_is_the_minimax_step(lam: list[Fraction], u: Fraction) -> None:
+    """bounds.best_fixed_step(lmin, lmax) = 2/(lmin + lmax) equalizes the extreme contractions and
+    no other step contracts the worst eigenvalue more: max_i |1 - eta lambda_i| >= its value
+    for every eta = u * eta* (exact rationals; the bound at dps 50 within its rounding)."""
+    lmin, lmax = min(lam), max(lam)
+    with mpmath.workdps(DPS):
+        es = bounds.best_fixed_step(lmin, lmax)
+        want = mpmath.mpf(2) / (mpmath.mpf(lmin.numerator) / lmin.denominator + mpmath.mpf(lmax.numerator) / lmax.denominator)
+        assert abs(es - want) <= mpmath.mpf(10) ** (5 - DPS) * want
+    star = Fraction(2) / (lmin + lmax)
+    rho = max(abs(1 - star * x) for x in lam)
+    assert abs(1 - star * lmin) == abs(1 - star * lmax) == rho
+    assert max(abs(1 - u * star * x) for x in lam) >= rho
+
+
+@given(r=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 5))
+def test_recovery_bound_counts_the_pair_parameters(r: int, n_in: int, n_out: int) -> None:
+    """recovery_extra_parameters_bound(r, n_in, n_out) = 2 (r / min(n_in, n_out)) times the
+    parameters of the pair, counted independently as those of an exact two-layer net
+    (W_a: r x n_in, b_a: r, W_b: n_out x r); and it is >= both R1 counts 2 r^2 and 2 r."""
+    from convrate.numerics.nets import TwoLayerLinear
+
+    net = TwoLayerLinear(n_in, r, n_out, [[0] * n_in], [[0] * n_out])
+    bound = bounds.recovery_extra_parameters_bound(r, n_in, n_out)
+    assert bound == Fraction(2 * r, min(n_in, n_out)) * net.n_params
+    assert bound >= bounds.recovery_extra_parameters("S1", r) == 2 * r * r
+    assert bound >= bounds.recovery_extra_parameters("S2", r) == 2 * r
