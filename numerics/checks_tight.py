@@ -125,6 +125,14 @@ def _artanh_ratio(kH: Fraction, kq: Fraction) -> mpmath.mpf:
         return mpmath.atanh(1 / _mpf(kH)) / mpmath.atanh(1 / _mpf(kq))
 
 
+def _attained(statement: str, inst: str, x: Fraction, end: Any, what: str) -> CheckResult:
+    """x == end: an exact value equals a bound (evaluated at dps 60) up to its rounding."""
+    with mpmath.workdps(cq.DPS):
+        end = mpmath.mpf(end)
+        return cq._cmp(statement, inst, x, "==", end, err=abs(end) * mpmath.mpf(10) ** (10 - cq.DPS),
+                       precision=f"exact value vs bound at mpmath dps={cq.DPS}", detail=what)
+
+
 def _exact_interval(statement: str, inst: str, x: Fraction, lo: Any, hi: Any, what: str) -> list[CheckResult]:
     """lo <= x <= hi with x exact and lo, hi from theory.bounds evaluated at dps 60 by the caller
     (err: their relative rounding, 1e-50)."""
@@ -154,19 +162,25 @@ def check_b_aligned(d: dict) -> list[CheckResult]:
     with mpmath.workdps(cq.DPS):  # every bound of theory.bounds at the working precision of the check
         lo, hi = bounds.condition_interval(kH, kT)
     out = _exact_interval("T3", inst, kq, lo, hi, "kappa(H') (exact)")
-    if a.stretch_min:
-        out.append(cq._cmp("T3", inst, kq, "==", kT * kT * kH, precision=EXACT_P,
-                           detail="stretch min: kappa(H') == kappa(T)^2 kappa(H), the upper end attained"))
+    if a.stretch_min:  # the ends are attained: a bound function too large is caught as well as one too small
+        out.append(_attained("T3", inst, kq, hi, "stretch min: kappa(H') == kappa(T)^2 kappa(H) (condition_interval)"))
     smin_inv, smax_inv = 1 / max(a.sigma), 1 / min(a.sigma)  # singular values of T^-1
+    n = len(a.lam)
     for k, (l_old, l_new) in enumerate(zip(sorted(a.lam), sorted(a.new))):
         with mpmath.workdps(cq.DPS):
             lo, hi = bounds.ostrowski_interval(l_old, smin_inv, smax_inv)
         out += _exact_interval("T2", inst, l_new, lo, hi, f"Ostrowski: lambda_{k + 1}(H')")
+        if a.stretch_min and k in (0, n - 1):
+            out.append(_attained("T2", inst, l_new, lo if k == 0 else hi,
+                                 f"stretch min: lambda_{k + 1}(H') attains the {'lower' if k == 0 else 'upper'} Ostrowski end"))
     damping = Fraction(d["damp"], 16) * min(a.new)
     rate = damping / (min(a.new) + damping)  # spectral radius of LM's error map on H' (LM statement)
     with mpmath.workdps(cq.DPS):
         lo, hi = bounds.lm_rate_interval(damping, a.lam[0], min(a.sigma), max(a.sigma))
     out += _exact_interval("LM", inst + f" damping={damping}", rate, lo, hi, "LM rate lambda / (lambda_min(H') + lambda)")
+    if a.stretch_min:
+        out.append(_attained("LM", inst + f" damping={damping}", rate, hi,
+                             "stretch min: lambda_min(H') = lambda_min(H) / sigma_max(T)^2, the rate attains the upper end"))
     with cq.arb_prec(256), mpmath.workdps(cq.DPS):
         box = cq._ball_interval(q.kappa_ball())
     hi_v, hi_e = cq._enclosed(lambda a, b: bounds.condition_interval(a, b)[1], _exact_box(kH), _exact_box(kT))
@@ -187,6 +201,11 @@ def check_b_aligned(d: dict) -> list[CheckResult]:
         out.append(cq._cmp("B", inst, ratio, ">=", kT * kT, err=err, precision=f"mpmath dps={cq.DPS}, exact kappas",
                            detail="artanh(1/kappa(H)) / artanh(1/kappa(H')) >= kappa(T)^2: THEORY's 'slowdown <= "
                                   "kappa(T)^2' fails on this instance (corrected B)"))
+        with mpmath.workdps(cq.DPS):
+            sharp = b_val * (1 - 1 / _mpf(kH) ** 2) * (1 - 1 / _mpf(kq) ** 2)
+        out.append(cq._cmp("B", inst, ratio, ">=", sharp, err=err + b_err, precision=f"mpmath dps={cq.DPS}, exact kappas",
+                           detail="B (ii) is sharp: ratio >= gd_slowdown_bound (1 - kappa(H)^-2)(1 - kappa(H')^-2) "
+                                  "(x <= artanh x <= x / (1 - x^2), kappa(H') = kappa(T)^2 kappa(H))"))
     return out
 
 
@@ -239,6 +258,9 @@ def check_wprime_active(d: dict) -> list[CheckResult]:
         e_aa2, e_aa = cn._eig(H2aa, "H'_aa"), cn._eig(Haa)
         out.append(cn._cmp("W'", inst, cn._encl(e_aa2, 0), "<=", ub,
                            detail="lambda_min(H'_aa) <= lambda_max(H_aa) / sigma_max(A)^2, lambda_min(H_aa) > 0"))
+        if d["t"] == 0:  # W_b^T W_b = I and E[x x^T] = (scale^2 / n_in) I: the bound is attained
+            out.append(cn._cmp("W'", inst, cn._encl(e_aa2, 0), "==", ub,
+                               detail="t = 0 (isotropic W_b and data): lambda_min(H'_aa) attains the bound"))
         # the kappa claim, on the block-diagonal part diag(H'_aa, H'_bb) (H' itself is never positive definite
         # for r >= 2: ORBIT-NULL); f is linear in each block, so these blocks are the Gauss-Newton blocks
         _, _, b0, b1 = cn._w_blocks(net)
@@ -292,8 +314,12 @@ def check_t4_scaled(d: dict) -> list[CheckResult]:
     inst = f"T4 cubic n={n} c={d['c']} kappa(T)={kappa} seed={d['seed']}"
     with mpmath.workdps(cn.DPS):
         bound = cn._bound(bounds.third_derivative_bound, cn._sqrt_encl(f1), norm_S)
-        return [cn._cmp("T4", inst, cn._sqrt_encl(f2), "<=", bound,
-                        detail="||C o (T^-1, T^-1, T^-1)||_F <= ||T^-1||^3 ||C||_F (equality for T = c Q)")]
+        out = [cn._cmp("T4", inst, cn._sqrt_encl(f2), "<=", bound,
+                       detail="||C o (T^-1, T^-1, T^-1)||_F <= ||T^-1||^3 ||C||_F")]
+        if d["orthogonal"]:
+            out.append(cn._cmp("T4", inst, cn._sqrt_encl(f2), "==", bound,
+                               detail="T = c Q: ||C o (T^-1, T^-1, T^-1)||_F == ||T^-1||^3 ||C||_F (attained)"))
+        return out
 
 
 # ---------------------------------------------------------------- ORBIT-NULL: nilpotent orbit tangents

@@ -445,3 +445,16 @@ def test_recovery_bound_counts_the_pair_parameters(r: int, n_in: int, n_out: int
     assert bound == Fraction(2 * r, min(n_in, n_out)) * net.n_params
     assert bound >= bounds.recovery_extra_parameters("S1", r) == 2 * r * r
     assert bound >= bounds.recovery_extra_parameters("S2", r) == 2 * r
+
+
+def test_bound_functions_refuse_mismatched_lengths() -> None:
+    """Paired spectral inputs must have equal lengths (zip strict): a silent truncation would
+    compute the bound of a different instance."""
+    with pytest.raises(ValueError):
+        bounds.lambda_max_lower_bound_relu([1, 2], [1])
+    with pytest.raises(ValueError):
+        bounds.lambda_max_lower_bound_specdef([1, 2], [1], 1)
+    with pytest.raises(ValueError):
+        bounds.aligned_two_layer_gn_spectra([1, 2], [1], [1, 2])
+    with pytest.raises(ValueError):
+        bounds.aligned_two_layer_gn_spectra([1, 2], [1, 2], [1])
