@@ -19,7 +19,6 @@ The reports must share profile and seed (else the comparison is refused: Invalid
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -126,18 +125,12 @@ def compare_results(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str,
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
-    """``results.json`` of a report directory (or the file itself)."""
+    """``results.json`` of a report directory (or the file itself); InvalidInputError when it is
+    missing, not JSON or not an object."""
+    from convrate.models.io import _read_json
+
     p = Path(path)
-    f = p / "results.json" if p.is_dir() else p
-    if not f.is_file():
-        raise InvalidInputError(f"no results.json at {p}")
-    try:
-        data = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{f} is not a report's results.json: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"{f} is not a report's results.json (not an object)")
-    return data
+    return _read_json(p / "results.json" if p.is_dir() else p)
 
 
 def compare_reports(new: str | Path, old: str | Path) -> dict[str, Any]:

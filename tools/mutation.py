@@ -13,9 +13,10 @@ Each module is run against the property tests listed for it in ``TESTS`` (mutmut
 per mutant, only those of them that call the mutated function), under the Hypothesis
 ``mutation`` profile: the examples of ``ci`` -- the profile ``make test`` uses -- without
 shrinking, so a mutant counts as killed only if CI would catch it. Results go to ``tools/mutation/results.json`` (per module: counts, score, the
-surviving mutants with their diffs) and ``tools/mutation/RESULTS.md``; a survivor is
+mutants not killed, with their diffs) and ``tools/mutation/RESULTS.md``; a survivor is
 *accounted for* when ``tools/mutation/equivalent.json`` explains it (matched by module,
-function and the changed lines, so the explanation survives renumbering).
+function and the changed lines, so the explanation survives renumbering); ``--render``
+re-applies the explanations without running mutmut.
 
 Score = (killed + timeout) / (mutants - equivalent); "no tests" and unexplained survivors count
 against it.
@@ -151,7 +152,8 @@ def _explain(module: str, function: str, lines: list[str], table: list[dict]) ->
 
 
 def run_module(module: str, jobs: int) -> dict:
-    """Stage, run mutmut, and summarize one module."""
+    """Stage, run mutmut, and record one module: the counts per status and every mutant that was
+    not killed, with its diff (explanations are applied when the results are summarized)."""
     t0 = time.time()
     where = stage(module)
     proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
@@ -159,33 +161,34 @@ def run_module(module: str, jobs: int) -> dict:
     if proc.returncode != 0 or not codes:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{tail}")
-    table = _explanations()
     counts: dict[str, int] = {}
-    survivors, equivalent = [], []
+    unkilled = []
     for name, code in sorted(codes.items()):
         status = _status(code)
-        if status in ("killed", "timeout", "caught by type check", "segfault"):
-            counts["killed" if status != "timeout" else "timeout"] = counts.get(
-                "killed" if status != "timeout" else "timeout", 0) + 1
+        counts[status] = counts.get(status, 0) + 1
+        if status in KILLED:
             continue
         diff = _mutmut(where, "show", name, check=False).stdout
-        lines = _changed_lines(diff)
-        fn = _function(name)
-        e = _explain(module, fn, lines, table)
-        item = {"mutant": name, "function": fn, "status": status, "lines": lines}
-        if e is not None:
-            equivalent.append({**item, "reason": e["reason"]})
-        else:
-            survivors.append(item)
-        counts[status] = counts.get(status, 0) + 1
-    total = len(codes)
-    denominator = total - len(equivalent)
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
-    return {"module": module, "tests": list(TESTS[module]), "mutants": total, "counts": counts,
-            "killed": killed, "equivalent": len(equivalent), "unexplained": len(survivors),
-            "score": killed / denominator if denominator else 1.0,
-            "survivors": survivors, "equivalent_mutants": equivalent,
-            "seconds": round(time.time() - t0, 1), "mutmut": _version()}
+        unkilled.append({"mutant": name, "function": _function(name), "status": status, "lines": _changed_lines(diff)})
+    return {"module": module, "tests": list(TESTS[module]), "deselect": DESELECT, "mutants": len(codes),
+            "counts": counts, "unkilled": unkilled, "seconds": round(time.time() - t0, 1), "mutmut": _version()}
+
+
+#: statuses that count as killed (a timeout: the tests did not finish, CI would fail)
+KILLED = ("killed", "timeout", "caught by type check", "segfault")
+
+
+def summarize(r: dict, table: list[dict]) -> dict:
+    """Apply the explanations of ``equivalent.json`` to one module's record: score and lists."""
+    survivors, equivalent = [], []
+    for m in r["unkilled"]:
+        e = _explain(r["module"], m["function"], m["lines"], table)
+        (equivalent if e is not None else survivors).append({**m, **({"reason": e["reason"]} if e else {})})
+    killed = sum(n for st_, n in r["counts"].items() if st_ in KILLED)
+    denominator = r["mutants"] - len(equivalent)
+    return {**r, "killed": killed, "timeouts": r["counts"].get("timeout", 0), "equivalent": len(equivalent),
+            "unexplained": len(survivors), "score": killed / denominator if denominator else 1.0,
+            "survivors": survivors, "equivalent_mutants": equivalent}
 
 
 def _version() -> str:
@@ -199,12 +202,11 @@ def _load() -> dict:
     return json.loads(path.read_text()) if path.exists() else {"modules": {}}
 
 
-def _overall(results: dict) -> dict:
-    mods = [results["modules"][m] for m in MODULES if m in results["modules"]]
+def _overall(mods: list[dict]) -> dict:
     total = sum(m["mutants"] for m in mods)
     eq = sum(m["equivalent"] for m in mods)
     killed = sum(m["killed"] for m in mods)
-    return {"mutants": total, "killed": killed, "equivalent": eq,
+    return {"mutants": total, "killed": killed, "equivalent": eq, "timeouts": sum(m["timeouts"] for m in mods),
             "unexplained": sum(m["unexplained"] for m in mods),
             "score": killed / (total - eq) if total > eq else 1.0,
             "modules_run": len(mods), "modules_listed": len(MODULES)}
@@ -212,33 +214,46 @@ def _overall(results: dict) -> dict:
 
 def render(results: dict) -> str:
     """RESULTS.md: the score per module and every survivor with its diff or explanation."""
-    o = results["overall"]
+    table = _explanations()
+    mods = {m: summarize(r, table) for m, r in results["modules"].items()}
+    o = _overall([mods[m] for m in MODULES if m in mods])
     lines = ["# Mutation testing of the core (`make mutation`)", "",
-             "Generated by `tools/mutation.py` (mutmut, Hypothesis profile `ci`). Score = (killed + timeout) / "
-             "(mutants - equivalent). A survivor is accounted for when `tools/mutation/equivalent.json` explains "
-             "why no test can kill it (an equivalent mutant).", "",
+             "Generated by `tools/mutation.py` (mutmut, Hypothesis profile `mutation` = the `ci` examples without "
+             "shrinking). Score = (killed + timeout) / (mutants - equivalent). A survivor is accounted for when "
+             "`tools/mutation/equivalent.json` explains why no test can kill it (an equivalent mutant); "
+             "UNEXPLAINED survivors count against the score.", "",
              f"**Overall: {o['score']:.1%}** ({o['killed']} of {o['mutants'] - o['equivalent']} non-equivalent "
-             f"mutants killed; {o['equivalent']} equivalent; {o['unexplained']} unexplained survivors; "
-             f"{o['modules_run']} of {o['modules_listed']} modules run).", "",
-             "| module | mutants | killed | equivalent | unexplained | score | tests | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"mutants killed, {o['timeouts']} of them by timeout; {o['equivalent']} equivalent; {o['unexplained']} "
+             f"unexplained survivors; {o['modules_run']} of {o['modules_listed']} modules run).", "",
+             "| module | mutants | killed | timeouts | equivalent | unexplained | score | tests | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in MODULES:
-        r = results["modules"].get(m)
+        r = mods.get(m)
         if r is None:
-            lines.append(f"| {m} | not run | | | | | | |")
+            lines.append(f"| {m} | not run | | | | | | | |")
             continue
-        lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['equivalent']} | {r['unexplained']} | "
-                     f"{r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
+        lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['timeouts']} | {r['equivalent']} | "
+                     f"{r['unexplained']} | {r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
     for m in MODULES:
-        r = results["modules"].get(m)
+        r = mods.get(m)
         if r is None or not (r["survivors"] or r["equivalent_mutants"]):
             continue
         lines += ["", f"## {m}", ""]
-        for s in r["survivors"]:
-            lines.append(f"- **UNEXPLAINED** `{s['mutant']}` ({s['status']}): `{' | '.join(s['lines'])}`")
-        for s in r["equivalent_mutants"]:
-            lines.append(f"- equivalent `{s['mutant']}`: `{' | '.join(s['lines'])}` -- {s['reason']}")
+        for x in r["survivors"]:
+            lines.append(f"- **UNEXPLAINED** `{x['mutant']}` ({x['status']}): `{' | '.join(x['lines'])}`")
+        for x in r["equivalent_mutants"]:
+            lines.append(f"- equivalent `{x['mutant']}`: `{' | '.join(x['lines'])}` -- {x['reason']}")
     return "\n".join(lines) + "\n"
+
+
+def _write(results: dict) -> dict:
+    table = _explanations()
+    mods = [summarize(results["modules"][m], table) for m in MODULES if m in results["modules"]]
+    results["overall"] = _overall(mods)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    (OUT / "RESULTS.md").write_text(render(results))
+    return results["overall"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,24 +261,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modules", nargs="*", default=list(MODULES),
                     help="repository paths, e.g. models/recovery.py (default: every core module)")
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-apply equivalent.json to the recorded results and rewrite RESULTS.md")
     args = ap.parse_args(argv)
+    results = _load()
+    if args.render:
+        o = _write(results)
+        print(f"overall {o['score']:.1%} over {o['modules_run']} modules; {o['unexplained']} unexplained survivors")
+        return 0
     mods = [m for spec in args.modules for m in spec.replace(",", " ").split()]
     unknown = [m for m in mods if m not in TESTS]
     if unknown:
         print(f"error: not a core module: {', '.join(unknown)}; choose from {', '.join(MODULES)}", file=sys.stderr)
         return 2
-    results = _load()
     for m in mods:
         print(f"mutation: {m} ...", flush=True)
-        r = run_module(m, args.jobs)
-        results["modules"][m] = r
-        results["overall"] = _overall(results)
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-        (OUT / "RESULTS.md").write_text(render(results))
-        print(f"  {r['mutants']} mutants, score {r['score']:.1%}, {r['unexplained']} unexplained "
-              f"survivors ({r['seconds']} s)", flush=True)
-    o = results.get("overall") or _overall(results)
+        results["modules"][m] = run_module(m, args.jobs)
+        o = _write(results)
+        r = summarize(results["modules"][m], _explanations())
+        print(f"  {r['mutants']} mutants, score {r['score']:.1%}, {r['unexplained']} unexplained survivors "
+              f"({r['seconds']} s)", flush=True)
     print(f"overall {o['score']:.1%} over {o['modules_run']} modules; results in {OUT / 'RESULTS.md'}")
     return 0
 
