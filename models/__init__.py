@@ -47,6 +47,7 @@ from convrate.models.recovery import (
     r1_module,
 )
 from convrate.models.families import discover_symmetries
+from convrate.models.sensitivity import StepSensitivity, step_sensitivity
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
@@ -67,4 +68,5 @@ __all__ = [
     "Objective", "EigenEstimate", "NondeterministicLossError", "benchmark_hvp", "dense_hessian",
     "extreme_eigenvalues", "hutchinson_trace", "lanczos", "resolve_device",
     "check_t1", "check_t2", "check_w", "w_sweep", "dense_reparameterization", "sequential_error_bound",
+    "step_sensitivity", "StepSensitivity",
 ]
