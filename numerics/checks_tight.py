@@ -10,7 +10,8 @@ kappa(T)^2" among them -- fails:
   in H's eigenbasis, d_1 = kappa(T) on the lambda_min direction and d_n = 1 on lambda_max
   ("stretch min"; interior d in between), so H' = Q diag(lambda_i / (c d_i)^2) Q^T has
   kappa(H') = kappa(T)^2 kappa(H) exactly (T3's upper bound attained), or the reverse order
-  ("stretch max"); the scale c in {1/40 .. 7/2} puts sigma(T^-1) on both sides of 1, so the
+  ("stretch max", with kappa(H) >= kappa(T)^2 so that sigma_min(T) on lambda_min keeps it the smallest
+  eigenvalue of H'); the scale c in {1/40 .. 7/2} puts sigma(T^-1) on both sides of 1, so the
   exponents of Ostrowski's interval (T2) and of LM's rate interval are tested where they bite. kappa(H) is drawn near 1 (1 + 1/m) or large (up to 1e6); e_0 on
   the two extreme eigenvectors (the worst case of F1) or on all of them. On every such instance
   the asymptotic slowdown artanh(1/kappa(H)) / artanh(1/kappa(H')) exceeds kappa(T)^2 (artanh(x)/x
@@ -83,12 +84,18 @@ class Aligned:
 
 def aligned_problem(d: dict) -> Aligned:
     """The aligned instance of a draw (module doc): d_1 = kappa(T) on lambda_min ("stretch
-    min", kappa(H') = kappa(T)^2 kappa(H)) or on lambda_max ("stretch max"), T scaled by c."""
+    min", kappa(H') = kappa(T)^2 kappa(H)) or d = (1, ..., 1, kappa(T)) with kappa(H) >= kappa(T)^2
+    ("stretch max": sigma_min(T) on lambda_min, which stays the smallest eigenvalue of H'), T scaled by c."""
     rng = cq._rng(d["seed"])
     n = d["n"]
     kH, kT = _aligned_kappa_H(d), Fraction(cq._kappa(d["aT"]))
-    lam = cq._spectrum(rng, n, kH)
-    dd = sorted(cq._spectrum(rng, n, kT), reverse=d["stretch_min"])
+    if d["stretch_min"]:
+        lam = cq._spectrum(rng, n, kH)
+        dd = sorted(cq._spectrum(rng, n, kT), reverse=True)
+    else:  # kappa(H) >= kappa(T)^2 and d = (1, ..., 1, kappa(T)): lambda_min(H') = lambda_min(H) / sigma_min(T)^2
+        kH = kT * kT * kH
+        lam = cq._spectrum(rng, n, kH)
+        dd = [Fraction(1)] * (n - 1) + [kT]
     sigma = [d["c"] * x for x in dd]
     co = cq._coeffs(rng, n)
     if d["extremes"]:
@@ -144,7 +151,7 @@ def _exact_interval(statement: str, inst: str, x: Fraction, lo: Any, hi: Any, wh
             cq._cmp(statement, inst, x, "<=", hi, precision=prec, err=err, detail=f"{what} <= upper end")]
 
 
-@entry("tight_B_T3_aligned", ["B", "T3", "T2", "LM"], ALIGNED, cost=2)
+@entry("tight_B_T3_aligned", ["B", "T3", "T2", "LM"], ALIGNED)
 def check_b_aligned(d: dict) -> list[CheckResult]:
     """B, T3, T2 (Ostrowski) and LM on aligned instances, whose spectra are exact rationals:
     kappa(H') in condition_interval (stretch min: == kappa(T)^2 kappa(H), the upper end
@@ -165,6 +172,9 @@ def check_b_aligned(d: dict) -> list[CheckResult]:
     if a.stretch_min:  # the ends are attained: a bound function too large is caught as well as one too small
         out.append(_attained("T3", inst, kq, hi, "stretch min: kappa(H') == kappa(T)^2 kappa(H) (condition_interval)"))
     smin_inv, smax_inv = 1 / max(a.sigma), 1 / min(a.sigma)  # singular values of T^-1
+    # stretch max: sigma_min(T) on lambda_min(H) gives the smallest eigenvalue of H', the other ends are attained
+    min_at_start = not a.stretch_min
+    assert not min_at_start or min(a.new) == a.new[0], "stretch max instance built wrongly"
     n = len(a.lam)
     for k, (l_old, l_new) in enumerate(zip(sorted(a.lam), sorted(a.new))):
         with mpmath.workdps(cq.DPS):
@@ -173,6 +183,9 @@ def check_b_aligned(d: dict) -> list[CheckResult]:
         if a.stretch_min and k in (0, n - 1):
             out.append(_attained("T2", inst, l_new, lo if k == 0 else hi,
                                  f"stretch min: lambda_{k + 1}(H') attains the {'lower' if k == 0 else 'upper'} Ostrowski end"))
+        if min_at_start and k == 0:
+            out.append(_attained("T2", inst, l_new, hi, "stretch max, lambda_min(H') = lambda_min(H) / sigma_min(T)^2: "
+                                                        "lambda_1(H') attains the upper Ostrowski end"))
     damping = Fraction(d["damp"], 16) * min(a.new)
     rate = damping / (min(a.new) + damping)  # spectral radius of LM's error map on H' (LM statement)
     with mpmath.workdps(cq.DPS):
@@ -181,6 +194,9 @@ def check_b_aligned(d: dict) -> list[CheckResult]:
     if a.stretch_min:
         out.append(_attained("LM", inst + f" damping={damping}", rate, hi,
                              "stretch min: lambda_min(H') = lambda_min(H) / sigma_max(T)^2, the rate attains the upper end"))
+    if min_at_start:
+        out.append(_attained("LM", inst + f" damping={damping}", rate, lo,
+                             "stretch max: lambda_min(H') = lambda_min(H) / sigma_min(T)^2, the rate attains the lower end"))
     with cq.arb_prec(256), mpmath.workdps(cq.DPS):
         box = cq._ball_interval(q.kappa_ball())
     hi_v, hi_e = cq._enclosed(lambda a, b: bounds.condition_interval(a, b)[1], _exact_box(kH), _exact_box(kT))
@@ -212,7 +228,7 @@ def check_b_aligned(d: dict) -> list[CheckResult]:
 # ---------------------------------------------------------------- W' with the bound active
 ACTIVE = st.fixed_dictionaries({
     "seed": st.integers(0, 2**32 - 1), "extra_in": st.integers(0, 1), "r": st.integers(2, 3), "extra_out": st.integers(0, 1),
-    "kappa": st.sampled_from(cn.KAPPAS), "t": st.sampled_from((Fraction(0), Fraction(1, 16), Fraction(1, 4), Fraction(1))),
+    "kappa": st.sampled_from(cn.KAPPAS), "t": st.sampled_from((Fraction(0), Fraction(0), Fraction(1, 16), Fraction(1, 4), Fraction(1))),
     "scale": st.sampled_from((Fraction(1), Fraction(2), Fraction(1, 3)))})
 
 
@@ -221,7 +237,7 @@ def _perturbed(M: Any, t: Fraction, rng: np.random.Generator) -> list[list[Fract
     return [[v + t * cn._small(rng) for v in row] for row in rows]
 
 
-@entry("tight_Wprime_active", ["W'"], ACTIVE, cost=2)
+@entry("tight_Wprime_active", ["W'"], ACTIVE)
 @at_arb_precision
 def check_wprime_active(d: dict) -> list[CheckResult]:
     """W' where it bites: lambda_min(H'_aa) <= aa_block_lambda_min_upper_bound(lambda_max(H_aa),
@@ -277,6 +293,11 @@ def check_wprime_active(d: dict) -> list[CheckResult]:
         out.append(cn._cmp("W'", inst, kappa_block, ">=", lb,
                            detail="kappa(diag(H'_aa, H'_bb)) >= condition_lower_bound_defended(sigma_max(A W_a), "
                                   "sigma_max(A), lambda_min(E[xx^T]), lambda_max(H_aa)) (grows like s_max^4)"))
+        top_bb, low_aa = cn._encl(e_bb2, -1), cn._encl(e_aa2, 0)
+        if d["t"] == 0 and top_bb.lo > cn._encl(e_aa2, -1).hi and low_aa.hi < cn._encl(e_bb2, 0).lo:
+            # isotropic W_b and data, and the extremes come from H'_bb's top and H'_aa's bottom: equality
+            out.append(cn._cmp("W'", inst, kappa_block, "==", lb,
+                               detail="t = 0, kappa = lambda_max(H'_bb) / lambda_min(H'_aa): the kappa bound is attained"))
     return out
 
 

@@ -458,3 +458,43 @@ def test_bound_functions_refuse_mismatched_lengths() -> None:
         bounds.aligned_two_layer_gn_spectra([1, 2], [1], [1, 2])
     with pytest.raises(ValueError):
         bounds.aligned_two_layer_gn_spectra([1, 2], [1, 2], [1])
+
+
+@given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100),
+                                                                                    max_denominator=10**6),
+       const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]))
+def test_steps_from_rate_is_the_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> None:
+    """steps_from_rate(rho, tol, const) = min { t >= 0 : const rho^(2t) <= tol }, found by exact
+    rational iteration (rho = 0 and const <= tol included; exact ties const rho^(2t) = tol, where
+    the closed form's logarithms decide at rounding level, are left out)."""
+    t, val = 0, const
+    while val > tol:
+        t, val = t + 1, val * rho * rho
+    from hypothesis import assume
+
+    assume(val != tol)
+    with mpmath.workdps(DPS):
+        assert bounds.steps_from_rate(rho, tol, const) == t
+
+
+def test_profiles_of_width_one_are_the_identity() -> None:
+    """r = 1: |det A| = 1 forces A = +-1, so both SpecDef profiles are [1] (kappa 1), for every K."""
+    for K in (2, 10, 1000):
+        assert bounds.specdef_spike_profile(K, 1) == [1] and bounds.specdef_geometric_profile(K, 1) == [1]
+        assert bounds.specdef_max_gain(K, 1) == 1
+
+
+@given(s=st.lists(st.fractions(Fraction(1, 8), 8, max_denominator=8), min_size=1, max_size=4),
+       lmin=st.fractions(Fraction(1, 8), 4, max_denominator=8), data=st.data())
+def test_specdef_bound_is_the_linear_bound_at_sigma_max_of_A_Wa(s, lmin, data) -> None:
+    """W under SpecDef: A W_a = U diag(s_i sigma_i) V^T, so sigma_max(A W_a) = max_i s_i sigma_i and
+    lambda_max_lower_bound_specdef(s, sigma, lmin) = lambda_max_lower_bound_linear(max_i s_i sigma_i,
+    lmin) (mu_ell = 1, the squared loss, by default in both)."""
+    sig = data.draw(st.lists(st.fractions(Fraction(1, 8), 8, max_denominator=8), min_size=len(s), max_size=len(s)))
+    top = max(a * b for a, b in zip(s, sig))
+    with mpmath.workdps(DPS):
+        got = bounds.lambda_max_lower_bound_specdef(s, sig, lmin)
+        want = bounds.lambda_max_lower_bound_linear(top, lmin)
+        exact = top * top * lmin
+        assert abs(got - want) <= mpmath.mpf(10) ** (5 - DPS) * want
+        assert abs(want - mpmath.mpf(exact.numerator) / exact.denominator) <= mpmath.mpf(10) ** (5 - DPS) * want
