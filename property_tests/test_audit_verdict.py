@@ -176,3 +176,57 @@ def test_decide_names_the_recovery_that_worked():
 def test_decide_rejects_unknown_class():
     with pytest.raises(ValueError, match="unknown class"):
         decide("claimed", {}, {}, {}, 1)
+
+
+def _s(base, steps, budget=100):
+    return Slowdown.between(_search(base, budget), _search(steps, budget))
+
+
+def test_evidence_sentences_of_every_branch():
+    """The evidence each verdict prints (audit.json "evidence", audit.md), branch by branch."""
+    slow = {"sgd": _s(10, 30), "lora-adam": _s(10, 10)}  # an optimizer without a display name keeps its own
+    head = ("slowdown relative to {} at each optimizer's best learning rate: 3x for SGD, 1x for lora-adam "
+            "(threshold 1.5x).")
+    v, ev = decide("outside-class", slow, {}, {}, 100)
+    assert (v, ev) == ("outside-class", ["the function changed beyond tolerance, so the theory's limit does not apply; "
+                                         "only the measured attacks stand.", head.format("the reference")])
+    v, ev = decide("identical", slow, {}, {}, 100)
+    assert (v, ev) == ("no-defense", ["the claimed weights equal the reference's (T = I).", head.format("the reference")])
+    v, ev = decide("unreferenced", slow, {}, {}, 100)
+    assert (v, ev) == ("fplr-defeated", [head.format("its canonical point"),
+                                         "canonicalization (R2) at 0 extra parameters removes it (the canonical "
+                                         "point is the baseline)."])
+    calm = {"sgd": _s(10, 11)}
+    v, ev = decide("unreferenced", calm, {}, {}, 100)
+    assert v == "no-defense" and ev[0] == "no slowdown relative to the canonical point of the model's symmetry orbit."
+    assert ev[1].startswith("slowdown relative to its canonical point")
+    v, ev = decide("function-preserving-other", slow, {}, {}, 100)
+    assert (v, ev[0]) == ("other-slowdown", "the function is preserved but no T in the supported symmetry groups maps "
+                                            "the reference to the claimed weights.")
+    recs = {"R3": {"sgd": _s(10, 30)}, "R1": {"sgd": _s(10, 25)}}  # a recovery without a display name, R1 without cost
+    v, ev = decide("fplr", slow, recs, {"R3": 5}, 0)
+    assert v == "fplr-not-recovered"
+    assert ev[1] == ("no recovery brings the slowed optimizers (SGD) within 1.2x: a finding against THEORY.md R1, "
+                     "which predicts a recovered slowdown of exactly 1.")
+    assert ev[2] == "R3 at 5 extra parameters, 0% of the model: recovered slowdown 3x for SGD."
+    assert ev[3] == "reparameterization theta' = T phi (R1) at 0 extra parameters: recovered slowdown 2.5x for SGD."
+    two = {"sgd": _s(10, 30), "momentum": _s(10, 40)}
+    v, ev = decide("fplr", two, {"R2": {"sgd": _s(10, 10), "momentum": _s(10, 11)},
+                                 "R9": {"sgd": _s(10, 10), "momentum": _s(10, 10)}}, {"R2": 0, "R9": 7}, 700)
+    assert v == "fplr-defeated"
+    assert ev[1] == ("recovered to within 1.2x by canonicalization (R2) at 0 extra parameters and by R9 at 7 extra "
+                     "parameters, 1% of the model.")
+    v, ev = decide("fplr", two, {"R2": {"sgd": _s(10, 30), "momentum": _s(10, 40)}}, {"R2": 0}, 700)
+    assert "optimizers (SGD, SGD+momentum) within" in ev[1]
+
+
+def test_classify_requires_the_measurements_with_a_reference():
+    with pytest.raises(AssertionError):
+        classify(has_reference=True, function_deviation=None, function_tolerance=1e-3, weight_distance=0.1,
+                 fplr_found=True, rtol=1e-8)
+    with pytest.raises(AssertionError):
+        classify(has_reference=True, function_deviation=1e-9, function_tolerance=None, weight_distance=0.1,
+                 fplr_found=True, rtol=1e-8)
+    with pytest.raises(AssertionError):
+        classify(has_reference=True, function_deviation=1e-9, function_tolerance=1e-3, weight_distance=None,
+                 fplr_found=True, rtol=1e-8)
