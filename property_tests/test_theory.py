@@ -498,3 +498,77 @@ def test_specdef_bound_is_the_linear_bound_at_sigma_max_of_A_Wa(s, lmin, data) -
         exact = top * top * lmin
         assert abs(got - want) <= mpmath.mpf(10) ** (5 - DPS) * want
         assert abs(want - mpmath.mpf(exact.numerator) / exact.denominator) <= mpmath.mpf(10) ** (5 - DPS) * want
+
+
+# ---------------------------------------------------------------- certified step bounds (bounds_optim)
+def _exact_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> int:
+    t, val = 0, const
+    while val > tol:
+        t, val = t + 1, val * rho * rho
+    return t
+
+
+@given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), k=st.integers(0, 12),
+       const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]), tie=st.booleans(),
+       tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100), max_denominator=10**6))
+def test_certified_steps_from_rate_is_exact_ties_included(rho, k, const, tie, tol):
+    """bounds_optim.steps_from_rate_certified(rho, tol, const) = min { t : const rho^(2t) <= tol },
+    decided exactly even at ties (tol = const rho^(2k) exactly, drawn on purpose)."""
+    from convrate.theory import bounds_optim
+
+    if tie and rho > 0 and 0 < const * rho ** (2 * k) < 1:
+        tol = const * rho ** (2 * k)
+    assert bounds_optim.steps_from_rate_certified(rho, tol, const) == _exact_smallest_t(rho, tol, const)
+    assert bounds_optim.steps_from_rate_certified(float(rho), tol, const) == _exact_smallest_t(Fraction(float(rho)), tol, const)
+
+
+def test_certified_bounds_refuse_bad_input_and_handle_kappa_1():
+    from convrate.errors import ToleranceError
+    from convrate.theory import bounds_optim
+
+    for tol in (0, 1, Fraction(3, 2), -1):
+        with pytest.raises(ToleranceError):
+            bounds_optim.steps_from_rate_certified(Fraction(1, 2), tol)
+    with pytest.raises(ValueError):
+        bounds_optim.steps_from_rate_certified(1, Fraction(1, 2))
+    with pytest.raises(TypeError):
+        bounds_optim.steps_from_rate_certified("1/2", Fraction(1, 2))
+    assert bounds_optim.gd_worst_case_steps_certified(1, Fraction(1, 10)) == 1  # rho = 0: one step
+    assert bounds_optim.cg_steps_upper_bound_certified(1, Fraction(1, 10)) == 1
+    for f in (bounds_optim.gd_worst_case_steps_certified, bounds_optim.cg_steps_upper_bound_certified):
+        with pytest.raises(ValueError):
+            f(Fraction(1, 2), Fraction(1, 10))
+
+
+@given(p=st.integers(2, 40), q=st.integers(1, 40), tol=st.fractions(Fraction(1, 10**8), Fraction(1, 2), max_denominator=10**8))
+def test_certified_cg_bound_exact_for_square_kappa(p, q, tol):
+    """kappa = (p/q)^2 (a perfect square, p > q): sqrt(kappa) = p/q exactly, rho = (p - q)/(p + q), and
+    cg_steps_upper_bound_certified = min { t : 4 rho^(2t) <= tol } exactly."""
+    from convrate.theory import bounds_optim
+
+    from hypothesis import assume
+
+    assume(p > q)
+    rho = Fraction(p - q, p + q)
+    assert bounds_optim.cg_steps_upper_bound_certified(Fraction(p * p, q * q), tol) == _exact_smallest_t(rho, tol, Fraction(4))
+
+
+@pytest.mark.parametrize("kappa", [10**80 + 1, 2 * 10**120 + 3])
+def test_certified_bounds_near_rate_one_raise_precision(kappa):
+    """kappa ~ 1e80 .. 1e120 (not squares): rho = (sqrt k - 1)/(sqrt k + 1) lies within 1e-40 of 1, so
+    128-bit balls cannot separate it from 1 and the precision is raised; the count agrees with
+    the closed form evaluated at 400 digits (far from a tie: its fractional part is checked)."""
+    from convrate.theory import bounds_optim
+
+    tol = Fraction(1, 10**6)
+    with mpmath.workdps(400):
+        s = mpmath.sqrt(mpmath.mpf(kappa))
+        lt = -6 * mpmath.log(10)  # ln(tol), tol = 1e-6
+        x = (lt - mpmath.log(4)) / (2 * mpmath.log((s - 1) / (s + 1)))
+        assert 0.01 < x - mpmath.floor(x) < 0.99
+        want = int(mpmath.ceil(x))
+        xg = lt / (2 * mpmath.log((mpmath.mpf(kappa) - 1) / (mpmath.mpf(kappa) + 1)))
+        assert 0.01 < xg - mpmath.floor(xg) < 0.99
+        want_gd = int(mpmath.ceil(xg))
+    assert bounds_optim.cg_steps_upper_bound_certified(kappa, tol) == want
+    assert bounds_optim.gd_worst_case_steps_certified(kappa, tol) == want_gd
