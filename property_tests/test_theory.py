@@ -445,6 +445,23 @@ def test_recovery_bound_counts_the_pair_parameters(r: int, n_in: int, n_out: int
     assert bound == Fraction(2 * r, min(n_in, n_out)) * net.n_params
     assert bound >= bounds.recovery_extra_parameters("S1", r) == 2 * r * r
     assert bound >= bounds.recovery_extra_parameters("S2", r) == 2 * r
+    from convrate.theory import bounds_nets
+
+    assert bounds_nets.recovery_extra_parameters_bound_pair(r, n_in, n_out, bias=True) == bound
+    assert bounds_nets.pair_parameters(r, n_in, n_out, bias=True) == net.n_params
+    # a bias-free pair: counted as torch counts two bias-free Linear layers
+    import torch
+
+    free = sum(p.numel() for p in torch.nn.Sequential(torch.nn.Linear(n_in, r, bias=False),
+                                                      torch.nn.Linear(r, n_out, bias=False)).parameters())
+    assert bounds_nets.pair_parameters(r, n_in, n_out, bias=False) == free
+    assert bounds_nets.recovery_extra_parameters_bound_pair(r, n_in, n_out, bias=False) == \
+        Fraction(2 * r, min(n_in, n_out)) * free >= 2 * r * r
+    from convrate.errors import InvalidInputError
+
+    for dims in ((0, n_in, n_out), (r, 0, n_out), (r, n_in, 0)):
+        with pytest.raises(InvalidInputError):
+            bounds_nets.recovery_extra_parameters_bound_pair(*dims, bias=True)
 
 
 def test_bound_functions_refuse_mismatched_lengths() -> None:
