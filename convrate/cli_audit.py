@@ -26,30 +26,42 @@ AUDIT_FILES = ("audit.md", "audit.html", "audit.json")
 TITLE = "convrate audit"
 
 
-# ---------------------------------------------------------------- output directory
 # ---------------------------------------------------------------- figures
-_STYLE = {"claimed": "-", "R2": "-.", "R1": ":"}
-
-
 def loss_curves_figure(result: Mapping[str, Any]) -> bytes:
-    """Training loss vs step at each variant's best lr, one panel per optimizer, target dashed."""
+    """Training loss vs step at each variant's best lr (damping): one panel per optimizer in its
+    fixed colour (``reports.style``), one line style and marker per variant (baseline thick),
+    target dashed, y-range from the data (runs that blew up are clipped at 10x the start)."""
+    import math
+
+    from convrate.reports import style
     from convrate.reports.builder import png, pyplot
 
     plt = pyplot()
-
     attacks = result["attacks"]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 3.8), squeeze=False)
-    for ax, (opt, a) in zip(axes[0], attacks.items()):
+    ncols = min(4, len(attacks))
+    nrows = math.ceil(len(attacks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(attacks):]:
+        ax.axis("off")
+    for ax, (opt, a) in zip(axes.flat, attacks.items()):
+        color = style.attacker_color(opt)
+        start = max((c["losses"][0] for c in a["curves"].values() if c["losses"] and c["losses"][0]), default=1.0)
+        seen = [a["target"]["target"]]
         for v, c in a["curves"].items():
             ys = [y if y is not None and y > 0 else float("nan") for y in c["losses"]]
-            ax.plot(range(len(ys)), ys, _STYLE.get(v, "-"), lw=2.2 if v == a["baseline"] else 1.3,
-                    label=f"{v} (lr {c['lr']:.3g})")
+            seen += [y for y in ys if math.isfinite(y) and y <= 10 * start]
+            ax.plot(range(len(ys)), ys, style.VARIANT_LINES.get(v, "-"), color=color,
+                    lw=2.4 if v == a["baseline"] else 1.2, alpha=1.0 if v in (a["baseline"], "claimed") else 0.75,
+                    marker=style.VARIANT_MARKERS.get(v, "x"), markevery=max(1, len(ys) // 6), ms=4,
+                    mfc="white" if v != a["baseline"] else color, label=f"{v} (lr {c['lr']:.3g})")
         ax.axhline(a["target"]["target"], color="k", ls="--", lw=0.8, label="target")
         ax.set_yscale("log")
+        ax.set_ylim(*style.log_limits(seen, pad=1.3))
         ax.set_xlabel("step")
         ax.set_ylabel(f"training loss ({result['task']['loss']})")
-        ax.set_title(opt)
+        ax.set_title(opt, fontweight="bold")
         ax.legend(fontsize=7)
+    fig.tight_layout()
     return png(fig)
 
 
@@ -59,10 +71,14 @@ def spectra_figure(result: Mapping[str, Any]) -> bytes:
 
     plt = pyplot()
 
+    from convrate.reports import style
+
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name, c in result["curvature"].items():
         if "ritz_values" in c:
-            ax.plot(range(len(c["ritz_values"])), c["ritz_values"], "o-", ms=3, label=name)
+            ax.plot(range(len(c["ritz_values"])), c["ritz_values"], style.VARIANT_LINES.get(name, "-"),
+                    marker=style.VARIANT_MARKERS.get(name, "o"), ms=3, color="k" if name != "claimed" else "#D55E00",
+                    label=name)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlabel("Ritz index (ascending)")
     ax.set_ylabel("Hessian Ritz value")
@@ -159,6 +175,10 @@ def sections(result: Mapping[str, Any], figures: Sequence[Any]) -> list[Any]:
     a.figure(figures[0])
     secs.append(a)
 
+    if "inserted" in result:
+        from convrate.cli_inserted import inserted_section
+
+        secs.append(inserted_section(result))
     r = Section("Recoveries")
     opts = list(result["slowdown"])
     rows = [["claimed (no recovery)", "-", "-", *[_ratio(result["slowdown"][o]) for o in opts]]]
@@ -214,6 +234,7 @@ def audit(
     from convrate.models.tasks import task_name_for
     from convrate.models.curvature import resolve_device
     from convrate.models.fplr import check_same_architecture
+    from convrate.models.audit_inserted import resolve_chains
 
     profile = PROFILES["quick" if quick else "default"]
     try:
@@ -221,7 +242,7 @@ def audit(
         resolve_device(device)
         claimed = load_for_audit(model, profile)
         ref = load_for_audit(reference, profile) if reference is not None else None
-        if ref is not None:
+        if ref is not None and not resolve_chains(claimed, ref):  # a grown release is compared once merged
             check_same_architecture(ref, claimed)
         task_name_for(claimed, task)
         with _progress() as prog:

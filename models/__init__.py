@@ -46,7 +46,9 @@ from convrate.models.recovery import (
     r1_extra_parameters,
     r1_module,
 )
-from convrate.models.families import discover_symmetries
+from convrate.models.families import PERMUTATION_KINDS, discover_symmetries
+from convrate.models.families.llama import fold_elements
+from convrate.models.llm_rotation import adam_under_rotation
 from convrate.models.sensitivity import StepSensitivity, step_sensitivity
 from convrate.models.symmetry import (
     Slot,
@@ -56,11 +58,16 @@ from convrate.models.symmetry import (
     random_element,
 )
 from convrate.models.zoo import cache_dir, digits_cnn, digits_data, digits_mlp, minilm, minilm_path
+from convrate.models.zoo import LlamaTrainConfig, llama_tiny
+from convrate.models.inserted import InsertedLinear, InsertedResult, InsertedSpecDef
+from convrate.models.chains import Chain, find_chains, merge_chains
 
 __all__ = [
     "LoadedModel", "load_model", "save_model", "zoo_model",
     "cache_dir", "digits_data", "digits_mlp", "digits_cnn", "minilm", "minilm_path",
+    "llama_tiny", "LlamaTrainConfig",
     "Slot", "TorchSymmetry", "TorchReparameterization", "discover_symmetries", "describe", "random_element",
+    "PERMUTATION_KINDS", "fold_elements", "adam_under_rotation",
     "R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
     "infer_reparameterization", "FPLRFit", "ArchitectureMismatchError", "audit", "AuditProfile", "load_for_audit",
     "Defense", "DefenseResult", "Preservation", "SpecDef", "DiagonalScaling", "Identity", "defense_by_name",
@@ -68,5 +75,6 @@ __all__ = [
     "Objective", "EigenEstimate", "NondeterministicLossError", "benchmark_hvp", "dense_hessian",
     "extreme_eigenvalues", "hutchinson_trace", "lanczos", "resolve_device",
     "check_t1", "check_t2", "check_w", "w_sweep", "dense_reparameterization", "sequential_error_bound",
+    "InsertedSpecDef", "InsertedLinear", "InsertedResult", "Chain", "find_chains", "merge_chains",
     "step_sensitivity", "StepSensitivity",
 ]

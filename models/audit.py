@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from convrate.errors import ConvrateError, InvalidInputError
-from convrate.models.attacks import Attack, LRSearchResult, Slowdown, log_grid, lr_search
+from convrate.models.attacks import LRSearchResult, Slowdown, log_grid, lr_search, make_attack
 from convrate.models.audit_verdict import RECOVERY_THRESHOLD, SLOWDOWN_THRESHOLD, classify, decide, ratio_json
 from convrate.models.curvature import Objective, hutchinson_trace, lanczos
 from convrate.models.defense import PRESERVATION_TOLERANCE, _reference, _rel_dev
@@ -104,6 +104,11 @@ class AuditProfile:
     text_max_length: int
     bert_layers: int | None
 
+    def optimizers_for(self, fmt: str) -> tuple[str, ...]:
+        """The profile's optimizers that apply to a model of format ``fmt``: those with a range."""
+        have = {(f, o) for f, o, _, _ in self.lr_ranges}
+        return tuple(o for o in self.optimizers if (fmt, o) in have)
+
     def grid(self, optimizer: str, fmt: str = "zoo") -> list[float]:
         """The learning rates tried for ``optimizer`` on a model of format ``fmt`` (zoo | hf)."""
         for f, o, lo, hi in self.lr_ranges:
@@ -120,15 +125,26 @@ class AuditProfile:
                 "pilot_budget": self.pilot_budget}
 
 
+#: the default profile's attackers: every registered one except the LoRA variants (``models.attacks``)
+DEFAULT_ATTACKERS = ("sgd", "adam", "momentum", "adamw", "lbfgs", "lbfgs-wolfe", "newton-cg", "gauss-newton", "kfac",
+                     "shampoo", "soap", "sophia", "muon")
+#: their lr (damping for newton-cg, gauss-newton, kfac) ranges, zoo and Hugging Face models alike;
+#: Gauss-Newton (CG on full GN products) applies to zoo models only
+SECOND_ORDER_RANGES = (("momentum", 1e-5, 1.0), ("adamw", 1e-5, 1.0), ("lbfgs", 1e-4, 1.0), ("lbfgs-wolfe", 0.1, 1.0),
+                       ("newton-cg", 1e-4, 10.0), ("gauss-newton", 1e-4, 10.0), ("kfac", 1e-4, 10.0),
+                       ("shampoo", 1e-5, 1.0), ("soap", 1e-5, 1.0), ("sophia", 1e-5, 1.0), ("muon", 1e-5, 1.0))
+
 PROFILES: dict[str, AuditProfile] = {
     "quick": AuditProfile("quick", budget=60, pilot_fraction=0.25, optimizers=("sgd", "adam"),
                           lr_ranges=(("zoo", "sgd", 1e-2, 10.0), ("zoo", "adam", 1e-3, 1.0),
                                      ("hf", "sgd", 1e-3, 1.0), ("hf", "adam", 1e-5, 1e-2)),
                           per_decade=1, refine=1, lanczos_steps=16, trace_samples=8, probes=8,
                           text_per_class=8, text_max_length=16, bert_layers=1),
-    "default": AuditProfile("default", budget=400, pilot_fraction=0.25, optimizers=("sgd", "adam"),
+    "default": AuditProfile("default", budget=400, pilot_fraction=0.25, optimizers=DEFAULT_ATTACKERS,
                             lr_ranges=(("zoo", "sgd", 1e-5, 10.0), ("zoo", "adam", 1e-5, 1.0),
-                                       ("hf", "sgd", 1e-5, 10.0), ("hf", "adam", 1e-6, 1e-1)),
+                                       ("hf", "sgd", 1e-5, 10.0), ("hf", "adam", 1e-6, 1e-1))
+                            + tuple((f, o, lo, hi) for f in ("zoo", "hf") for o, lo, hi in SECOND_ORDER_RANGES
+                                    if not (f == "hf" and o == "gauss-newton")),
                             per_decade=2, refine=2, lanczos_steps=60, trace_samples=32, probes=16,
                             text_per_class=None, text_max_length=32, bert_layers=None),
 }
@@ -251,7 +267,7 @@ def pilot_target(net: nn.Module, task: Task, optimizer: str, grid: Sequence[floa
     ``budget`` steps (module doc)."""
     l0, lmin, best_lr = None, math.inf, None
     for lr in grid:
-        traj = Attack(optimizer, lr, budget, None, seed=seed, device=device).run(net, task)
+        traj = make_attack(optimizer, lr, budget, None, seed=seed, device=device).run(net, task)
         l0 = traj.initial_loss
         finite = [v for v in traj.losses if math.isfinite(v)]
         if finite and min(finite) < lmin:
@@ -287,6 +303,12 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     prof = get_profile(profile)
     if not isinstance(claimed, LoadedModel) or not (reference is None or isinstance(reference, LoadedModel)):
         raise InvalidInputError("audit expects LoadedModel inputs (see convrate.models.load_model)")
+    from convrate.models.audit_inserted import audit_grown, resolve_chains  # releases that grew (inserted layers)
+
+    chains = resolve_chains(claimed, reference)
+    if chains:
+        return audit_grown(claimed, reference, chains, task=task, profile=prof, seed=seed, device=device,
+                           progress=progress)
     if reference is not None:
         check_same_architecture(reference, claimed)
     task_name = task_name_for(claimed, task)
@@ -294,7 +316,8 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     syms = discover_symmetries(reference if reference is not None else claimed)
     group_params = list(dict.fromkeys(n for s in syms for n in s.params))
     has_ref = reference is not None
-    stages = ["function", "fplr", "canonicalize", "curvature"] + [f"attack {o}" for o in prof.optimizers]
+    optimizers = prof.optimizers_for(claimed.fmt)
+    stages = ["function", "fplr", "canonicalize", "curvature"] + [f"attack {o}" for o in optimizers]
     done = 0
 
     def tick(label: str) -> None:
@@ -324,7 +347,7 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
         ftol = PRESERVATION_TOLERANCE[coarser_dtype(reference.dtype, claimed.dtype)]
         wd = max(parameter_distance(float64_parameters(claimed), float64_parameters(reference)).values())
         tick("FPLR fit")
-        fit = infer_reparameterization(reference, claimed, syms)
+        fit = infer_reparameterization(reference, claimed)  # the groups and their permutations
         cls = classify(has_reference=True, function_deviation=dev, function_tolerance=ftol, weight_distance=wd,
                        fplr_found=fit.found, rtol=fit.rtol)
         result.update(function_deviation=dev, function_tolerance=ftol, weight_distance=wd, fplr=fit.to_json(),
@@ -374,7 +397,7 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     attacks: dict[str, Any] = {}
     slowdown: dict[str, Slowdown] = {}
     recovered: dict[str, dict[str, Slowdown]] = {r: {} for r in extra if has_ref}
-    for opt in prof.optimizers:
+    for opt in optimizers:
         tick(f"attack {opt}")
         grid = prof.grid(opt, claimed.fmt)
         tgt = pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device)

@@ -46,7 +46,8 @@ RECOVERY_THRESHOLD = 1.2
 CLASSES = ("identical", "fplr", "function-preserving-other", "outside-class", "unreferenced")
 VERDICTS = ("no-defense", "fplr-no-slowdown", "fplr-defeated", "fplr-not-recovered", "other-slowdown",
             "outside-class")
-RECOVERY_NAMES = {"R2": "canonicalization (R2)", "R1": "reparameterization theta' = T phi (R1)"}
+RECOVERY_NAMES = {"R2": "canonicalization (R2)", "R1": "reparameterization theta' = T phi (R1)",
+                  "merge": "merging the inserted layers (M)"}
 OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "momentum": "SGD+momentum", "adamw": "AdamW"}
 
 

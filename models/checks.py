@@ -55,8 +55,8 @@ def gamma(m: int, u: float = U64) -> float:
 
 
 def reduction_length(obj: Objective) -> int:
-    """m of the module doc for an Objective: 3 * (sum fan_in + LayerNorm widths + 2 * seq
-    per attention block) + number of output entries the loss sums."""
+    """m of the module doc for an Objective: 3 * (sum fan_in + LayerNorm / RMSNorm widths + 2 * seq
+    per attention block, + head_dim for a decoder's) + number of output entries the loss sums."""
     fan = 0
     seq = 0
     if isinstance(obj.inputs, dict) and "input_ids" in obj.inputs:
@@ -70,6 +70,10 @@ def reduction_length(obj: Objective) -> int:
             fan += math.prod(m.normalized_shape)
         elif hasattr(m, "num_attention_heads") and hasattr(m, "query"):
             fan += 2 * seq
+        elif hasattr(m, "q_proj") and hasattr(m, "head_dim"):  # decoder attention: scores over d, sums over seq
+            fan += 2 * seq + int(m.head_dim)
+        elif hasattr(m, "variance_epsilon") and isinstance(getattr(m, "weight", None), torch.Tensor):  # RMSNorm
+            fan += int(m.weight.numel())
     with torch.no_grad():
         n_out = int(obj.outputs(obj.theta).numel())
     return 3 * fan + n_out

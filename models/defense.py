@@ -1,13 +1,18 @@
 """Defenses: produce a function-preserving reparameterization T of a model and release T theta.
 
-* ``SpecDef(K, profile)`` (THEORY.md "SpecDef"): S1 groups (attention heads) get
-  A = U diag(s) U^T with U the left singular vectors of the head's W_Q (QK group) or W_V
-  (VO group) slice, s_1 on the top singular direction; S2 groups (ReLU units) get
-  D = diag(s) with s_1 on the unit of largest incoming norm ||(W_a[i], b_a[i])||.
+* ``SpecDef(K, profile)`` (THEORY.md "SpecDef"): dense (gl) groups (attention heads, S1 and
+  S5) get A = U diag(s) U^T with U the left singular vectors of the head's W_Q (QK group) or
+  W_V (VO group) slice, s_1 on the top singular direction; diagonal groups (S2 ReLU units, S6
+  SwiGLU units, S7 RMSNorm coordinates) get D = diag(s) with s_1 on the unit of largest
+  incoming norm ||(W_a[i], b_a[i])||; RoPE groups (S4) get a real scale s_j per rotary pair
+  (A = s_j I on the pair: RoPE's commutant contains no other diagonal), s_1 on the pair of
+  largest query-row norm. Orthogonal (S7 residual rotation) and permutation groups have
+  kappa = 1 whatever the element: they get the identity.
   Profiles from ``theory.bounds``: "geometric" s_i = K^(1/2 - (i-1)/(r-1)) and "spike"
   s_1 = K^((r-1)/r), s_i = K^(-1/r); both have kappa = K and det = 1.
 * ``DiagonalScaling(K, seed)``: the geometric profile on the coordinate axes in a seeded
-  random order (A diagonal for S1 groups too), blind to the weights.
+  random order (A diagonal for dense groups too; per rotary pair for RoPE groups), blind to
+  the weights.
 * ``Identity()``: T = I, the undefended baseline (K = 1).
 
 After building T the defense measures function preservation on probe inputs for each dtype
@@ -32,6 +37,7 @@ from typing import Any, Sequence
 import torch
 
 from convrate.errors import InvalidInputError, PrecisionError
+from convrate.models.elements import VECTOR_KINDS
 from convrate.models.io import LoadedModel, dtype_name, model_output, save_model
 from convrate.models.symmetry import TorchReparameterization, TorchSymmetry
 from convrate.models.families import discover_symmetries
@@ -73,7 +79,7 @@ def _producer_block(sym: TorchSymmetry, params: dict[str, torch.Tensor]) -> torc
         if s.op == "A" and s.axis == 0:
             X = params[s.param].detach().to(torch.float64)
             blocks.append(X[s.start:s.stop].reshape(sym.width, -1))
-            if sym.family == "S1":
+            if sym.element_kind not in VECTOR_KINDS:
                 break  # U from W_a alone (THEORY: left singular vectors of W_a)
     return torch.cat(blocks, dim=1)
 
@@ -235,6 +241,19 @@ def _preservation(model: LoadedModel, record: TorchReparameterization, probes: A
     return Preservation(dtype_name(dtype), dev, base, max(tol[dtype], 2 * base if math.isfinite(base) else 0.0))
 
 
+def _assign(s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The profile s_1 >= s_2 >= ... placed on the coordinates by decreasing ``weight``."""
+    order = torch.argsort(weight, descending=True, stable=True)
+    d = torch.empty_like(s)
+    d[order] = s
+    return d
+
+
+def _per_pair(s: torch.Tensor) -> torch.Tensor:
+    """The RoPE-commuting diag(s, s): scale s_j on both coordinates (j, j + p) of rotary pair j."""
+    return torch.diag(torch.cat([s, s]))
+
+
 class SpecDef(Defense):
     """SpecDef(K, profile): spectral reparameterization with kappa(A) = K per group."""
 
@@ -250,13 +269,16 @@ class SpecDef(Defense):
         return {"defense": self.name, "K": self.K, "profile": self.profile}
 
     def element(self, sym: TorchSymmetry, params: dict[str, torch.Tensor], index: int) -> torch.Tensor:
-        s = profile_values(self.K, sym.width, self.profile)
+        kind = sym.element_kind
+        if kind in ("orthogonal", "permutation"):
+            return sym.identity()
         W = _producer_block(sym, params)
-        if sym.family == "S2":
-            order = torch.argsort(W.norm(dim=1), descending=True, stable=True)
-            d = torch.empty_like(s)
-            d[order] = s
-            return d
+        if kind == "rope":
+            p = sym.width // 2
+            return _per_pair(_assign(profile_values(self.K, p, self.profile), W[:p].pow(2).sum(1) + W[p:].pow(2).sum(1)))
+        s = profile_values(self.K, sym.width, self.profile)
+        if kind in VECTOR_KINDS:
+            return _assign(s, W.norm(dim=1))
         U, _, _ = torch.linalg.svd(W, full_matrices=True)
         A = U @ torch.diag(s) @ U.T
         return 0.5 * (A + A.T)
@@ -275,9 +297,15 @@ class DiagonalScaling(Defense):
         return {"defense": self.name, "K": self.K, "seed": self.seed}
 
     def element(self, sym: TorchSymmetry, params: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+        kind = sym.element_kind
+        if kind in ("orthogonal", "permutation"):
+            return sym.identity()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        s = profile_values(self.K, sym.width, "geometric")[torch.randperm(sym.width, generator=g)]
-        return s if sym.family == "S2" else torch.diag(s)
+        r = sym.width // 2 if kind == "rope" else sym.width
+        s = profile_values(self.K, r, "geometric")[torch.randperm(r, generator=g)]
+        if kind == "rope":
+            return _per_pair(s)
+        return s if kind in VECTOR_KINDS else torch.diag(s)
 
 
 class Identity(Defense):

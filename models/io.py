@@ -14,6 +14,9 @@ Formats
 * hf: ``config.json`` (``model_type`` "bert") + ``model.safetensors``, loaded with
   ``transformers.AutoModel.from_pretrained(path, attn_implementation="eager")`` offline (the
   SDPA kernel has no double backward on CPU).
+* hf decoders: ``config.json`` (``model_type`` llama, qwen2, mistral) + ``model.safetensors``
+  or a sharded ``model.safetensors.index.json``, read and written by
+  ``families.llama_load`` (released dtype kept, same layout on saving).
 
 Every malformed input raises ``InvalidInputError`` with one line naming the file and value.
 """
@@ -36,7 +39,7 @@ WEIGHTS = "model.safetensors"
 ARCH = "arch.json"
 HF_CONFIG = "config.json"
 ZOO_FORMAT = "convrate-zoo"
-SUPPORTED_HF_TYPES = ("bert",)
+SUPPORTED_HF_TYPES = ("bert", "llama", "qwen2", "mistral")
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
 #: small files of an HF directory copied next to a saved checkpoint (tokenizer, pooling)
@@ -199,6 +202,9 @@ def normalize_arch(arch: Mapping[str, Any], where: str = ARCH) -> dict[str, Any]
     arch["dtype"] = dt
     arch.setdefault("format", ZOO_FORMAT)
     build_zoo_module(arch, where, device="meta")  # validates every layer and the shape flow
+    from convrate.models.inserted_io import validate_zoo_inserted  # inserted compensation layers
+
+    validate_zoo_inserted(arch, where)
     return arch
 
 
@@ -320,6 +326,10 @@ def _load_hf(path: Path, n_layers: int | None) -> LoadedModel:
     if mt not in SUPPORTED_HF_TYPES:
         raise InvalidInputError(
             f"{path / HF_CONFIG}: unsupported architecture model_type {mt!r} (supported: {', '.join(SUPPORTED_HF_TYPES)})")
+    if mt != "bert":
+        from convrate.models.families.llama_load import load_decoder
+
+        return load_decoder(path, config, n_layers)
     total = config.get("num_hidden_layers")
     if not isinstance(total, int) or total < 1:
         raise InvalidInputError(f"{path / HF_CONFIG}: num_hidden_layers must be a positive integer, got {total!r}")
@@ -372,9 +382,10 @@ def _load_hf(path: Path, n_layers: int | None) -> LoadedModel:
 
 # ---------------------------------------------------------------- public API
 def load_model(path: str | os.PathLike, *, n_layers: int | None = None) -> LoadedModel:
-    """Load a zoo directory (``arch.json`` + ``model.safetensors``) or a BERT-family Hugging
-    Face directory (``config.json`` + ``model.safetensors``); ``n_layers`` keeps only the
-    first k encoder layers of a BERT model. Raises InvalidInputError (one line) on a
+    """Load a zoo directory (``arch.json`` + ``model.safetensors``), a BERT-family Hugging
+    Face directory (``config.json`` + ``model.safetensors``) or a Llama / Qwen2 / Mistral
+    decoder directory (single-file or sharded); ``n_layers`` keeps only the first k
+    encoder / decoder layers. Raises InvalidInputError (one line) on a
     missing/truncated/unparseable file, NaN/Inf weights, shapes that do not match the
     architecture, or an unsupported architecture."""
     p = Path(path)
@@ -389,15 +400,21 @@ def load_model(path: str | os.PathLike, *, n_layers: int | None = None) -> Loade
         state = read_safetensors(p / WEIGHTS)
         return zoo_model(arch, state, source=p)
     if (p / HF_CONFIG).exists():
-        return _load_hf(p, n_layers)
+        from convrate.models.inserted_io import INSERTED_JSON, attach_hf_inserted  # grown releases
+
+        model = _load_hf(p, n_layers)
+        return attach_hf_inserted(model, p) if (p / INSERTED_JSON).exists() else model
     raise InvalidInputError(f"{p}: neither {ARCH} (zoo format) nor {HF_CONFIG} (Hugging Face format) found")
 
 
-def save_model(model: LoadedModel, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_model(model: LoadedModel, out_dir: str | os.PathLike, *, overwrite: bool = False,
+               max_shard_bytes: int | None = None) -> Path:
     """Write ``model`` into ``out_dir`` (created if needed) in its own format: zoo ->
     ``arch.json`` + ``model.safetensors``; hf -> ``config.json`` + ``model.safetensors``
-    (+ the tokenizer files of the source directory). Refuses the directory the model was
-    read from, and an ``out_dir`` already holding a checkpoint unless ``overwrite``."""
+    (+ the tokenizer files of the source directory); decoders in the source's layout and
+    dtype (``max_shard_bytes``: sharded, see ``llama_load.save_decoder``). Refuses the
+    directory the model was read from, and an ``out_dir`` already holding a checkpoint
+    unless ``overwrite``."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -405,9 +422,16 @@ def save_model(model: LoadedModel, out_dir: str | os.PathLike, *, overwrite: boo
         raise InvalidInputError(f"refusing to overwrite the input directory {out}; choose another --out")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"output path {out} exists and is not a directory")
-    if (out / WEIGHTS).exists() and not overwrite:
-        raise InvalidInputError(f"{out / WEIGHTS} already exists; pass overwrite=True to replace it")
+    for existing in (WEIGHTS, "model.safetensors.index.json"):
+        if (out / existing).exists() and not overwrite:
+            raise InvalidInputError(f"{out / existing} already exists; pass overwrite=True to replace it")
     out.mkdir(parents=True, exist_ok=True)
+    if max_shard_bytes is not None and not (model.fmt == "hf" and model.kind != "bert"):
+        raise InvalidInputError("max_shard_bytes applies to decoder LMs (llama, qwen2, mistral) only")
+    if model.fmt == "hf" and model.kind != "bert":
+        from convrate.models.families.llama_load import save_decoder
+
+        return save_decoder(model, out, max_shard_bytes=max_shard_bytes)
     if model.fmt == "zoo":
         arch = {**model.config, "dtype": dtype_name(model.dtype)}
         state = {k: v.detach().contiguous().cpu() for k, v in model.module.state_dict().items()}
@@ -416,6 +440,9 @@ def save_model(model: LoadedModel, out_dir: str | os.PathLike, *, overwrite: boo
     else:
         with _hf_quiet():
             model.module.save_pretrained(str(out), safe_serialization=True)
+        from convrate.models.inserted_io import write_hf_inserted  # grown releases: convrate_inserted.json
+
+        write_hf_inserted(model, out)
         if model.source is not None:
             for rel in _HF_SIDE_FILES:
                 src = Path(model.source) / rel

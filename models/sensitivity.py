@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks import Attack
+from convrate.models.attacks import make_attack
 from convrate.models.tasks import Task
 
 #: perturbed starts per reported count, and their size in units of roundoff
@@ -107,14 +107,15 @@ _MISSING: Any = object()
 def step_sensitivity(model: nn.Module, task: Task, optimizer: str, lr: float, target: float, budget: int, *,
                      runs: int = DEFAULT_RUNS, ulps: float = DEFAULT_ULPS, seed: int = 0, nominal: Count = _MISSING,
                      **attack_options: Any) -> StepSensitivity:
-    """The steps-to-``target`` count of ``Attack(optimizer, lr, budget, target, seed)`` on
-    ``model`` and its counts from ``runs`` perturbed starts (module doc). ``nominal`` skips the
-    unperturbed run when the caller already has its count (e.g. a search's best steps)."""
+    """The steps-to-``target`` count of the attack ``make_attack(optimizer, lr, budget, target,
+    seed)`` on ``model`` (``lr`` is the searched knob: the learning rate, or the damping of a damped
+    second-order method) and its counts from ``runs`` perturbed starts (module doc). ``nominal``
+    skips the unperturbed run when the caller already has its count (e.g. a search's best steps)."""
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise InvalidInputError(f"runs must be a positive integer, got {runs!r}")
     if not (ulps > 0):
         raise InvalidInputError(f"ulps must be positive, got {ulps!r}")
-    atk = Attack(optimizer, lr, budget, target, seed=seed, **attack_options)
+    atk = make_attack(optimizer, lr, budget, target, seed=seed, **attack_options)
     if nominal is _MISSING:
         nominal = atk.steps_to(model, task)
     perturbed = tuple(atk.steps_to(perturb_start(model, ulps, 1_000_003 * (seed + 1) + i), task) for i in range(runs))

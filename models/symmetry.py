@@ -1,38 +1,50 @@
-"""Symmetries of torch models (THEORY.md S1, S2): discovery, group action, T as a record.
+"""Symmetries of torch models (THEORY.md S1, S2, S4-S7): the group action on named parameters, T as a record.
 
-A ``TorchSymmetry`` is one group GL(r) (S1) or positive diagonal D (S2) acting on slices of
-named parameters. Every slice ("slot") is a block of r (or r * repeat) consecutive indices
-along one axis of one tensor, on which an element A acts as
+A ``TorchSymmetry`` is one group acting on slices of named parameters. Its elements have an
+``element`` kind (``convrate.models.elements``: positive-diagonal, diagonal, gl, rope,
+orthogonal, permutation; S1 groups default to gl, S2 to positive-diagonal). Every slice
+("slot") is a block of r (or r * repeat) consecutive indices along one axis of one tensor, on
+which an element A acts as
 
     op "A":      X_s -> A X_s        (rows of the producing map W_a, its bias b_a)
     op "A_invT": X_s -> A^-T X_s     (the compensating side, e.g. W_b A^-1 acts on the
                                       columns of W_b as A^-T on the moved axis)
+    op "unit":   X_s unchanged by the linear map; the group preserves the function only where
+                 X_s is all ones (its domain: the residual-stream rotation of S7 needs RMSNorm
+                 weights 1). ``check_domain`` tests it; ``apply_to_module`` calls it, while
+                 ``apply`` is the linear map T itself (applied to gradients, steps, ...)
 
 with X_s the slice moved to the front and reshaped to (r, -1) (``repeat`` consecutive
-indices per group coordinate, for the channel -> feature expansion at a flatten).
-So T restricted to a slot is A (x) I or A^-T (x) I up to a permutation; for disjoint
-slots the singular values of T are sigma(A) on "A" slots and 1/sigma(A) on "A_invT" slots.
-The architecture families that produce such groups live in ``convrate.models.families``.
+indices per group coordinate: the channel -> feature expansion at a flatten, or a whole
+attention head when heads are permuted). So T restricted to a slot is A (x) I or A^-T (x) I
+up to a permutation. The architecture families that produce such groups live in
+``convrate.models.families``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from convrate.errors import InvalidInputError, SingularReparameterizationError
-from convrate.theory.bounds import recovery_extra_parameters
+from convrate.errors import InvalidInputError
+from convrate.models import elements
+
+OPS = ("A", "A_invT", "unit")
+#: dense singular values of T on one axis are computed up to this axis length
+DENSE_AXIS_LIMIT = 4096
+
 
 @dataclass(frozen=True)
 class Slot:
     """``param``[start:stop] along ``axis`` (``repeat`` consecutive indices per group
-    coordinate) is multiplied by A (op "A") or A^-T (op "A_invT")."""
+    coordinate) is multiplied by A (op "A"), by A^-T (op "A_invT"), or must be all ones
+    (op "unit", the domain of the group)."""
 
     param: str
     axis: int
@@ -44,8 +56,10 @@ class Slot:
 
 @dataclass(frozen=True)
 class TorchSymmetry:
-    """One group acting on named parameter slices: ``family`` "S1" (GL(r)) or "S2"
-    (positive diagonal), ``kind`` (see module doc), ``width`` r, ``slots``."""
+    """One group acting on named parameter slices: ``family`` (THEORY.md: S1, S2, S4, S5, S6,
+    S7, or P for permutations), ``kind`` (the structure, e.g. "attention-qk", "rope-qk"),
+    ``width`` r, ``slots``; ``element`` the element kind ("" = the family's default);
+    ``structure`` the rotary frequencies of a rope group (radians per position, one per pair)."""
 
     family: str
     kind: str
@@ -55,108 +69,116 @@ class TorchSymmetry:
     layer: int | None = None
     head: int | None = None
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    element: str = ""
+    structure: tuple[float, ...] = ()
+
+    @property
+    def element_kind(self) -> str:
+        return self.element or elements.default_kind(self.family)
 
     @property
     def params(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s.param for s in self.slots))
+        """The parameters the group changes (its "A" and "A_invT" slots)."""
+        return tuple(dict.fromkeys(s.param for s in self.acting_slots))
+
+    @property
+    def domain_params(self) -> tuple[str, ...]:
+        """The parameters its domain constrains ("unit" slots), which it does not change."""
+        return tuple(dict.fromkeys(s.param for s in self.slots if s.op == "unit"))
+
+    @property
+    def acting_slots(self) -> tuple[Slot, ...]:
+        """The slots an element changes (op "A" or "A_invT")."""
+        return tuple(s for s in self.slots if s.op != "unit")
 
     def identity(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        return torch.ones(self.width, dtype=dtype) if self.family == "S2" else torch.eye(self.width, dtype=dtype)
+        return elements.identity(self.element_kind, self.width).to(dtype)
 
     def validate(self, element: torch.Tensor) -> torch.Tensor:
-        """Check an element: S2 a finite positive vector of length r (or a positive diagonal
-        matrix), S1 a finite invertible r x r matrix. Returns it as float64."""
-        e = torch.as_tensor(element).detach().to(torch.float64)
-        r = self.width
-        if not bool(torch.isfinite(e).all()):
-            raise InvalidInputError(f"{self.name}: group element has non-finite entries")
-        if self.family == "S2":
-            if e.shape == (r, r):
-                if bool((e - torch.diag(torch.diagonal(e))).abs().max() > 0):
-                    raise InvalidInputError(f"{self.name}: S2 element must be diagonal")
-                e = torch.diagonal(e).clone()
-            if e.shape != (r,):
-                raise InvalidInputError(f"{self.name}: S2 element must have shape ({r},), got {list(e.shape)}")
-            if float(e.min()) <= 0:
-                raise SingularReparameterizationError(
-                    f"{self.name}: S2 element must be positive (ReLU symmetry), min entry {float(e.min())}")
-            return e
-        if e.shape != (r, r):
-            raise InvalidInputError(f"{self.name}: S1 element must have shape ({r}, {r}), got {list(e.shape)}")
-        s = torch.linalg.svdvals(e)
-        if float(s[-1]) <= float(s[0]) * r * torch.finfo(torch.float64).eps:
-            raise SingularReparameterizationError(
-                f"{self.name}: group element is singular to float64 precision (sigma_min {float(s[-1]):.3e})")
-        return e
+        """Check that an element belongs to the group (``elements.validate``); float64."""
+        return elements.validate(self.element_kind, self.width, element, self.name, self.structure)
 
     def inverse(self, element: torch.Tensor) -> torch.Tensor:
-        e = self.validate(element)
-        return 1.0 / e if e.ndim == 1 else torch.linalg.inv(e)
+        return elements.inverse(self.element_kind, self.validate(element))
 
     def transpose(self, element: torch.Tensor) -> torch.Tensor:
-        e = self.validate(element)
-        return e.clone() if e.ndim == 1 else e.T.clone()
+        return elements.transpose(self.element_kind, self.validate(element))
 
     def singular_values(self, element: torch.Tensor) -> torch.Tensor:
-        e = self.validate(element)
-        return e.clone() if e.ndim == 1 else torch.linalg.svdvals(e)
+        return elements.singular_values(self.element_kind, self.validate(element))
 
     def kappa(self, element: torch.Tensor) -> float:
-        """kappa(A) = sigma_max(A) / sigma_min(A)."""
-        s = self.singular_values(element)
-        return float(s.max() / s.min())
+        """kappa(A) = sigma_max(A) / sigma_min(A) (1 for orthogonal and permutation elements)."""
+        return elements.kappa(self.element_kind, self.validate(element))
 
     def extra_parameters(self) -> int:
-        """R1: parameters of the frozen A, A^-1 layers needed to undo this group."""
-        return recovery_extra_parameters(self.family, self.width)
+        """R1: numbers stored in the frozen A and A^-1 layers that undo this group: 2 r^2 for
+        dense kinds (S1: ``theory.bounds.recovery_extra_parameters``), 2 r for diagonal ones
+        and for a permutation (two index vectors)."""
+        return 2 * elements.stored_numbers(self.element_kind, self.width)
 
     def apply(self, params: Mapping[str, torch.Tensor], element: torch.Tensor) -> dict[str, torch.Tensor]:
-        """New tensors for the parameters this group touches (computed in float64, returned
-        in each parameter's dtype); other names are not included."""
+        """New tensors for the parameters this group changes (computed in float64, returned in
+        each parameter's dtype); other names are not included ("unit" slots need not be given)."""
         e = self.validate(element)
         out: dict[str, torch.Tensor] = {}
-        for s in self.slots:
+        for s in self.acting_slots:
             if s.param not in params:
                 raise InvalidInputError(f"{self.name}: parameter {s.param!r} missing")
             X = out.get(s.param, params[s.param])
-            out[s.param] = _act(X, s, e, self.width)
+            out[s.param] = _act(X, s, e, self.width, self.element_kind, self.name)
         return out
+
+    def check_domain(self, params: Mapping[str, torch.Tensor]) -> None:
+        """InvalidInputError unless every "unit" slot of ``params`` is 1 within UNIT_ALLOWANCE."""
+        for s in self.slots:
+            if s.op != "unit":
+                continue
+            V = params[s.param].detach().movedim(s.axis, 0)[s.start:s.stop].to(torch.float64)
+            dev = float((V - 1).abs().max()) if V.numel() else 0.0
+            if dev > UNIT_ALLOWANCE:
+                raise InvalidInputError(f"{self.name}: preserves the function only where {s.param} is all ones "
+                                        f"(fold the RMSNorm weights first); max |{s.param} - 1| = {dev:.3e}")
 
     def apply_param(self, name: str, X: torch.Tensor, element: torch.Tensor) -> torch.Tensor:
         """The action on one parameter tensor (all of this group's slots on it)."""
         e = self.validate(element)
         for s in self.slots:
             if s.param == name:
-                X = _act(X, s, e, self.width)
+                X = _act(X, s, e, self.width, self.element_kind, self.name)
         return X
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "slots": [asdict(s) for s in self.slots],
-                "shapes": {n: list(sh) for n, sh in self.shapes}}
+                "shapes": {n: list(sh) for n, sh in self.shapes}, "structure": list(self.structure)}
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> "TorchSymmetry":
         return TorchSymmetry(d["family"], d["kind"], d["name"], int(d["width"]),
                              tuple(Slot(**s) for s in d["slots"]), d.get("layer"), d.get("head"),
-                             tuple((n, tuple(sh)) for n, sh in d.get("shapes", {}).items()))
+                             tuple((n, tuple(sh)) for n, sh in d.get("shapes", {}).items()),
+                             d.get("element", ""), tuple(float(w) for w in d.get("structure", ())))
 
 
-def _act(X: torch.Tensor, s: Slot, e: torch.Tensor, r: int) -> torch.Tensor:
-    """Apply A (op "A") or A^-T (op "A_invT") to the slot of X, in float64."""
+#: |x - 1| allowed on a "unit" slot: a float64 fold gamma_i c_i (c_i = 1 / gamma_i, possibly
+#: through a log / exp solve) is 1 within a few u_64; in a coarser dtype the folded weight
+#: rounds to exactly 1, and every other value of that dtype is farther from 1 than this.
+UNIT_ALLOWANCE = 16 * 2.0 ** -53
+
+
+def _act(X: torch.Tensor, s: Slot, e: torch.Tensor, r: int, kind: str, name: str = "") -> torch.Tensor:
+    """Apply A (op "A") or A^-T (op "A_invT") to the slot of X, in float64 ("unit": unchanged)."""
+    if s.op not in OPS:
+        raise InvalidInputError(f"{name}: unknown slot op {s.op!r}")
+    if s.op == "unit":
+        return X
+    if X.movedim(s.axis, 0)[s.start:s.stop].shape[0] != r * s.repeat:
+        raise InvalidInputError(f"slot {s.param}[{s.start}:{s.stop}] does not have {r} x {s.repeat} entries")
     dtype, dev = X.dtype, X.device
     Y = X.detach().to(torch.float64).clone()
     V = Y.movedim(s.axis, 0)
     blk = V[s.start:s.stop]
-    if blk.shape[0] != r * s.repeat:
-        raise InvalidInputError(f"slot {s.param}[{s.start}:{s.stop}] does not have {r} x {s.repeat} entries")
-    M = blk.reshape(r, -1)
-    e = e.to(dev)
-    if e.ndim == 1:
-        M = M * (e if s.op == "A" else 1.0 / e)[:, None]
-    elif s.op == "A":
-        M = e @ M
-    else:
-        M = torch.linalg.solve(e.T, M)
+    M = elements.act(blk.reshape(r, -1), e.to(dev), kind, s.op)
     V[s.start:s.stop] = M.reshape(blk.shape)
     return Y.to(dtype)
 
@@ -164,9 +186,10 @@ def _act(X: torch.Tensor, s: Slot, e: torch.Tensor, r: int) -> torch.Tensor:
 # ---------------------------------------------------------------- the record T
 @dataclass
 class TorchReparameterization:
-    """T = the composition of (symmetry, element) pairs; ``meta`` says which defense made it.
-    Groups act on disjoint slices (attention) or are diagonal (S2 chains), so the order
-    of composition does not matter."""
+    """T = the composition of (symmetry, element) pairs, applied in list order (the first item
+    acts first); ``meta`` says which defense made it. Groups on disjoint slices or on different
+    axes of a tensor commute; a permutation followed by a scaling of the same units is the
+    S2 element P D written as two items."""
 
     items: list[tuple[TorchSymmetry, torch.Tensor]]
     meta: dict[str, Any] = field(default_factory=dict)
@@ -190,18 +213,23 @@ class TorchReparameterization:
                                        {**self.meta, "inverse_of": self.meta.get("defense", "T")})
 
     def transpose(self) -> "TorchReparameterization":
-        """T^T: each block A (x) I becomes A^T (x) I, i.e. the element A^T (groups commute)."""
+        """T^T = T_1^T ... T_k^T: each item's element transposed, in reverse order."""
         return TorchReparameterization([(s, s.transpose(e)) for s, e in reversed(self.items)],
                                        {**self.meta, "transpose_of": self.meta.get("defense", "T")})
 
     def apply_to_module(self, module: nn.Module) -> nn.Module:
-        """A deep copy of ``module`` with parameters T theta (the input is not modified)."""
+        """A deep copy of ``module`` with parameters T theta (the input is not modified); each
+        group's domain is checked on the weights it receives (``check_domain``)."""
         new = copy.deepcopy(module)
         named = dict(new.named_parameters())
-        missing = [n for n in self.param_names if n not in named]
+        needed = list(dict.fromkeys(self.param_names + [n for s, _ in self.items for n in s.domain_params]))
+        missing = [n for n in needed if n not in named]
         if missing:
             raise InvalidInputError(f"reparameterization acts on parameters absent from the model: {missing[:3]}")
-        updated = self.apply({n: named[n] for n in self.param_names})
+        updated: dict[str, torch.Tensor] = {n: named[n] for n in needed}
+        for s, e in self.items:
+            s.check_domain(updated)
+            updated.update(s.apply(updated, e))
         with torch.no_grad():
             for n in self.param_names:
                 named[n].copy_(updated[n])
@@ -212,25 +240,27 @@ class TorchReparameterization:
         return max((s.kappa(e) for s, e in self.items), default=1.0)
 
     def singular_value_range(self, space: Iterable[str] | None = None) -> tuple[float, float]:
-        """(sigma_min(T), sigma_max(T)) of T on the parameters ``space`` (default: those
-        it touches; untouched names add the singular value 1). A parameter touched only
-        by diagonal groups has T diagonal there (diagonal = T applied to ones); one touched
-        by dense groups on disjoint slices of one axis contributes sigma(A) per "A" slot,
-        1/sigma(A) per "A_invT" slot, and 1 where no slot reaches."""
-        touched: dict[str, list[tuple[TorchSymmetry, torch.Tensor]]] = {}
+        """(sigma_min(T), sigma_max(T)) of T on the parameters ``space`` (default: those it
+        touches; untouched names add the singular value 1). On one tensor every slot acts along
+        one axis, and actions along different axes commute, so T there is the Kronecker
+        product of one operator per axis and its extreme singular values are the products of
+        the axes' extremes. Per axis (``_axis_singular_values``): orthogonal and permutation
+        factors at either end of the chain are dropped (sigma(Q X) = sigma(X Q) = sigma(X));
+        a chain of monomial factors (diagonal, permutation) has sigma = |chain applied to
+        ones|; factors on disjoint blocks contribute sigma(A) per "A" slot, 1/sigma(A) per
+        "A_invT" slot and 1 where no slot reaches; anything else is formed densely."""
+        touched: dict[str, list[tuple[TorchSymmetry, torch.Tensor, Slot]]] = {}
         for s, e in self.items:
-            for n in s.params:
-                touched.setdefault(n, []).append((s, e))
+            for sl in s.acting_slots:
+                touched.setdefault(sl.param, []).append((s, e, sl))
         lo, hi = math.inf, 0.0
-        for n, groups in touched.items():
-            if all(e.ndim == 1 for _, e in groups):
-                diag = torch.ones(_param_shape(n, groups), dtype=torch.float64)
-                for s, e in groups:
-                    diag = s.apply_param(n, diag, e)
-                vals = diag.abs().flatten()
-            else:
-                vals = _dense_param_singular_values(n, groups)
-            lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
+        for n, chain in touched.items():
+            shape = _param_shape(n, [s for s, _, _ in chain])
+            plo = phi = 1.0
+            for axis in sorted({sl.axis for _, _, sl in chain}):
+                vals = _axis_singular_values(n, shape[axis], [c for c in chain if c[2].axis == axis])
+                plo, phi = plo * float(vals.min()), phi * float(vals.max())
+            lo, hi = min(lo, plo), max(hi, phi)
         if space is not None and set(space) - set(touched) or not touched:
             lo, hi = min(lo, 1.0), max(hi, 1.0)
         return lo, hi
@@ -240,7 +270,7 @@ class TorchReparameterization:
         return hi / lo
 
     def extra_parameters(self) -> int:
-        """R1: sum over groups of recovery_extra_parameters(family, r)."""
+        """R1: sum over groups of their frozen-layer numbers (``TorchSymmetry.extra_parameters``)."""
         return sum(s.extra_parameters() for s, _ in self.items)
 
     def save(self, out_dir: str | Path, stem: str = "reparameterization") -> tuple[Path, Path]:
@@ -272,26 +302,43 @@ class TorchReparameterization:
         return TorchReparameterization([(s, tensors[f"element.{i}"]) for i, s in enumerate(syms)], js.get("meta", {}))
 
 
-def _dense_param_singular_values(name: str, groups: Sequence[tuple[TorchSymmetry, torch.Tensor]]) -> torch.Tensor:
-    """Singular values of T on one parameter touched by dense groups on disjoint slices of a
-    common axis: sigma(A) per "A" slot, 1/sigma(A) per "A_invT" slot, 1 where untouched."""
-    slots = [(sl, e) for s, e in groups for sl in s.slots if sl.param == name]
-    axes = {sl.axis for sl, _ in slots}
-    spans = sorted((sl.start, sl.stop) for sl, _ in slots)
-    if len(axes) != 1 or any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
-        raise InvalidInputError(f"parameter {name} is touched by overlapping dense groups; sigma(T) not available")
-    vals = []
-    for sl, e in slots:
-        sv = torch.linalg.svdvals(e) if e.ndim == 2 else e.abs()
-        vals.append(sv if sl.op == "A" else 1.0 / sv)
-    covered = sum(b - a for a, b in spans)
-    if covered < _param_shape(name, groups)[axes.pop()]:
-        vals.append(torch.ones(1, dtype=torch.float64))
-    return torch.cat(vals)
+def _axis_singular_values(name: str, size: int, chain: Sequence[tuple[TorchSymmetry, torch.Tensor, Slot]]
+                          ) -> torch.Tensor:
+    """Singular values of the operator a record applies along one axis of one tensor (the
+    slots ``chain`` in record order); see ``TorchReparameterization.singular_value_range``."""
+    chain = list(chain)
+    norm_preserving = ("orthogonal", "permutation")
+    while chain and chain[0][0].element_kind in norm_preserving:
+        chain.pop(0)
+    while chain and chain[-1][0].element_kind in norm_preserving:
+        chain.pop()
+    if not chain:
+        return torch.ones(1, dtype=torch.float64)
+    if all(elements.is_monomial(s.element_kind) for s, _, _ in chain):
+        v = torch.ones(size, dtype=torch.float64)
+        for s, e, sl in chain:
+            v = _act(v, replace(sl, axis=0), e, s.width, s.element_kind, s.name)
+        return v.abs()
+    spans = sorted((sl.start, sl.stop) for _, _, sl in chain)
+    if all(b[0] >= a[1] for a, b in zip(spans, spans[1:])):
+        vals = []
+        for s, e, sl in chain:
+            sv = elements.singular_values(s.element_kind, e).repeat_interleave(sl.repeat)
+            vals.append(sv if sl.op == "A" else 1.0 / sv)
+        if sum(b - a for a, b in spans) < size:
+            vals.append(torch.ones(1, dtype=torch.float64))
+        return torch.cat(vals)
+    if size > DENSE_AXIS_LIMIT:
+        raise InvalidInputError(f"parameter {name}: overlapping groups on an axis of length {size} > "
+                                f"{DENSE_AXIS_LIMIT}; sigma(T) not available")
+    M = torch.eye(size, dtype=torch.float64)
+    for s, e, sl in chain:
+        M = _act(M, replace(sl, axis=0), e, s.width, s.element_kind, s.name)
+    return torch.linalg.svdvals(M)
 
 
-def _param_shape(name: str, groups: Sequence[tuple[TorchSymmetry, torch.Tensor]]) -> tuple[int, ...]:
-    for s, _ in groups:
+def _param_shape(name: str, groups: Sequence[TorchSymmetry]) -> tuple[int, ...]:
+    for s in groups:
         shapes = dict(s.shapes)
         if name in shapes:
             return shapes[name]
@@ -300,21 +347,18 @@ def _param_shape(name: str, groups: Sequence[tuple[TorchSymmetry, torch.Tensor]]
 
 def record_shapes(sym: TorchSymmetry, named: Mapping[str, torch.Tensor]) -> TorchSymmetry:
     """``sym`` with the shapes of the parameters it touches recorded (needed for sigma(T))."""
-    from dataclasses import replace
-
-    return replace(sym, shapes=tuple((n, tuple(named[n].shape)) for n in sym.params))
+    names = dict.fromkeys(s.param for s in sym.slots)
+    return replace(sym, shapes=tuple((n, tuple(named[n].shape)) for n in names))
 
 
 def describe(syms: Sequence[TorchSymmetry]) -> list[str]:
-    """One line per group: family, kind, name, width, parameters touched."""
-    return [f"{s.family} {s.kind:<17} {s.name:<22} r={s.width:<4} params={', '.join(s.params)}" for s in syms]
+    """One line per group: family, kind, element kind, name, width, parameters touched."""
+    return [f"{s.family:<2} {s.kind:<17} {s.element_kind:<17} {s.name:<22} r={s.width:<4} "
+            f"params={', '.join(s.params)}" for s in syms]
 
 
 def random_element(sym: TorchSymmetry, gen: torch.Generator, log_scale: float = 1.0) -> torch.Tensor:
-    """A random element: S2 exp(log_scale * N(0,1)) per unit; S1 exp(log_scale * M) for M
-    with N(0, 1/r) entries (invertible by construction, det = exp(tr))."""
-    r = sym.width
-    if sym.family == "S2":
-        return torch.exp(log_scale * torch.randn(r, generator=gen, dtype=torch.float64))
-    M = torch.randn(r, r, generator=gen, dtype=torch.float64) / math.sqrt(r)
-    return torch.linalg.matrix_exp(log_scale * M)
+    """A random element of the group (``elements.random``): S2 exp(log_scale * N(0,1)) per
+    unit; S1 exp(log_scale * M) for M with N(0, 1/r) entries (invertible, det = exp(tr));
+    rope, orthogonal, permutation and signed diagonal elements likewise."""
+    return elements.random(sym.element_kind, sym.width, gen, log_scale, sym.structure)

@@ -22,6 +22,12 @@ Everything is built from data that ships with installed packages; nothing is dow
   With the defaults (Python 3.11's topics.py): 951 labelled paragraphs (270 / 140 / 308 /
   233 per class), 140 sampled per class, 105 train + 35 test each: 420 train, 140 test.
 - ``tensor_task(...)``: any (X, y) the caller supplies (e.g. linear least squares).
+- causal-LM tasks (``lm_tasks``: ``lm-text`` on Python-documentation prose with the model's
+  own tokenizer, ``lm-tokens`` a seeded Markov source over token ids): next-token prediction.
+  Their targets are token ids (n, T) per sequence, ``IGNORE_INDEX`` where there is no next
+  token; ``NextTokenLM`` turns the LM's logits (n, T+1, V) into one row per predicted token
+  (M, V), and ``token_targets`` the targets into the matching (M,), so the cross-entropy below
+  is the mean next-token loss over the M predicted tokens (nats per token).
 
 Losses (both dimensionless, averaged over examples):
     cross_entropy:  L = (1/N) sum_i -log softmax(z_i)[y_i]
@@ -49,6 +55,24 @@ from convrate.errors import InvalidInputError
 Inputs = torch.Tensor | Mapping[str, torch.Tensor]
 
 LOSSES = ("cross_entropy", "squared")
+#: target of a position without a next token (padding): dropped by ``token_targets``
+IGNORE_INDEX = -100
+
+
+def token_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Next-token targets (n, T) -> (M,): flattened row-major, ``IGNORE_INDEX`` entries dropped
+    (the rows ``NextTokenLM`` keeps, in the same order)."""
+    flat = targets.reshape(-1)
+    return flat[flat != IGNORE_INDEX]
+
+
+def next_token_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """y[b, t] = input_ids[b, t + 1] where positions t and t + 1 are both attended, else
+    ``IGNORE_INDEX``; shape (n, L - 1)."""
+    y = input_ids[:, 1:].clone()
+    if attention_mask is not None:
+        y[(attention_mask[:, :-1] == 0) | (attention_mask[:, 1:] == 0)] = IGNORE_INDEX
+    return y
 
 # ---------------------------------------------------------------- the Task
 @dataclass(frozen=True, eq=False)
@@ -57,8 +81,10 @@ class Task:
 
     ``X_*`` is a tensor (n, ...) or a mapping of tensors (n, ...) passed as keyword
     arguments to the model (``input_ids``, ``attention_mask`` for encoders). ``y_*`` are
-    integer labels (n,) or real targets (n, k). ``batch_size=None`` is full batch (the loss
-    is then a deterministic function of the parameters: plain GD for ``sgd``)."""
+    integer labels (n,) or real targets (n, k), or next-token ids (n, T) for a causal-LM task
+    (``causal_lm``: the model is wrapped by ``NextTokenLM``, see the module doc).
+    ``batch_size=None`` is full batch (the loss is then a deterministic function of the
+    parameters: plain GD for ``sgd``)."""
 
     name: str
     description: str
@@ -74,6 +100,7 @@ class Task:
     texts_train: tuple[str, ...] | None = None
     texts_test: tuple[str, ...] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    causal_lm: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -103,8 +130,11 @@ class Task:
 
     # ---- loss and forward
     def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy on logits, or (1/N) sum_i 1/2 ||z_i - Y_i||^2 (see module doc)."""
+        """Mean cross-entropy on logits, or (1/N) sum_i 1/2 ||z_i - Y_i||^2 (see module doc);
+        integer targets (n, T) are next-token ids (``token_targets``)."""
         if self.loss == "cross_entropy":
+            if targets.ndim == 2 and not targets.is_floating_point():
+                targets = token_targets(targets)
             return F.cross_entropy(outputs, targets)
         if targets.dtype in (torch.int64, torch.int32):
             targets = F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype)
@@ -175,8 +205,11 @@ class Task:
         """The same task with another minibatch schedule."""
         return replace(self, batch_size=batch_size, seed=self.seed if seed is None else seed)
 
-    def head(self, encoder: nn.Module, seed: int = 0) -> "EncoderClassifier":
-        """encoder -> masked mean-pooled embedding -> fresh linear classifier of n_outputs."""
+    def head(self, encoder: nn.Module, seed: int = 0) -> nn.Module:
+        """encoder -> masked mean-pooled embedding -> fresh linear classifier of n_outputs; for a
+        causal-LM task the LM's own head, shifted (``NextTokenLM``; no new parameters)."""
+        if self.causal_lm:
+            return NextTokenLM(encoder)
         return EncoderClassifier(encoder, self.n_outputs, seed=seed)
 
 
@@ -232,6 +265,30 @@ class EncoderClassifier(nn.Module):
         m = attention_mask.to(h.dtype).unsqueeze(-1)
         pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
         return self.head(pooled)
+
+
+class NextTokenLM(nn.Module):
+    """Next-token logits of a causal LM, one row per predicted token:
+
+        z = lm(input_ids, attention_mask).logits[:, :-1]          (n, L - 1, V)
+        output = z[b, t] for every (b, t) with m[b, t] = m[b, t + 1] = 1, row-major  (M, V)
+
+    so that ``F.cross_entropy(output, token_targets(next_token_targets(ids, m)))`` is the mean
+    next-token loss. The LM is the child ``encoder`` (as in ``EncoderClassifier``, so the
+    LM's parameters are named ``encoder.<name>`` under every task head)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.encoder = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        from convrate.models.io import unwrap_output
+
+        z = unwrap_output(self.encoder(input_ids=input_ids, attention_mask=attention_mask))[:, :-1]
+        if attention_mask is None or bool(attention_mask.all()):
+            return z.reshape(-1, z.shape[-1])
+        keep = (attention_mask[:, :-1] != 0) & (attention_mask[:, 1:] != 0)
+        return z[keep]
 
 
 # ---------------------------------------------------------------- generic tensors
@@ -468,48 +525,76 @@ def minilm_tokenizer() -> Any:
 
 # ---------------------------------------------------------------- the task for a model
 #: task names accepted by the CLI (``auto`` picks by architecture)
-TASKS = ("auto", "digits-relabel", "text")
+TASKS = ("auto", "digits-relabel", "text", "lm-text", "lm-tokens")
+
+
+def is_decoder(model: Any) -> bool:
+    """A Hugging Face causal LM of a supported decoder family (llama, qwen2, mistral)."""
+    from convrate.models.families.llama_load import DECODER_TYPES
+
+    return model.fmt == "hf" and model.kind in DECODER_TYPES
 
 
 def task_name_for(model: Any, name: str = "auto") -> str:
-    """``auto`` -> "digits-relabel" (zoo net with 64 inputs or 1x8x8 images and 10 outputs)
-    or "text" (BERT-family encoder); a named task is checked against the model."""
+    """``auto`` -> "digits-relabel" (zoo net with 64 inputs or 1x8x8 images and 10 outputs),
+    "text" (BERT-family encoder), "lm-text" (decoder with tokenizer files in its directory) or
+    "lm-tokens" (decoder without); a named task is checked against the model."""
     if name not in TASKS:
         raise InvalidInputError(f"unknown task {name!r} (supported: {', '.join(TASKS)})")
     last = list(model.module.children())[-1] if model.fmt == "zoo" else None
     digits_ok = (model.fmt == "zoo" and tuple(model.input_shape or ()) in ((64,), (1, 8, 8))
                  and isinstance(last, nn.Linear) and last.out_features == 10)
+    decoder = is_decoder(model)
     if name == "auto":
         if digits_ok:
             return "digits-relabel"
+        if decoder:
+            from convrate.models.families.llama_load import has_tokenizer
+
+            return "lm-text" if has_tokenizer(model.source) else "lm-tokens"
         if model.fmt == "hf":
             return "text"
         raise InvalidInputError(f"no task fits a {model.kind} with input shape {list(model.input_shape or [])}: "
                                 "digits-relabel needs 64 inputs or 1x8x8 images and 10 outputs")
     if name == "digits-relabel" and not digits_ok:
         raise InvalidInputError("task digits-relabel needs a zoo model with 64 inputs or 1x8x8 images and 10 outputs")
-    if name == "text" and model.fmt != "hf":
+    if name == "text" and (model.fmt != "hf" or decoder):
         raise InvalidInputError("task text needs a BERT-family encoder")
+    if name.startswith("lm-") and not decoder:
+        raise InvalidInputError(f"task {name} needs a decoder LM (llama, qwen2, mistral)")
     return name
 
 
 def task_for(model: Any, name: str = "auto", seed: int = 0, *, max_length: int = 32,
-             per_class: int | None = None) -> Task:
+             per_class: int | None = None, sequences: int | None = None) -> Task:
     """The attacker's task for ``model`` (a ``LoadedModel``): the digits relabel task in the
-    model's dtype and input shape (pixels / 16, as the zoo trains), or the text task tokenized
-    with MiniLM's tokenizer (the model's vocabulary must match it)."""
+    model's dtype and input shape (pixels / 16, as the zoo trains), the text task tokenized
+    with MiniLM's tokenizer (the model's vocabulary must match it), or a causal-LM task
+    (``lm_tasks``) of ``sequences`` training sequences of ``max_length`` tokens."""
     name = task_name_for(model, name)
     if name == "digits-relabel":
         return digits_relabel_task(seed, dtype=model.dtype, standardize=False,
                                    image=tuple(model.input_shape or ()) == (1, 8, 8))
+    if name.startswith("lm-"):
+        from convrate.models import lm_tasks
+
+        size = {} if sequences is None else {"n_train": sequences}
+        if name == "lm-text":
+            return lm_tasks.lm_text_task(tokenizer_for(model), seq_len=max_length, seed=seed, **size)
+        return lm_tasks.lm_tokens_task(int(model.config["vocab_size"]), seq_len=max_length, seed=seed, **size)
     return text_task(tokenizer_for(model), max_length=max_length, seed=seed, per_class=per_class)
 
 
 def tokenizer_for(model: Any) -> Any:
-    """The tokenizer shipped in the model's directory (``tokenizer.json`` or ``vocab.txt``),
-    else MiniLM's; refused when it has more tokens than the model's vocabulary."""
+    """The tokenizer shipped in the model's directory (``tokenizer.json`` or ``vocab.txt``;
+    decoders: ``llama_load.TOKENIZER_FILES``), else MiniLM's (encoders only); refused when it
+    has more tokens than the model's vocabulary."""
+    from convrate.models.families.llama_load import TOKENIZER_FILES
+
     src = model.source
-    if src is not None and any((Path(src) / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+    decoder = is_decoder(model)
+    files = TOKENIZER_FILES if decoder else ("tokenizer.json", "vocab.txt")
+    if src is not None and any((Path(src) / f).is_file() for f in files):
         from transformers import AutoTokenizer
 
         try:
@@ -517,6 +602,9 @@ def tokenizer_for(model: Any) -> Any:
         except Exception as e:  # a broken tokenizer file is bad input
             raise InvalidInputError(f"{src}: the tokenizer files cannot be loaded ({' '.join(str(e).split())[:200]})"
                                     ) from None
+    elif decoder:
+        raise InvalidInputError(f"the decoder {src or '(in memory)'} has no tokenizer files ({', '.join(files)}); "
+                                "use the token-id task lm-tokens")
     else:
         tok = minilm_tokenizer()
     if len(tok) > int(model.config.get("vocab_size", 0)):
@@ -526,6 +614,6 @@ def tokenizer_for(model: Any) -> Any:
 
 
 __all__ = ["Task", "EncoderClassifier", "Paragraph", "LOSSES", "TOPIC_CHAPTER", "TEXT_GROUPS",
-           "tensor_task", "derangement", "digits_relabel_task", "text_corpus", "text_task",
+           "tensor_task", "derangement", "IGNORE_INDEX", "token_targets", "next_token_targets", "NextTokenLM", "is_decoder", "digits_relabel_task", "text_corpus", "text_task",
            "pydoc_topics_path", "minilm_dir", "minilm_tokenizer", "select", "TASKS", "task_name_for", "task_for", "tokenizer_for"]
 

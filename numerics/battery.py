@@ -22,6 +22,9 @@ ENTRY_MODULES = (
     "convrate.numerics.checks_quadratic",
     "convrate.numerics.checks_nets",
     "convrate.numerics.checks_precision",
+    "convrate.numerics.checks_inserted",
+    "convrate.numerics.checks_second_order",
+    "convrate.numerics.checks_llm",
     "convrate.numerics.checks_tight",
 )
 

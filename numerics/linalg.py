@@ -76,7 +76,7 @@ def _frob_upper(M: flint.arb_mat) -> mpmath.mpf:
         for j in range(M.ncols()):
             a = abs(M[i, j])
             s += a * a
-    upper = s.sqrt().upper()
+    upper = flint.arb(s.upper()).sqrt().upper()  # a ball around 0 would give sqrt = nan
     return mpmath.mpf(upper.str(30, radius=False)) * (1 + mpmath.mpf(10) ** -25)
 
 

@@ -417,6 +417,9 @@ def steps_to(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int | None
         return _scan(measure_for(problem, optimizer), optimizer, tolq, horizon, name)
     if isinstance(optimizer, ADAPTIVE + (CubicNewton,)):
         return _scan_ball(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS), name)
+    from convrate.numerics.optimizers_second_order import SECOND_ORDER, steps_to_second_order
+    if isinstance(optimizer, SECOND_ORDER):  # L-BFGS, Newton-CG, Sophia (statements SO-*)
+        return steps_to_second_order(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS))
     raise InvalidInputError(f"unsupported optimizer {optimizer!r}")
 
 
@@ -462,14 +465,18 @@ def iterate(problem: Quadratic, optimizer: Any, steps: int, prec: int = 256) -> 
 
 def brute_force_steps(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int) -> int:
     """Smallest t <= max_steps with q_t <= tol q_0 by exact rational iteration (rational methods
-    only): the independent cross-check of ``steps_to``. NoConvergenceError past max_steps."""
+    only, the SO-* ones of ``optimizers_second_order`` included): the independent cross-check of
+    ``steps_to``. NoConvergenceError past max_steps."""
     tolq = _tol(tol)
     target = tolq * problem.q0
     from convrate.numerics.optimizers import LINEAR, _Exact, _linear_iter
+    from convrate.numerics.optimizers_second_order import SECOND_ORDER, exact_iterator
     if isinstance(optimizer, CG):
         it: Iterable[fmpq_mat] = run_exact(problem, optimizer, max_steps)
     elif isinstance(optimizer, LINEAR):
         it = _linear_iter(problem, optimizer, _Exact())
+    elif isinstance(optimizer, SECOND_ORDER):
+        it = exact_iterator(problem, optimizer)
     else:
         raise InvalidInputError(f"{type(optimizer).__name__} has no exact rational iteration")
     for t, e in enumerate(it):

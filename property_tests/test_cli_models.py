@@ -144,7 +144,7 @@ def test_defend_refuses_bad_input(digits_like, tmp_path):
         (("attack", src, "--lr", 0.1, "--recovery", "r1"), "needs the secret reparameterization record"),
         (("attack", src, "--lr", 0.1, "--record", tmp_path / "full"), "--record applies to --recovery r1"),
         (("attack", src, "--lr", "nan"), "--lr must be positive"),
-        (("attack", src, "--lr", 0.1, "--optimizer", "lbfgs"), "unknown optimizer"),
+        (("attack", src, "--lr", 0.1, "--optimizer", "bfgs"), "unknown optimizer"),
     ]
     for args, match in cases:
         _assert_refused(invoke(*args), tmp_path, before, match)

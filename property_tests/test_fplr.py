@@ -5,8 +5,8 @@ Properties, float64 throughout:
 * random elements of every S2 group (zoo MLP/CNN) and S1 group (BERT heads) are recovered,
   the element within a tolerance argued from the rounding of T theta and of the solve (below),
   and kappa(T) within the tolerance that element error implies;
-* a fine-tuned model, a sign-flipped unit and a permuted hidden layer give no T (the last is
-  the documented limitation: permutations are not searched, the function is still preserved);
+* a fine-tuned model and a sign-flipped unit give no T; a permuted hidden layer gives T = P
+  (without the permutation search, no T);
 * mismatched architectures (widths, activation, family) raise ArchitectureMismatchError.
 
 Tolerance for S2 (log-scales a = log d; A the +-1 incidence matrix of the equations, built
@@ -90,7 +90,7 @@ def _incidence(syms, params) -> np.ndarray:
 def test_s2_elements_recovered(arch, seed, log_scale):
     m = random_zoo(arch, seed)
     rec = _random_record(m, seed, log_scale)
-    fit = infer_reparameterization(m, _defended(m, rec))
+    fit = infer_reparameterization(m, _defended(m, rec), permutations=False)  # the joint S2 solve
     assert fit.found, fit.reason
     params = dict(m.module.named_parameters())
     syms = [s for s, _ in rec.items]
@@ -117,7 +117,7 @@ def test_s2_elements_recovered(arch, seed, log_scale):
 def test_s1_elements_recovered(seed, log_scale, heads):
     m = tiny_bert(seed, hidden=8, heads=heads, intermediate=8)
     rec = _random_record(m, seed, log_scale)
-    fit = infer_reparameterization(m, _defended(m, rec))
+    fit = infer_reparameterization(m, _defended(m, rec), permutations=False)
     assert fit.found, fit.reason
     ref = {n: p.detach() for n, p in m.module.named_parameters()}
     cl = {n: p.detach() for n, p in rec.apply_to_module(m.module).named_parameters()}
@@ -178,7 +178,7 @@ def test_fine_tuned_model_has_no_T(seed):
         assert fit.residual > fit.rtol and "residual" in fit.reason
 
 
-def test_sign_flip_and_permutation_have_no_T():
+def test_sign_flip_has_no_T_and_permutation_is_found():
     m = random_zoo(mlp_arch([5, 4, 3]), 4)
     flip = copy.deepcopy(m.module)
     with torch.no_grad():  # relu(-z) != -relu(z): not a symmetry, and not an S2 element
@@ -195,7 +195,11 @@ def test_sign_flip_and_permutation_have_no_T():
         perm[2].weight.copy_(m.module[2].weight[:, p])
     x = m.probe_inputs(4)
     assert torch.equal(m.output(x), m.output(x, perm)) or torch.allclose(m.output(x), m.output(x, perm), rtol=1e-14)
-    assert not infer_reparameterization(m, m.with_module(perm)).found  # documented: P is not searched
+    assert not infer_reparameterization(m, m.with_module(perm), permutations=False).found
+    fit = infer_reparameterization(m, m.with_module(perm))  # T = P (D = 1)
+    assert fit.found and fit.kappa_T is not None and abs(fit.kappa_T - 1) <= 1e-12, fit.reason
+    P = next(e for s, e in fit.record.items if s.element_kind == "permutation")
+    assert torch.equal(P.argmax(dim=1), p)
 
 
 # ---------------------------------------------------------------- bad input

@@ -28,6 +28,9 @@ THEORY_IDS = ("T1", "T2", "T3", "T4", "W", "W'", "F1", "F2", "P", "N", "LM", "A"
               "SPECDEF-OPT")
 #: statements this project found false as THEORY.md words them (counterexample + proved correction)
 CORRECTED = {"SPECDEF-OPT", "F1", "B", "R1", "R2"}
+CORRECTED |= {"PREC-ALPHA"}  # statements_inserted
+CORRECTED |= {"SO-GN", "SO-SOPHIA"}  # theory.statements_second_order
+CORRECTED |= {"S4", "O"}  # section 6, decoder LLMs: distinct frequencies mod 2 pi; signed permutations commute with Adam
 DPS = 50
 
 

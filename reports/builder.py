@@ -104,7 +104,7 @@ def _device() -> str:
 #: modules of ``convrate.reports`` whose ``SECTIONS`` make the report, in build order; the
 #: statements table (``sections_exact``) comes last: it summarizes what the others measured
 SECTION_MODULES: tuple[str, ...] = ("sections_laws", "sections_slowdown", "sections_recovery", "sections_spectra",
-                                    "sections_precision", "sections_bench", "sections_exact")
+                                    "sections_precision", "sections_bench", "sections_inserted", "sections_exact")
 
 
 def sections() -> list[tuple[str, SectionBuilder]]:

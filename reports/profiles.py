@@ -4,6 +4,13 @@
 ``FULL`` is the default profile (T1/T2 on all six MiniLM layers and their heads, the sweeps and
 recoveries on two layers; more strengths, optimizers and defenses, larger budgets and finer
 learning-rate grids; 2907 and 3050 s measured on 2 cores, two thirds of it the slowdown sweeps).
+The second-order section (``*_so``: L-BFGS, Newton-CG, Gauss-Newton, K-FAC, Shampoo, SOAP,
+Sophia, Muon) adds, estimated from searches timed on a loaded 2-core machine (about 2 minutes
+per defended model for all nine attackers on the digits MLP): QUICK 74 s measured (MLP, K = 100,
+geometric SpecDef, six attackers, and the real-loss SO checks); FULL about 25-35 minutes (MLP: 7 models x 9 attackers; CNN: 2
+x 9; MiniLM: Sophia and Muon on 2 models, about 1-3 s per MiniLM step). Newton-CG and
+Gauss-Newton (k products per step) get smaller step budgets; K-FAC and Shampoo are too dear on
+MiniLM (about 17 and 68 s per step measured) and Gauss-Newton is for small models.
 Targets are losses of the attacker's task (cross-entropy, nats per example); the digits task
 starts near 18 nats (the released model is confident in the original labels), the text task
 near ln 4 = 1.39 (a fresh 4-way head).
@@ -28,6 +35,21 @@ class NetSweep:
 
 
 @dataclass(frozen=True)
+class InsertedProfile:
+    """The inserted-form section (``sections_inserted``): alphas and optimizers of the digits MLP
+    sweep (target and search of ``mlp``), alphas (none: no MiniLM sweep) and layer pattern on MiniLM
+    (``minilm``'s target, search and optimizers), rank k, and the alpha grid of the precision figure
+    (MiniLM truncated to ``minilm_sweep_layers``)."""
+
+    k: int
+    mlp_alphas: tuple[float, ...]
+    mlp_optimizers: tuple[str, ...]
+    minilm_alphas: tuple[float, ...]
+    minilm_layers: str
+    precision_alphas: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ReportProfile:
     name: str
     #: examples per battery entry of the exact checks (numerics.battery.PROFILES key)
@@ -49,6 +71,28 @@ class ReportProfile:
     #: MiniLM spectra: Lanczos products and Hutchinson probes per state
     spectra_lanczos_steps: int
     spectra_probes: int
+    #: SpecDef with an inserted layer (sections_inserted)
+    inserted: InsertedProfile | None = None
+    #: second-order and preconditioned attackers (section "slowdown-second-order"), per network; the
+    #: same target as the network's first-order sweep (None: not run)
+    mlp_so: NetSweep | None = None
+    cnn_so: NetSweep | None = None
+    minilm_so: NetSweep | None = None
+
+
+#: damping grid of Newton-CG, Gauss-Newton and K-FAC (their searched knob), one point per decade
+_DAMPING = tuple(log_grid(1e-3, 10, 1))
+_SO_ALL = ("lbfgs", "lbfgs-wolfe", "newton-cg", "gauss-newton", "kfac", "shampoo", "soap", "sophia", "muon")
+
+
+def _so_search(budget: int, lr_grid: tuple[float, ...], damping: tuple[float, ...], refine: int,
+               names: tuple[str, ...], hvp_budget: int | None = None) -> SearchProfile:
+    """Damping grids for Newton-CG, Gauss-Newton, K-FAC; two initial steps for L-BFGS with line
+    search; ``hvp_budget``: a smaller step budget for the methods that pay k products per step."""
+    grids = tuple((o, damping) for o in ("newton-cg", "gauss-newton", "kfac") if o in names)
+    grids += (("lbfgs-wolfe", (0.3, 1.0)),) if "lbfgs-wolfe" in names else ()
+    budgets = tuple((o, hvp_budget) for o in ("newton-cg", "gauss-newton") if o in names and hvp_budget)
+    return SearchProfile(budget, lr_grid, refine=refine, grids=grids, budgets=budgets)
 
 
 QUICK = ReportProfile(
@@ -62,6 +106,12 @@ QUICK = ReportProfile(
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** e for e in range(0, 13)),
     spectra_lanczos_steps=30, spectra_probes=12,
+    inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000), mlp_optimizers=("sgd", "adam"), minilm_alphas=(),
+                             minilm_layers="*.attention.self.query,*.attention.self.value",
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 13, 2))),
+    mlp_so=NetSweep((100,), ("lbfgs-wolfe", "newton-cg", "kfac", "shampoo", "sophia", "muon"), ("specdef",), 0.05,
+                    _so_search(300, tuple(log_grid(1e-3, 1, 1)), (0.1, 1.0, 10.0), 0,
+                               ("lbfgs-wolfe", "newton-cg", "kfac"), hvp_budget=150)),
 )
 
 FULL = ReportProfile(
@@ -76,6 +126,14 @@ FULL = ReportProfile(
                     SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
     precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
     spectra_lanczos_steps=80, spectra_probes=32,
+    inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000, 10000), mlp_optimizers=("sgd", "momentum", "adam"),
+                             minilm_alphas=(100, 1000), minilm_layers="*.attention.self.query,*.attention.self.value",
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 17))),
+    mlp_so=NetSweep((100, 10000), _SO_ALL, ("specdef", "specdef:spike", "diagonal"), 0.02,
+                    _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL, hvp_budget=300)),
+    cnn_so=NetSweep((100,), _SO_ALL, ("specdef",), 0.2,
+                    _so_search(400, tuple(log_grid(1e-3, 1, 1)), _DAMPING, 0, _SO_ALL, hvp_budget=200)),
+    minilm_so=NetSweep((100,), ("sophia", "muon"), ("specdef",), 0.1, _so_search(60, (1e-3, 1e-2), (), 0, ())),
 )
 
 

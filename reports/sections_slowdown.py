@@ -2,6 +2,7 @@
 with the attacks' loss curves (``models.experiments.slowdown_sweep``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -50,50 +51,88 @@ def _sensitivity_suffix(d: dict[str, Any]) -> str:
     return " [" + ", ".join(str(v) if v is not None else f">{d['budget']}" for v in rng) + "]"
 
 
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
 def _slow(d: dict[str, Any]) -> str:
     if d["slowdown"] is None:
         return "-"
     return (">= " if d["slowdown_is_lower_bound"] else "") + f"{d['slowdown']:.3g}"
 
 
-def slowdown_section(ctx: "Context") -> Section:
+_EXPLAIN = (
+    "Each cell is a learning-rate search (log grid, pruned, refined around the best; the same grid for every K; "
+    "for newton-cg, gauss-newton and kfac the searched knob is the damping, marked (d)) for the fewest full-batch "
+    "steps to reach the target loss; slowdown = steps(K) / steps(K=1) for the same optimizer ('>=' when the defended "
+    "search hit the budget). Cost to the target: gradient-equivalents (gradients and line-search evaluations, plus "
+    "Hessian-vector products, Gauss-Newton products and K-FAC's extra backward passes weighted by their cost "
+    "relative to a gradient, measured on the attacked model) and wall seconds (measured on a shared machine); cost "
+    "slowdown = gradient-equivalents(K) / (K=1). The prediction is the local-quadratic statement of THEORY.md: "
+    "kappa(T)^2 for GD-like methods (T3 with F1/B), kappa(T) for tuned Krylov methods (F2; L-BFGS: SO-LBFGS), "
+    "kappa(T) as the spread of effective step sizes for Shampoo at p = 1/4, Sophia and Muon (SO-SHAMPOO, SO-SOPHIA, "
+    "SO-MUON), 1 for the covariant second-order methods in their exact undamped limit (Newton-CG: SO-NEWTON-CG, "
+    "K-FAC: SO-KFAC); Adam and SOAP (statement A: the first power of D on the step sizes) and Gauss-Newton (SO-GN: "
+    "invariant in function space only) have none. On a nonconvex loss started far from the attacker's minimum the "
+    "prediction is a comparison, not a theorem.")
+
+
+def _networks(ctx: "Context", key: str) -> list[tuple[str, Any, Any, Any, Any]]:
+    """(label, sweep config, model, task, wrap) of the networks whose profile entry ``key`` (mlp, cnn,
+    minilm, or with the suffix _so) is set."""
     from convrate.models import zoo
-    from convrate.models.experiments import encoder_wrap, within_reference
+    from convrate.models.experiments import encoder_wrap
     from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, text_task
 
     p = ctx.profile
-    digits = digits_relabel_task(ctx.seed, standardize=False)
-    images = digits_relabel_task(ctx.seed, standardize=False, image=True)
-    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed)
-    nets = [
-        ("digits MLP", p.mlp, zoo.digits_mlp(), digits, None),
-        ("digits CNN", p.cnn, zoo.digits_cnn(), images, None),
-        (f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_sweep_layers), text,
-         encoder_wrap(text, ctx.seed)),
-    ]
+    suffix = "_so" if key == "so" else ""
+    out = []
+    if getattr(p, "mlp" + suffix) is not None:
+        out.append(("digits MLP", getattr(p, "mlp" + suffix), zoo.digits_mlp(), digits_relabel_task(ctx.seed, standardize=False),
+                    None))
+    if getattr(p, "cnn" + suffix) is not None:
+        out.append(("digits CNN", getattr(p, "cnn" + suffix), zoo.digits_cnn(),
+                    digits_relabel_task(ctx.seed, standardize=False, image=True), None))
+    if getattr(p, "minilm" + suffix) is not None:
+        text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed)
+        out.append((f"MiniLM ({p.minilm_sweep_layers} layer(s))", getattr(p, "minilm" + suffix),
+                    zoo.minilm(n_layers=p.minilm_sweep_layers), text, encoder_wrap(text, ctx.seed)))
+    return out
+
+
+def _rows(runs: Sequence["SweepRun"]) -> list[dict[str, Any]]:
+    from convrate.models.experiments import within_reference
+
+    rows = [r.to_dict() for r in runs]
+    for d, r in zip(rows, runs):
+        d["within_reference"] = within_reference(r)
+    return rows
+
+
+def _table(s: Section, rows: Sequence[dict[str, Any]]) -> None:
+    s.table(["defense", "K", "kappa(T)", "optimizer", "best lr (damping)", "steps", "grad-equiv.", "wall s",
+             "slowdown", "cost slowdown", "prediction (statement)", "<= pred."],
+            [[d["defense"], f"{d['K']:g}", f"{d['kappa_T']:.4g}", d["optimizer"],
+              f"{d['best_lr']:.3g}" + (" (d)" if d.get("knob") == "damping" else ""), _steps(d),
+              _num(d.get("grad_equivalents")), _num(d.get("wall_to_target_s")), _slow(d), _num(d.get("cost_slowdown")),
+              "-" if d["reference"] is None else f"{d['reference']:.3g} ({d['reference_formula']}; "
+                                                 f"{d.get('reference_statement') or '-'})",
+              {None: "-", True: "yes", False: "no"}[d["within_reference"]]] for d in rows])
+
+
+def slowdown_section(ctx: "Context") -> Section:
     s = Section("Slowdown vs defense strength on real networks")
-    s.para("Each cell is a learning-rate search (log grid, pruned, refined around the best; the same grid "
-           "for every K) for the fewest full-batch steps to reach the target loss; slowdown = steps(K) / "
-           "steps(K=1) for the same optimizer ('>=' when the defended search hit the budget). The reference "
-           "is the local-quadratic prediction of THEORY.md: kappa(T)^2 for GD-like methods (T3 with F1/B), "
-           "kappa(T) for a tuned Krylov method (F2); adaptive methods have none (statement A: a diagonal "
-           "defense acts on them to the first power of D). On a nonconvex loss started far from the "
-           "attacker's minimum the reference is a comparison, not a theorem.")
+    s.para(_EXPLAIN)
     data: dict[str, Any] = {"networks": {}}
     ctx.shared["sweeps"] = sweeps = {}
-    for label, cfg, model, task, wrap in nets:
+    for label, cfg, model, task, wrap in _networks(ctx, "first-order"):
         runs = _sweep(ctx, label, cfg, model, task, wrap)
         sweeps[label] = SweepRecord(label, cfg, model, task, wrap, runs)
-        rows = [r.to_dict() for r in runs]
-        for d, r in zip(rows, runs):
-            d["within_reference"] = within_reference(r)
+        rows = _rows(runs)
         data["networks"][label] = {"target": cfg.target, "budget": cfg.search.budget, "grid": list(cfg.search.grid),
                                    "task": task.description, "runs": rows}
         s.para(f"**{label}**: task {task.description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps.")
-        s.table(["defense", "K", "kappa(T)", "optimizer", "best lr", "steps", "slowdown", "reference", "<= ref"],
-                [[d["defense"], f"{d['K']:g}", f"{d['kappa_T']:.4g}", d["optimizer"], f"{d['best_lr']:.3g}", _steps(d),
-                  _slow(d), "-" if d["reference"] is None else f"{d['reference']:.3g} ({d['reference_formula']})",
-                  {None: "-", True: "yes", False: "no"}[d["within_reference"]]] for d in rows])
+        _table(s, rows)
         s.figure(_slowdown_figure(label, rows))
         s.figure(_curves_figure(label, rows, cfg.target))
     absorbed = _adam_absorption(data["networks"])
@@ -121,56 +160,139 @@ def _adam_absorption(networks: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _slowdown_figure(label: str, rows: Sequence[dict[str, Any]]) -> Figure:
+def _name(label: str) -> str:
+    return label.split(" (")[0].lower().replace(" ", "_")
+
+
+def _slowdown_figure(label: str, rows: Sequence[dict[str, Any]], prefix: str = "") -> Figure:
+    """Small multiples: one row per defense, one column per attacker family; colour = attacker,
+    marker = defense (``reports.style``); open markers with a caret are lower bounds; the
+    kappa(T), kappa(T)^2 references are clipped to the data's range."""
     from convrate.reports.builder import png, pyplot
+    from convrate.reports import style
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    groups: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
-    kap: dict[float, float] = {}
-    for d in rows:
-        if d["defense"] != "none" and d["slowdown"] is not None:
-            groups.setdefault((d["defense"], d["optimizer"]), []).append((d["K"], d["slowdown"], d["slowdown_is_lower_bound"]))
-            kap[d["K"]] = max(kap.get(d["K"], 0.0), d["kappa_T"])
-    for (dfn, opt), pts in sorted(groups.items()):
-        pts.sort()
-        line, = ax.loglog([1] + [k for k, _, _ in pts], [1] + [v for _, v, _ in pts], "o-", label=f"{opt}, {dfn}")
-        lb = [(k, v) for k, v, lower in pts if lower]
-        if lb:
-            ax.loglog([k for k, _ in lb], [v for _, v in lb], "^", color=line.get_color(), markersize=9)
-    if kap:
-        ks = sorted(kap)
-        ax.loglog([1] + ks, [1] + [kap[k] for k in ks], "k:", label="kappa(T)")
-        ax.loglog([1] + ks, [1] + [kap[k] ** 2 for k in ks], "k--", label="kappa(T)^2")
-    ax.axhline(1, color="grey", lw=0.5)
-    ax.set_xlabel("defense strength K")
-    ax.set_ylabel("slowdown (steps ratio)")
-    ax.set_title(f"{label}: slowdown vs K (triangles: lower bounds)")
-    ax.legend(fontsize=7, ncol=2)
-    name = label.split(" (")[0].lower().replace(" ", "_")
-    return Figure(f"slowdown_{name}.png", png(fig), f"{label}: measured slowdown at the best learning rate vs K, "
-                                                    "with the kappa(T) and kappa(T)^2 references.")
+    runs = [d for d in rows if d["defense"] != "none" and d["slowdown"] is not None]
+    defenses = list(dict.fromkeys(d["defense"] for d in runs)) or ["specdef"]
+    panels = style.panels_for(d["optimizer"] for d in runs) or [("-", [])]
+    fig, axes = plt.subplots(len(defenses), len(panels), figsize=(3.3 * len(panels) + 0.6, 2.7 * len(defenses) + 0.4),
+                             squeeze=False, sharex=True)
+    for i, dfn in enumerate(defenses):
+        mine = [d for d in runs if d["defense"] == dfn]
+        ylim = style.log_limits([1.0] + [d["slowdown"] for d in mine])
+        kap = sorted({(d["K"], d["kappa_T"]) for d in mine})
+        for j, (family, attackers) in enumerate(panels):
+            ax = axes[i][j]
+            for opt in attackers:
+                pts = sorted((d["K"], d["slowdown"], d["slowdown_is_lower_bound"]) for d in mine if d["optimizer"] == opt)
+                if not pts:
+                    continue
+                color = style.attacker_color(opt)
+                ax.plot([1] + [k for k, _, _ in pts], [1] + [v for _, v, _ in pts], ls=style.attacker_line(opt), color=color,
+                        lw=1.3, label=opt)
+                style.mark_points(ax, [k for k, _, _ in pts], [v for _, v, _ in pts], [lb for _, _, lb in pts], color,
+                                  style.defense_marker(dfn))
+            if kap:
+                xs = [1.0] + [k for k, _ in kap]
+                style.clipped_reference(ax, xs, [1.0] + [t for _, t in kap], "kappa(T)", ylim, "--", 0)
+                style.clipped_reference(ax, xs, [1.0] + [t * t for _, t in kap], "kappa(T)^2", ylim, ":", 1)
+            ax.axhline(1, color="grey", lw=0.5)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_ylim(*ylim)
+            if i == 0:
+                ax.set_title(family, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{dfn}\nslowdown (steps ratio)", fontsize=8)
+            if i == len(defenses) - 1:
+                ax.set_xlabel("defense strength K", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="lower left", framealpha=0.8)
+    fig.suptitle(f"{label}: slowdown vs K (open markers with a caret: lower bounds, budget hit)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return Figure(f"{prefix}slowdown_{_name(label)}.png", png(fig),
+                  f"{label}: measured slowdown at the best learning rate (damping) vs K, one row per defense and one "
+                  "column per attacker family, with the kappa(T) and kappa(T)^2 references clipped to the data's range.")
 
 
-def _curves_figure(label: str, rows: Sequence[dict[str, Any]], target: float) -> Figure:
+def _curves_figure(label: str, rows: Sequence[dict[str, Any]], target: float, prefix: str = "") -> Figure:
+    """One panel per attacker (its colour): the undefended run thick, each defended run with the
+    defense's marker, lighter for smaller K; the target dotted; y-range from the data."""
     from convrate.reports.builder import png, pyplot
+    from convrate.reports import style
 
     plt = pyplot()
     opts = list(dict.fromkeys(d["optimizer"] for d in rows))
-    fig, axes = plt.subplots(1, len(opts), figsize=(4 * len(opts), 3.4), squeeze=False)
-    for ax, opt in zip(axes[0], opts):
-        for d in rows:
-            if d["optimizer"] == opt:
-                tag = "undefended" if d["defense"] == "none" else f"{d['defense']} K={d['K']:g}"
-                ax.semilogy(range(len(d["losses"])), d["losses"], label=f"{tag} (lr {d['best_lr']:.2g})", lw=1)
+    ncols = min(5, len(opts))
+    nrows = math.ceil(len(opts) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows + 0.4), squeeze=False)
+    Ks = sorted({d["K"] for d in rows if d["defense"] != "none"})
+    for ax in axes.flat[len(opts):]:
+        ax.axis("off")
+    for ax, opt in zip(axes.flat, opts):
+        color = style.attacker_color(opt)
+        mine = [d for d in rows if d["optimizer"] == opt]
+        start = max((d["losses"][0] for d in mine if d["losses"]), default=1.0)
+        ys_all = [v for d in mine for v in d["losses"] if v is not None and math.isfinite(v) and v <= 10 * start] + [target]
+        for d in mine:
+            ys = d["losses"]
+            if d["defense"] == "none":
+                ax.plot(range(len(ys)), ys, "-", color=color, lw=2.2, label="undefended", zorder=3)
+            else:
+                alpha = 0.35 + 0.65 * (Ks.index(d["K"]) + 1) / max(1, len(Ks))
+                ax.plot(range(len(ys)), ys, "-", color=color, lw=0.9, alpha=alpha, marker=style.defense_marker(d["defense"]),
+                        markevery=max(1, len(ys) // 6), ms=3.5, label=f"{d['defense']} K={d['K']:g}")
         ax.axhline(target, color="k", ls=":", lw=0.8)
-        ax.set_title(opt)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("training loss")
-    name = label.split(" (")[0].lower().replace(" ", "_")
-    return Figure(f"curves_{name}.png", png(fig), f"{label}: loss curves of the attacks at each run's best "
-                                                  "learning rate (dotted: target).")
+        ax.set_yscale("log")
+        ax.set_ylim(*style.log_limits(ys_all, pad=1.3))
+        ax.set_title(opt, fontsize=8, fontweight="bold")
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5, ncol=2)
+    axes[0][0].set_ylabel("training loss", fontsize=7)
+    fig.tight_layout()
+    return Figure(f"{prefix}curves_{_name(label)}.png", png(fig), f"{label}: loss curves of the attacks at each run's best "
+                                                         "learning rate (damping); markers name the defense, darker "
+                                                         "lines larger K; dotted: target.")
 
 
-SECTIONS: list[tuple[str, Any]] = [("slowdown", slowdown_section)]
+def second_order_section(ctx: "Context") -> Section:
+    """The second-order and preconditioned attackers (L-BFGS, Newton-CG, Gauss-Newton, K-FAC, Shampoo,
+    SOAP, Sophia, Muon) on the same networks and targets; when the first-order sweep ran in this
+    report, its rows join each network's table and figure, so every attacker is listed."""
+    s = Section("Second-order and preconditioned attackers vs defense strength")
+    s.para("Does the defense slow second-order optimization? The attackers of statements SO-* on the networks and "
+           "targets of the previous section. " + _EXPLAIN)
+    data: dict[str, Any] = {"networks": {}}
+    earlier = ctx.shared.get("sweeps", {})
+    for label, cfg, model, task, wrap in _networks(ctx, "so"):
+        rows = _rows(_sweep(ctx, label, cfg, model, task, wrap))
+        first = [d for d in _rows(earlier[label].runs)] if label in earlier else []
+        data["networks"][label] = {"target": cfg.target, "budget": cfg.search.budget, "grid": list(cfg.search.grid),
+                                   "grids": {o: list(g) for o, g in cfg.search.grids}, "task": task.description,
+                                   "runs": rows, "first_order_runs_merged": len(first)}
+        s.para(f"**{label}**: task {task.description}; target loss {cfg.target:g}, budget {cfg.search.budget} steps"
+               + (f"; the first {len(first)} rows are the first-order attackers of the previous section" if first else "")
+               + ".")
+        _table(s, first + rows)
+        s.figure(_slowdown_figure(label + " (all attackers)" if first else label, first + rows, "so_"))
+        s.figure(_curves_figure(label, rows, cfg.target, "so_"))
+    from convrate.models import zoo
+    from convrate.models.experiments import second_order_checks
+    from convrate.models.tasks import digits_relabel_task
+
+    checks = ctx.record(second_order_checks(zoo.digits_mlp(), digits_relabel_task(ctx.seed, standardize=False), 100.0,
+                                            seed=ctx.seed))
+    s.para("Exact statements on the real loss (digits MLP, SpecDef K = 100): k CG steps on the defended release, "
+           "mapped back by T^-1, equal CG preconditioned by T^-1 T^-T with damping lambda T^T T on the original, for "
+           "the Hessian (SO-NEWTON-CG) and the Gauss-Newton matrix (SO-GN).")
+    s.table(["statement", "instance", "measured", "rel", "bound", "holds"],
+            [[d["statement"], d["instance"], f"{d['measured']:.3g}", d["relation"], f"{d['bound']:.3g}",
+              "yes" if d["holds"] else "no"] for d in checks])
+    data["real_network_checks"] = checks
+    s.data = data
+    return s
+
+
+SECTIONS: list[tuple[str, Any]] = [("slowdown", slowdown_section), ("slowdown-second-order", second_order_section)]

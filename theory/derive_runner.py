@@ -26,6 +26,7 @@ _UNICODE_LATEX = {
     "μ": r"\mu", "Σ": r"\Sigma", "ℓ": r"\ell", "≤": r"\le", "≥": r"\ge", "≈": r"\approx", "≻": r"\succ", "≫": r"\gg",
     "∘": r"\circ", "∈": r"\in", "∪": r"\cup", "‖": r"\|", "√": r"\surd", "⌈": r"\lceil", "⌉": r"\rceil", "½": r"\tfrac12",
     "·": r"\cdot", "→": r"\to", "−": "-", "…": r"\dots", "×": r"\times", "Θ": r"\Theta", "φ": r"\varphi", "Ĝ": r"\hat G",
+    "γ": r"\gamma", "←": r"\leftarrow",
 }
 _SUPERSCRIPTS = {"⁻": "-", "ᵀ": "T", "¹": "1", "²": "2", "³": "3", "⁴": "4"}
 _TEXT_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "^": r"\^{}", "&": r"\&", "%": r"\%", "#": r"\#",

@@ -177,7 +177,11 @@ _STATEMENTS = [
 
 #: modules holding further statements (THEORY.md section 6 and later), each defining
 #: ``STATEMENTS: list[Statement]`` and ``FORMULAS: dict[str, sympy.Basic]`` (key relation per id)
-STATEMENT_MODULES: tuple[str, ...] = ()
+STATEMENT_MODULES: tuple[str, ...] = (
+    "statements_inserted",
+    "statements_second_order",
+    "statements_llm",
+)
 
 for _mod in STATEMENT_MODULES:
     _STATEMENTS += importlib.import_module(f"convrate.theory.{_mod}").STATEMENTS

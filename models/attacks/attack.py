@@ -10,13 +10,22 @@ L(theta_t) is NaN/inf or exceeds ``divergence_factor`` (default 1e3) x L(theta_0
 stops. Plain GD on a quadratic diverges iff lr > 2 / lambda_max over the active eigen-
 directions (F1); the run flags it at the first step where the loss passes the factor.
 
-Optimizers (torch.optim, PyTorch defaults unless stated):
-    sgd        theta <- theta - lr g                          (GD with full batch)
-    momentum   heavy ball, m <- 0.9 m + g, theta <- theta - lr m
-    adam       Adam(betas=(0.9, 0.999), eps=1e-8)
-    adamw      AdamW(..., weight_decay=0.01)
-    lora-sgd   sgd on LoRA adapters of rank ``lora_rank`` (base frozen; see ``lora``)
-    lora-adam  adam on LoRA adapters
+Optimizers: the names of ``registry.REGISTRY`` (``OPTIMIZERS``), each a module of this package
+with the statement that predicts it: ``first_order`` (sgd, momentum, adam, adamw, lora-sgd,
+lora-adam), ``second_order`` (lbfgs, lbfgs-wolfe, newton-cg), ``gauss_newton``
+(gauss-newton, kfac), ``preconditioned`` (shampoo, soap, sophia, muon). For Newton-CG,
+Gauss-Newton and K-FAC the searched knob is the damping lambda (``make_attack``), with the
+step multiplier ``lr`` (default 1).
+
+Cost: ``Trajectory.costs[t]`` holds the cumulative evaluations that produced theta_t
+(gradients, Hessian- and Gauss-Newton-vector products, extra backward passes; see
+``registry``), ``times[t]`` the wall seconds since the start, and ``cost_ratios`` the measured
+cost of each product kind relative to a gradient, so ``cost_to(target)`` reports steps,
+gradient-equivalents and wall time to the target.
+
+LoRA: ``lora-sgd`` / ``lora-adam`` train adapters of rank ``lora_rank`` (base frozen): through peft on
+the attention and MLP projections of a Hugging Face model inside the attacked module
+(``peft_lora``), the in-project ``lora`` on the Linear layers of anything else (zoo nets).
 
 Runs are deterministic given ``seed`` (the RNG is forked and seeded, deterministic algorithms
 requested) and the caller's RNG state is left untouched.
@@ -33,11 +42,15 @@ import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError
+from convrate.models.attacks import first_order, gauss_newton, preconditioned, second_order  # noqa: F401 (register)
 from convrate.models.attacks.lora import Targets, lora_wrap
+from convrate.models.attacks.registry import REGISTRY, Cost, StepContext, get_spec, measure_cost_ratios
+from convrate.models.attacks.peft_lora import peft_wrap, uses_peft
 from convrate.models.runtime import deterministic, resolve_device
 from convrate.models.tasks import Task
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lora-sgd", "lora-adam")
+#: every attacker name, in registration order (first-order, second-order, Gauss-Newton, preconditioned)
+OPTIMIZERS = tuple(REGISTRY)
 
 #: progress callback: (label, done, total)
 Progress = Callable[[str, int, int], None]
@@ -70,9 +83,7 @@ def _positive_int(x: Any, what: str) -> int:
 
 
 def _check_optimizer(name: Any) -> str:
-    if name not in OPTIMIZERS:
-        raise InvalidInputError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return name
+    return get_spec(name).name
 
 
 def _check_target(target: Any) -> float | None:
@@ -103,6 +114,9 @@ class Trajectory:
     stopped: str = "budget"
     wall_s: float = 0.0
     trainable_parameters: int = 0
+    costs: list[Cost] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    cost_ratios: dict[str, float] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -128,6 +142,17 @@ class Trajectory:
                 return t
         return None
 
+    def cost_at(self, t: int) -> dict[str, Any]:
+        """What producing theta_t cost: steps, the counts, gradient-equivalents, wall seconds."""
+        c = self.costs[t]
+        return {"steps": t, **c.to_dict(), "grad_equivalents": c.equivalents(self.cost_ratios),
+                "wall_s": self.times[t]}
+
+    def cost_to(self, target: float | None = None) -> dict[str, Any] | None:
+        """``cost_at(steps_to(target))``; None when the target is not reached."""
+        t = self.steps_to(target)
+        return None if t is None else self.cost_at(t)
+
 
 # ---------------------------------------------------------------- attack
 @dataclass(frozen=True)
@@ -137,7 +162,12 @@ class Attack:
     ``stop_at_target``: stop as soon as the target is met (the trajectory then ends at
     ``steps_to``). ``eval_every`` > 0 records the test loss every that many steps.
     ``train_mode`` False (default) runs the copy in eval mode (no dropout: the loss is a
-    deterministic function of the parameters)."""
+    deterministic function of the parameters).
+
+    Second-order knobs: ``damping`` lambda (Newton-CG, Gauss-Newton, K-FAC; the searched knob),
+    ``inner_steps`` (CG steps per outer step), ``lbfgs_memory`` (L-BFGS history m),
+    ``exponent`` (Shampoo's preconditioner exponent p: L^-p G R^-p; None = the library's
+    1/(2 order)), ``cost_ratios`` (measured product costs; None: measured at theta_0)."""
 
     optimizer: str
     lr: float
@@ -156,24 +186,40 @@ class Attack:
     train_mode: bool = False
     seed: int = 0
     device: str = "auto"
+    damping: float = 1e-3
+    inner_steps: int = 10
+    lbfgs_memory: int = 10
+    exponent: float | None = None
+    cost_ratios: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_optimizer(self.optimizer)
         _positive_finite(self.lr, "learning rate")
+        _positive_finite(self.damping, "damping")
+        _positive_int(self.inner_steps, "inner CG steps")
+        _positive_int(self.lbfgs_memory, "L-BFGS memory")
+        if self.exponent is not None and not (0 < _positive_finite(self.exponent, "exponent") <= 1):
+            raise InvalidInputError(f"exponent must lie in (0, 1], got {self.exponent!r}")
         _positive_int(self.budget, "step budget")
         _check_target(self.target)
         if not (math.isfinite(self.divergence_factor) and self.divergence_factor > 1):
             raise InvalidInputError(f"divergence_factor must be finite and > 1, got {self.divergence_factor!r}")
-        if self.optimizer.startswith("lora"):
+        if self.spec.lora:
             _positive_int(self.lora_rank, "LoRA rank")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise InvalidInputError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
 
+    @property
+    def spec(self) -> Any:
+        """The optimizer's ``registry.OptimizerSpec``."""
+        return get_spec(self.optimizer)
+
     # ---- setup
     def _prepare(self, model: nn.Module, dev: torch.device) -> tuple[nn.Module, list[nn.Parameter]]:
-        if self.optimizer.startswith("lora"):
-            net, params = lora_wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
-                                    extra_trainable=self.lora_extra_trainable)
+        if self.spec.lora:
+            wrap = peft_wrap if uses_peft(model) else lora_wrap
+            net, params = wrap(model, self.lora_rank, self.lora_targets, seed=self.seed,
+                               extra_trainable=self.lora_extra_trainable)
         else:
             net = copy.deepcopy(model)
             params = [p for p in net.parameters() if p.requires_grad]
@@ -183,17 +229,6 @@ class Attack:
         net.train(self.train_mode)
         return net, [p for p in net.parameters() if p.requires_grad]
 
-    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        base = self.optimizer.removeprefix("lora-")
-        if base == "sgd":
-            return torch.optim.SGD(params, lr=self.lr)
-        if base == "momentum":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
-        if base == "adam":
-            return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps,
-                                 weight_decay=self.weight_decay)
-
     # ---- run
     def run(self, model: nn.Module, task: Task, progress: Progress | None = None) -> Trajectory:
         """Fine-tune a copy of ``model`` on ``task``; the input model is not modified."""
@@ -201,27 +236,30 @@ class Attack:
             raise InvalidInputError(f"task must be a convrate Task, got {type(task).__name__}")
         require_finite_parameters(model)
         dev = resolve_device(self.device)
-        label = f"{self.optimizer} lr={self.lr:.3g}"
+        spec = self.spec
+        label = f"{self.optimizer} {spec.knob}={self.damping if spec.knob == 'damping' else self.lr:.3g}"
         start = time.perf_counter()
         with deterministic(self.seed, dev):
             net, params = self._prepare(model, dev)
             dtype = params[0].dtype if params[0].is_floating_point() else None
-            t = task.to(dev, dtype)
-            opt = self._optimizer(params)
+            ctx = StepContext(net, params, task.to(dev, dtype))
+            if self.cost_ratios is not None:
+                ratios = dict(self.cost_ratios)
+            else:
+                ratios = measure_cost_ratios(ctx, spec.uses, self.inner_steps)
+            stepper = spec.build(params, self, net)
             traj = Trajectory(self.optimizer, float(self.lr), self.budget, self.target,
-                              trainable_parameters=sum(p.numel() for p in params))
+                              trainable_parameters=sum(p.numel() for p in params), cost_ratios=ratios)
+            start = time.perf_counter()
             floor = None
             for step in range(self.budget + 1):
-                idx = t.batch_indices(step)
-                opt.zero_grad(set_to_none=True)
-                if idx is None:  # full batch: the recorded loss is the one differentiated
-                    loss = t.loss_fn(t.forward(net, t.X_train), t.y_train)
-                    value = float(loss.detach())
-                else:
-                    value = t.evaluate(net)
+                ctx.set_step(step)
+                value = ctx.record()
                 traj.losses.append(value)
-                if self.eval_every and t.X_test is not None and step % self.eval_every == 0:
-                    traj.eval_losses.append((step, t.evaluate(net, "test")))
+                traj.costs.append(ctx.cost.copy())
+                traj.times.append(time.perf_counter() - start)
+                if self.eval_every and ctx.task.X_test is not None and step % self.eval_every == 0:
+                    traj.eval_losses.append((step, ctx.task.evaluate(net, "test")))
                 if progress is not None:
                     progress(label, step, self.budget)
                 if floor is None:
@@ -234,14 +272,21 @@ class Attack:
                     break
                 if step == self.budget:
                     break
-                if idx is not None:
-                    Xb, yb = t.batch(step)
-                    loss = t.loss_fn(t.forward(net, Xb), yb)
-                loss.backward()
-                opt.step()
+                stepper.step(ctx)
         traj.wall_s = time.perf_counter() - start
         return traj
 
     def steps_to(self, model: nn.Module, task: Task, target: float | None = None) -> int | None:
         """Run and return the first step with loss <= target (None: not within budget)."""
         return self.run(model, task).steps_to(target)
+
+
+def make_attack(optimizer: str, value: float, budget: int, target: float | None = None, **options: Any) -> Attack:
+    """The Attack whose searched knob (``registry.OptimizerSpec.knob``: lr, or damping with
+    ``lr`` = options' lr or 1) has ``value``."""
+    spec = get_spec(optimizer)
+    if spec.knob == "damping":
+        lr = options.pop("lr", 1.0)
+        options["damping"] = value
+        return Attack(optimizer, lr, budget, target, **options)
+    return Attack(optimizer, value, budget, target, **options)

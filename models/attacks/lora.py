@@ -23,6 +23,13 @@ from convrate.errors import InvalidInputError
 Targets = str | Sequence[str] | None
 
 
+def lora_a_init(rank: int, in_features: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A ~ U(-1/sqrt(in), 1/sqrt(in)) of shape (rank, in), float64, from ``generator`` (the
+    distribution of peft's default Kaiming-uniform(a = sqrt 5) init)."""
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand(rank, in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+
+
 class LoRALinear(nn.Module):
     """y = base(x) + s (x A^T) B^T, s = alpha / rank; ``base`` frozen."""
 
@@ -35,8 +42,7 @@ class LoRALinear(nn.Module):
         w = base.weight
         self.rank = int(rank)
         self.scaling = float(alpha if alpha is not None else rank) / self.rank
-        bound = 1.0 / math.sqrt(base.in_features)
-        A = (torch.rand(self.rank, base.in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        A = lora_a_init(self.rank, base.in_features, generator)
         self.lora_A = nn.Parameter(A.to(device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.rank, device=w.device, dtype=w.dtype))
 
@@ -155,4 +161,4 @@ def lora_parameter_count(model: nn.Module) -> int:
     return sum(m.lora_A.numel() + m.lora_B.numel() for m in model.modules() if isinstance(m, LoRALinear))
 
 
-__all__ = ["LoRALinear", "lora_wrap", "lora_merge", "lora_targets", "lora_parameter_count"]
+__all__ = ["LoRALinear", "lora_a_init", "lora_wrap", "lora_merge", "lora_targets", "lora_parameter_count"]

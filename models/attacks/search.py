@@ -1,9 +1,13 @@
 """Learning-rate search and slowdown ratios for attacks.
 
 ``lr_search`` runs an attack over a log grid of learning rates (default 1e-5 .. 1e1, two
-points per decade), then on a finer log grid around the best, and returns the lr with the
-fewest steps. ``slowdown`` runs it on an undefended and a defended model and returns the
-ratio of best step counts (dimensionless).
+points per decade, or the optimizer's own grid), then on a finer log grid around the best, and
+returns the lr with the fewest steps. For Newton-CG, Gauss-Newton and K-FAC the searched knob is
+the damping (``registry.OptimizerSpec.knob``); ``lr`` below then means that value. Each trial
+records its cost to the target (steps, gradients, curvature products, gradient-equivalents with
+the product cost ratios measured once per search, wall seconds). ``slowdown`` runs it on an
+undefended and a defended model and returns the ratio of best step counts (dimensionless), and
+the ratios of gradient-equivalents and wall time at those best runs.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from torch import nn
 
 from convrate.errors import InvalidInputError
 from convrate.models.attacks.attack import (Attack, Progress, _check_optimizer, _check_target, _positive_finite,
-                                            _positive_int, require_finite_parameters)
+                                            _positive_int, make_attack, require_finite_parameters)
+from convrate.models.attacks.registry import get_spec
 from convrate.models.tasks import Task
 
 
@@ -43,6 +48,7 @@ class LRTrial:
     budget: int
     stage: str
     wall_s: float
+    cost: dict[str, Any] | None = None
 
 
 def _rank(tr: LRTrial) -> tuple[float, int, float, float]:
@@ -63,10 +69,22 @@ class LRSearchResult:
     best_steps: int | None
     table: tuple[LRTrial, ...]
     wall_s: float
+    cost_ratios: dict[str, float] | None = None
 
     @property
     def reached(self) -> bool:
         return self.best_steps is not None
+
+    @property
+    def knob(self) -> str:
+        """What ``best_lr`` and the table's lr values are: "lr" or "damping"."""
+        return get_spec(self.optimizer).knob
+
+    @property
+    def best_cost(self) -> dict[str, Any] | None:
+        """Cost to the target of the best trial (steps, counts, gradient-equivalents, wall s)."""
+        rows = [tr for tr in self.table if tr.lr == self.best_lr and tr.steps == self.best_steps and tr.cost]
+        return rows[0].cost if rows and self.reached else None
 
     def steps_text(self) -> str:
         return str(self.best_steps) if self.reached else f">{self.budget}"
@@ -76,7 +94,8 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
               grid: Sequence[float] | None = None, refine: int = 2, refine_rounds: int = 1,
               per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
               progress: Progress | None = None, **attack_options: Any) -> LRSearchResult:
-    """Steps to ``target`` for each lr of ``grid`` (default ``log_grid(1e-5, 10, per_decade)``),
+    """Steps to ``target`` for each lr of ``grid`` (default: the optimizer's own grid, else
+    ``log_grid(1e-5, 10, per_decade)``),
     tried from the largest down, then ``refine`` log-spaced points on each side of the best
     (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
 
@@ -92,11 +111,17 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         raise InvalidInputError(f"refine must be a non-negative integer, got {refine!r}")
     if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
         raise InvalidInputError(f"refine_rounds must be a non-negative integer, got {refine_rounds!r}")
-    lrs = log_grid(1e-5, 10.0, per_decade) if grid is None else [_positive_finite(x, "grid learning rate") for x in grid]
+    spec = get_spec(optimizer)
+    if grid is None:
+        grid = spec.grid if spec.grid is not None else log_grid(1e-5, 10.0, per_decade)
+    lrs = [_positive_finite(x, "grid learning rate") for x in grid]
     if not lrs:
         raise InvalidInputError("the learning-rate grid is empty")
     require_finite_parameters(model)
     start = time.perf_counter()
+    if spec.uses and "cost_ratios" not in attack_options:  # measured once for the whole search
+        probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, **{**attack_options, "stop_at_target": False})
+        attack_options["cost_ratios"] = tuple(sorted(probe.run(model, task).cost_ratios.items()))
     table: list[LRTrial] = []
     tried: set[float] = set()
     n_total = len(set(lrs)) + 2 * refine * refine_rounds
@@ -107,9 +132,10 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         tried.add(lr)
         best = min((tr.steps for tr in table if tr.steps is not None), default=None)
         b = min(budget, best) if (prune and best is not None and best >= 1) else budget
-        atk = Attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
+        atk = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options)
         traj = atk.run(model, task)
-        table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s))
+        table.append(LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage, traj.wall_s,
+                             traj.cost_to(tgt)))
         if progress is not None:
             progress(f"lr search {optimizer}", len(table), n_total)
 
@@ -125,8 +151,9 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
             attempt(centre * ratio**j, f"refine{rnd + 1}")
             attempt(centre / ratio**j, f"refine{rnd + 1}")
     best = _best(table)
+    ratios = dict(attack_options["cost_ratios"]) if "cost_ratios" in attack_options else {}
     return LRSearchResult(optimizer, tgt, budget, best.lr, best.steps, tuple(table),
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, ratios)
 
 
 def _best(table: Sequence[LRTrial]) -> LRTrial:
@@ -148,6 +175,14 @@ class Slowdown:
     defended: LRSearchResult
     ratio: float | None
     is_lower_bound: bool
+
+    def cost_ratio(self, key: str = "grad_equivalents") -> float | None:
+        """defended / undefended cost to the target at the best runs (``key``: grad_equivalents,
+        wall_s, gradients, ...); None unless both reached it with a nonzero undefended cost."""
+        a, b = self.undefended.best_cost, self.defended.best_cost
+        if a is None or b is None or not a.get(key):
+            return None
+        return float(b[key]) / float(a[key])
 
     @property
     def text(self) -> str:

@@ -8,7 +8,10 @@ vector theta of selected parameters (row-major ``flatten`` of each tensor, in th
     cross_entropy:  L(theta) = (1/N) sum_n -log softmax(z_n)[y_n]
 
 with z_n = f(x_n; theta) the n-th output row (BERT: every token of sequence n), N the
-number of examples. Units: L in loss units, eigenvalues of H = nabla^2 L in loss units per
+number of examples. Next-token targets (n, T) of a causal-LM task (``tasks.NextTokenLM`` /
+``tasks.token_targets``) are flattened to the N predicted tokens, so L is nats per token.
+In float64 the module's Hugging Face decoders run without their float32 steps
+(``families.decoder_float64``), so products are float64-accurate. Units: L in loss units, eigenvalues of H = nabla^2 L in loss units per
 parameter unit squared.
 
 Products: H v by double backward (grad of <grad L, v>) or by torch.func forward-over-reverse
@@ -72,6 +75,10 @@ class Objective:
         self.dtype = dtype
         self.loss_name = loss
         self.module = copy.deepcopy(module).to(device=self.device, dtype=dtype)
+        if dtype == torch.float64:  # Hugging Face decoders: no float32 RMSNorm / softmax inside
+            from convrate.models.families.decoder_float64 import exact_float64
+
+            exact_float64(self.module)
         self.module.train(not eval_mode)
         named = dict(self.module.named_parameters())
         self.names = list(params) if params is not None else [n for n, p in named.items() if p.requires_grad]
@@ -85,6 +92,10 @@ class Objective:
         self.fixed = {k: v.detach() for k, v in named.items() if k not in set(self.names)}
         self.fixed.update({k: v for k, v in self.module.named_buffers()})
         self.inputs = _to(inputs, self.device, dtype)
+        if loss == "cross_entropy" and targets.ndim == 2 and not targets.is_floating_point():
+            from convrate.models.tasks import token_targets
+
+            targets = token_targets(targets)  # next-token ids (n, T) -> the (N,) predicted tokens
         self.targets = _to(targets, self.device, dtype)
         with torch.no_grad():
             z = self.outputs(self.theta)
@@ -109,10 +120,12 @@ class Objective:
     def outputs(self, theta: torch.Tensor) -> torch.Tensor:
         """f(x; theta) for all examples (N, ...)."""
         state = {**self.fixed, **self.unflatten(theta)}
+        # tie_weights: a parameter shared by two modules (a decoder's embedding and its tied lm_head)
+        # appears once in named_parameters; the substituted tensor must reach both uses
         if isinstance(self.inputs, Mapping):
-            out = torch.func.functional_call(self.module, state, (), self.inputs, strict=False, tie_weights=False)
+            out = torch.func.functional_call(self.module, state, (), self.inputs, strict=False, tie_weights=True)
         else:
-            out = torch.func.functional_call(self.module, state, (self.inputs,), strict=False, tie_weights=False)
+            out = torch.func.functional_call(self.module, state, (self.inputs,), strict=False, tie_weights=True)
         return unwrap_output(out)
 
     def loss_of_outputs(self, z: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@
 * S1 ``attention-vo`` per head: W_V -> A W_V, b_V -> A b_V, W_O[:, head] -> W_O[:, head] A^-1.
   The head's context sum_j p_ij (W_V x_j + b_V) is linear in the value vectors
   (sum_j p_ij = 1), so W_O context is unchanged.
+* P ``attention-head-permutation`` per layer (not discovered by default): the heads permuted
+  together with their query, key, value rows (and biases) and output columns (d per head).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 from convrate.models.symmetry import Slot, TorchSymmetry, record_shapes
 
 KINDS = ("attention-qk", "attention-vo")
+PERMUTATION_KINDS = ("attention-head-permutation",)
 
 
 def attention_modules(module: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
@@ -44,6 +47,16 @@ def bert_symmetries(module: nn.Module, layers: Sequence[int] | None, heads: Sequ
         nh, d = int(sa.num_attention_heads), int(sa.attention_head_size)
         p = f"{prefix}.self" if prefix else "self"
         o = f"{prefix}.output.dense" if prefix else "output.dense"
+        if "attention-head-permutation" in kinds and nh > 1:
+            slots = []
+            for part in ("query", "key", "value"):
+                slots.append(Slot(f"{p}.{part}.weight", 0, 0, nh * d, "A", d))
+                if getattr(sa, part).bias is not None:
+                    slots.append(Slot(f"{p}.{part}.bias", 0, 0, nh * d, "A", d))
+            slots.append(Slot(f"{o}.weight", 1, 0, nh * d, "A_invT", d))
+            tag = f"layer{li}" if li is not None else prefix
+            out.append(record_shapes(TorchSymmetry("P", "attention-head-permutation", f"{tag}.heads", nh,
+                                                   tuple(slots), li, element="permutation"), named))
         for h in range(nh):
             if heads is not None and h not in heads:
                 continue

@@ -5,6 +5,10 @@ of an ``nn.Sequential`` separated only by positively homogeneous per-channel map
 LeakyReLU, MaxPool2d, AvgPool2d, Flatten): W_a -> D W_a, b_a -> D b_a, W_b -> W_b D^-1
 (Conv2d: per output / input channel; across a flatten each channel covers H*W consecutive
 features).
+
+P ``relu-permutation`` (not discovered by default): the same slots permuted (A = P, kappa 1):
+ReLU commutes with permutations, so with a positive diagonal D the group is A = P D (THEORY S2),
+written as the permutation followed by the S2 scaling.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from convrate.models.symmetry import Slot, TorchSymmetry, record_shapes
 HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity)
 AFFINE = (nn.Linear, nn.Conv2d)
 KINDS = ("relu-linear", "relu-conv", "relu-conv-linear")
+PERMUTATION_KINDS = ("relu-permutation",)
 
 
 def sequential_symmetries(net: nn.Sequential, input_shape: Sequence[int]) -> list[TorchSymmetry]:
@@ -57,6 +62,8 @@ def sequential_symmetries(net: nn.Sequential, input_shape: Sequence[int]) -> lis
         if mb.weight.shape[1] != r * rep:
             continue
         slots.append(Slot(f"{b}.weight", 1, 0, r * rep, "A_invT", rep))
-        out.append(record_shapes(TorchSymmetry("S2", kind, f"{kind}:{a}->{b}", r, tuple(slots), layer=a),
-                                  dict(net.named_parameters())))
+        named = dict(net.named_parameters())
+        out.append(record_shapes(TorchSymmetry("P", "relu-permutation", f"relu-permutation:{a}->{b}", r,
+                                               tuple(slots), layer=a, element="permutation"), named))
+        out.append(record_shapes(TorchSymmetry("S2", kind, f"{kind}:{a}->{b}", r, tuple(slots), layer=a), named))
     return out
