@@ -50,9 +50,9 @@ TESTS: dict[str, tuple[str, ...]] = {
     "numerics/krylov.py": ("test_quadratic.py", "test_battery.py"),
     "numerics/reparam.py": ("test_nets.py", "test_battery.py", "test_quadratic.py"),
     "models/symmetry.py": ("test_models_symmetry.py", "test_models_defense.py", "test_models_recovery.py",
-                           "test_fplr.py", "test_models_laws.py"),
-    "models/recovery.py": ("test_models_recovery.py", "test_models_symmetry.py"),
-    "models/fplr.py": ("test_fplr.py", "test_audit.py"),
+                           "test_fplr.py", "test_models_laws.py", "test_llm_groups.py"),
+    "models/recovery.py": ("test_models_recovery.py", "test_llm_groups.py"),
+    "models/fplr.py": ("test_fplr.py", "test_llm_groups.py"),
     "models/audit_verdict.py": ("test_audit_verdict.py",),
 }
 MODULES = tuple(TESTS)
@@ -92,8 +92,8 @@ def stage(module: str) -> Path:
         f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-k", "{DESELECT}"]',
         f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
         'process_isolation = "forkserver"',
-        "timeout_multiplier = 10.0",
-        "timeout_constant = 30.0",
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 20.0",
         "use_git_change_detection = false",
         "",
         "[tool.pytest.ini_options]",
