@@ -246,7 +246,24 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RECORDS = STAGE / "records"  # one file per module: concurrent runs of different modules do not clobber each other
+
+
+def _merge_records(results: dict) -> dict:
+    """results.json's modules, each replaced by its newer per-module record where one exists."""
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    for m, r in results["modules"].items():
+        f = RECORDS / f"{_slug(m)}.json"
+        if not f.exists():
+            f.write_text(json.dumps(r))
+    for f in RECORDS.glob("*.json"):
+        r = json.loads(f.read_text())
+        results["modules"][r["module"]] = r
+    return results
+
+
 def _write(results: dict) -> dict:
+    results = _merge_records({"modules": {**_load()["modules"], **results["modules"]}})
     table = _explanations()
     mods = [summarize(results["modules"][m], table) for m in MODULES if m in results["modules"]]
     results["overall"] = _overall(mods)
@@ -276,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for m in mods:
         print(f"mutation: {m} ...", flush=True)
-        results["modules"][m] = run_module(m, args.jobs)
+        rec = run_module(m, args.jobs)
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        (RECORDS / f"{_slug(m)}.json").write_text(json.dumps(rec))
+        results["modules"][m] = rec
         o = _write(results)
         r = summarize(results["modules"][m], _explanations())
         print(f"  {r['mutants']} mutants, score {r['score']:.1%}, {r['unexplained']} unexplained survivors "
