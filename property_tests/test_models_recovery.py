@@ -496,3 +496,57 @@ def test_minilm_r2_steps_independent_of_K(minilm1):
         _assert_s1_same(syms, cK.module, c0.module, ref, [_params(d.module), ref])
         for o, lr, _ in MINILM_RUNS:
             assert Attack(o, lr, 12, target[o], device="cpu").run(task.head(cK.module), task).steps_to() == base[o], (K, o)
+
+
+def _slice_entries(sym) -> int:
+    """Entries of the parameter slices a group acts on (its slots' rows/columns), from the shapes."""
+    import math
+
+    shapes = dict(sym.shapes)
+    return sum((s.stop - s.start) * math.prod(shapes[s.param]) // shapes[s.param][s.axis] for s in sym.acting_slots)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bert", "llama"])
+def test_r1_pair_parameters_count_the_slices_the_groups_act_on(kind):
+    """r1_extra_parameters: ``pair_parameters`` = the entries of the parameter slices the groups
+    act on (rows of W_a and b_a, columns of W_b, the RMSNorm weight and its consumers' columns,
+    per-head slices), ``groups`` = the number of groups, and the bound and extra counts are the
+    per-group sums -- on an MLP (whole layers: the tensors' sizes), a BERT block and a decoder."""
+    if kind == "mlp":
+        m = random_zoo(mlp_arch([4, 5, 3, 2]), 0)
+        P = _params(m.module)
+        # hidden layers l = 0, 1: (W_l, b_l) rows and W_(l+1) columns, all of each
+        expected = sum(P[f"{i}.weight"].numel() + P[f"{i}.bias"].numel() + P[f"{i + 2}.weight"].numel() for i in (0, 2))
+    else:
+        pytest.importorskip("transformers")
+        from convrate.models.testing import tiny_decoder
+
+        m = tiny_bert(0, hidden=6, heads=2) if kind == "bert" else tiny_decoder("llama")
+        expected = None
+    rec = _General(5.0, 0).apply(m).record
+    cost = r1_extra_parameters(rec)
+    assert cost["groups"] == len(rec.items) == len(discover_symmetries(m))
+    assert cost["pair_parameters"] == sum(_slice_entries(s) for s, _ in rec.items)
+    if expected is not None:
+        assert cost["pair_parameters"] == expected
+    assert cost["extra_parameters"] == sum(s.extra_parameters() for s, _ in rec.items)
+    assert cost["within_bound"] and cost["extra_parameters"] < cost["bound"]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bert"])
+def test_r1_keeps_a_float32_model_in_float32(kind):
+    """The group elements act in float64 and the result is cast back: theta' = T phi stays in the
+    model's dtype, equal to the defended float32 weights up to float32 rounding (diagonal S2
+    groups of an MLP, dense GL groups of a BERT block)."""
+    if kind == "bert":
+        pytest.importorskip("transformers")
+        m = tiny_bert(1, hidden=4, heads=2)
+    else:
+        m = random_zoo(mlp_arch([4, 5, 3]), 1)
+    m32 = m.with_module(m.module.to(torch.float32))
+    res = _General(20.0, 1).apply(m32)
+    r1 = r1_module(res.model, res.record)
+    theta = r1.defended_parameters()
+    for n, p in res.model.module.named_parameters():
+        assert theta[n].dtype == torch.float32 == p.dtype, n
+        assert torch.allclose(theta[n], p, rtol=64 * 2.0**-24, atol=1e-6), n
