@@ -76,6 +76,19 @@ def _act_differentiable(X: torch.Tensor, slot: Slot, M: torch.Tensor, r: int) ->
     return V.movedim(0, slot.axis)
 
 
+def _retie(skeleton: nn.Module, original: nn.Module) -> None:
+    """``Module.to("meta")`` gives every module its own meta parameter, untying shared ones (a
+    decoder's lm_head and embed_tokens): tie them again as in ``original``, so that the functional
+    call, given the parameter once, uses it for every name that shares it."""
+    first: dict[int, str] = {}
+    for name, p in original.named_parameters(remove_duplicate=False):
+        if id(p) not in first:
+            first[id(p)] = name
+            continue
+        path, _, attr = name.rpartition(".")
+        setattr(skeleton.get_submodule(path) if path else skeleton, attr, skeleton.get_parameter(first[id(p)]))
+
+
 class R1Module(nn.Module):
     """theta' = T phi: trainable phi (``self.phi``, the architecture holding T^-1 theta'),
     forward = the defended architecture evaluated at T phi. Buffers ``A_i``, ``A_inv_i``
@@ -88,7 +101,9 @@ class R1Module(nn.Module):
         require_finite(dict(defended.named_parameters()), "the defended model")
         self.phi = record.inverse().apply_to_module(defended)  # phi_0 = T^-1 theta'_0 (float64, cast);
         # deepcopy keeps each parameter's requires_grad: phi trains what the defended model trains
-        self._skeleton = [copy.deepcopy(defended).to("meta")]  # not a submodule: LoRA and .to() skip it
+        skeleton = copy.deepcopy(defended).to("meta")
+        _retie(skeleton, defended)
+        self._skeleton = [skeleton]  # not a submodule: LoRA and .to() skip it
         dev = next(defended.parameters()).device
         self._groups: list[tuple[TorchSymmetry, str, str]] = []
         for i, (sym, e) in enumerate(record.items):

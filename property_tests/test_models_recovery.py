@@ -550,3 +550,41 @@ def test_r1_keeps_a_float32_model_in_float32(kind):
     for n, p in res.model.module.named_parameters():
         assert theta[n].dtype == torch.float32 == p.dtype, n
         assert torch.allclose(theta[n], p, rtol=64 * 2.0**-24, atol=1e-6), n
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_r1_on_decoders_tied_embeddings_and_biases(model_type):
+    """R1's module on decoder LMs with tied input/output embeddings (lm_head shares embed_tokens'
+    weight: the functional call must keep the tie) and Qwen2's q/k/v biases (two bias slices per
+    KV group): f(x; T phi_0) equals the defended model's output, and the pair parameters are the
+    slices the groups act on."""
+    pytest.importorskip("transformers")
+    from convrate.models.testing import decoder_inputs, tiny_decoder
+
+    m = tiny_decoder(model_type, 3, tie_embeddings=True)
+    rec = _General(3.0, 3).apply(m).record
+    defended = rec.apply_to_module(m.module)
+    r1 = r1_module(defended, rec)
+    x = decoder_inputs(m, 2, 5, 0)
+    with torch.no_grad():
+        f, fr = defended(**x).logits, r1(**x).logits
+    assert float((fr - f).abs().max() / f.abs().max()) <= 1e-10  # T (T^-1 theta'), kappa(A) ~ 3: rounding only
+    assert r1_extra_parameters(rec)["pair_parameters"] == sum(_slice_entries(s) for s, _ in rec.items)
+
+
+def test_r1_refuses_non_finite_weights_naming_the_model():
+    m = random_zoo(mlp_arch([3, 4, 2]), 0)
+    res = SpecDef(10).apply(m, dtypes=F64)
+    with torch.no_grad():
+        next(res.model.module.parameters())[0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="the defended model has non-finite entries"):
+        r1_module(res.model.module, res.record)
+
+
+def test_r1_skeleton_holds_no_weights():
+    """R1 keeps one copy of the weights (phi); the defended architecture it calls is a meta-device
+    skeleton (no storage), so its memory is phi + the frozen A, A^-1 only."""
+    m = random_zoo(mlp_arch([3, 4, 2]), 0)
+    res = SpecDef(10).apply(m, dtypes=F64)
+    r1 = r1_module(res.model.module, res.record)
+    assert all(p.is_meta for p in r1._skeleton[0].parameters())
