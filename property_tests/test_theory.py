@@ -592,3 +592,21 @@ def test_certified_bounds_near_rate_one_raise_precision(kappa):
         want_gd = int(mpmath.ceil(xg))
     assert bounds_optim.cg_steps_upper_bound_certified(kappa, tol) == want
     assert bounds_optim.gd_worst_case_steps_certified(kappa, tol) == want_gd
+
+
+_TIES = [(rho, c, k) for rho in (Fraction(2, 3), Fraction(5, 7), Fraction(10, 11)) for c in (Fraction(1), Fraction(4))
+         for k in (1, 2, 7, 30) if 0 < c * rho ** (2 * k) < 1]
+
+
+@pytest.mark.parametrize("rho, const, k", _TIES)
+def test_certified_count_at_and_around_ties(rho, const, k):
+    """Exact ties tol = const rho^(2k) (non-dyadic rho: the balls straddle tol, decided by exact
+    powers) give k; tol one part in 1e60 above gives k, below gives k + 1 (the float estimate is
+    then off by one and the walks correct it)."""
+    from convrate.theory import bounds_optim
+
+    at = const * rho ** (2 * k)
+    eps = Fraction(1, 10**60)
+    assert bounds_optim.steps_from_rate_certified(rho, at, const) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 + eps), const) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 - eps), const) == k + 1

@@ -89,10 +89,9 @@ def _smallest_t(rho_ball: Any, rho_exact: fmpq | None, tol: fmpq, const: fmpq, p
             if not (rho < 1) or not (rho > 0):
                 prec *= 2
                 continue
+            # 0 < rho < 1 and 0 < tol < const are certain here, so x is a finite ball: an estimate
+            # of t that the two walks below correct to the exact answer
             x = (arb(tol) / arb(const)).log() / (2 * rho.log())
-            if not x.is_finite():
-                prec *= 2
-                continue
             t = max(int(x.mid().ceil().unique_fmpz()), 1)
 
             def value(k: int) -> Any:
