@@ -11,7 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 from flint import arb, arb_mat, fmpq, fmpq_mat
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from convrate.errors import (DivergenceError, InvalidInputError, NoConvergenceError, NotPositiveDefiniteError,
@@ -342,3 +342,44 @@ def test_cubic_newton_converges_and_counts() -> None:
     with arb_prec(256):
         assert losses[N] <= arb(fmpq(1, 10**10)) * arb(p.q0)
         assert losses[N - 1] > arb(fmpq(1, 10**10)) * arb(p.q0)
+
+
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 4), method=st.sampled_from(["heavy", "nesterov", "schedule"]),
+       b=st.integers(0, 7), t_tie=st.integers(1, 6))
+def test_scanned_counts_equal_exact_iteration_at_ties(seed, n, method, b, t_tie):
+    """Heavy ball, Nesterov and step schedules (momentum on): the count of ``steps_to`` equals
+    the exact rational iteration's, with tol set to q_t/q_0 of an iterate -- an exact tie that no
+    ball decides, so the exact fallback (``_exact_poly_sum``) is what decides it."""
+    from convrate.numerics.optimizers import run_exact
+
+    rng = np.random.default_rng(seed)
+    lam = sorted({F(int(v), 4) for v in rng.integers(1, 17, size=n)})
+    c = [F(int(v), 3) for v in rng.integers(1, 7, size=len(lam))]
+    p = Quadratic.from_spectrum(lam, c)
+    lmax = lam[-1]
+    beta = F(b, 8)
+    eta = F(1, 2) / lmax
+    opt = {"heavy": HeavyBall(eta, beta), "nesterov": Nesterov(eta, beta),
+           "schedule": GDSchedule(tuple(F(int(k), 4) / lmax for k in rng.integers(1, 8, size=40)))}[method]
+    qs = [p.loss(e) for e in run_exact(p, opt, t_tie)]
+    tol = qs[t_tie] / p.q0  # exact (fmpq)
+    assume(0 < tol < 1)
+    want = brute_force_steps(p, opt, tol, 40)
+    assert want <= t_tie
+    assert steps_to(p, opt, tol) == want
+
+
+def test_divergence_messages_show_the_eigenvalue() -> None:
+    """The eigenvalue in a DivergenceError: an integer as is, another rational to 8 significant
+    digits, an irrational one (a ball) by its midpoint to 8 digits; ``eigenvalue`` holds it."""
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(Quadratic.from_spectrum([1, F(7, 2)], [1, 1]), HeavyBall(1, F(1, 4)), F(1, 100))
+    assert exc.value.eigenvalue == F(7, 2) and "at eigenvalue 3.5 " in str(exc.value)
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(Quadratic.from_spectrum([1, F(7, 3)], [1, 1]), Nesterov(1, F(1, 4)), F(1, 100))
+    assert exc.value.eigenvalue == F(7, 3) and "at eigenvalue 2.3333333 " in str(exc.value)
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(Quadratic([[2, 1], [1, 3]], [1, 1]), HeavyBall(1, F(1, 4)), F(1, 100))
+    assert "at eigenvalue 3.618034 " in str(exc.value)  # (5 + sqrt 5) / 2 = 3.6180339887...
+    with mpmath.workdps(30):
+        assert abs(exc.value.eigenvalue - (5 + mpmath.sqrt(5)) / 2) < mpmath.mpf(10) ** -20

@@ -280,8 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
     ap.add_argument("--render", action="store_true",
                     help="only re-apply equivalent.json to the recorded results and rewrite RESULTS.md")
+    ap.add_argument("--explain", nargs=2, metavar=("MUTANT", "REASON"),
+                    help="record why a recorded survivor is equivalent (appended to equivalent.json), then render")
     args = ap.parse_args(argv)
-    results = _load()
+    results = _merge_records(_load())
+    if args.explain:
+        name, reason = args.explain
+        hit = [(r["module"], u) for r in results["modules"].values() for u in r["unkilled"] if u["mutant"] == name]
+        if not hit:
+            print(f"error: no recorded survivor {name}", file=sys.stderr)
+            return 2
+        module, u = hit[0]
+        table = _explanations()
+        table = [e for e in table if not (e["module"] == module and e["function"] == u["function"]
+                                          and e["lines"] == u["lines"])]
+        table.append({"module": module, "function": u["function"], "lines": u["lines"], "reason": reason})
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "equivalent.json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
+        args.render = True
     if args.render:
         o = _write(results)
         print(f"overall {o['score']:.1%} over {o['modules_run']} modules; {o['unexplained']} unexplained survivors")
