@@ -515,3 +515,23 @@ def test_trajectory_precision_is_the_one_asked_for():
     assert rad[0] > 1e-25 > 1e-100 > rad[1] > 0 or rad[1] == 0 < rad[0]
     q_lo, q_hi = iterate(p, Adam(F(1, 10)), 5, 64), iterate(p, Adam(F(1, 10)), 5, 512)
     assert float(q_lo[-1].rad()) > float(q_hi[-1].rad())
+
+
+@pytest.mark.parametrize("H, e0", [([[2, 1], [1, 3]], [1, 1]),  # irrational eigenvalues, lambda_min + lambda_max = 5
+                                   ([[4, 1], [1, 2]], [2, -1]),
+                                   (None, None)])  # exact spectrum [1, 6] (eta* = 2/7 is off the grid k/144)
+@pytest.mark.parametrize("tol", [F(1, 10**3), F(1, 10**9)])
+def test_best_fixed_step_prefers_eta_star_and_never_loses_to_it(H, e0, tol):
+    """best_fixed_step returns a step at least as good as eta* = 2/(lambda_min + lambda_max) (exact
+    here: lambda_min + lambda_max = trace H), and eta* itself when it ties for the fewest steps;
+    a zero start needs no step."""
+    p = Quadratic(H, e0) if H is not None else Quadratic.from_spectrum([1, 6], [1, 1])
+    trace = sum(p.H[i, i] for i in range(2))
+    star = F(2) / F(int(trace.p), int(trace.q))
+    eta, N = best_fixed_step(p, tol)
+    n_star = steps_to(p, GD(star), tol)
+    assert N == steps_to(p, GD(eta), tol) <= n_star
+    assert N <= steps_to(p, GD(star / 2), tol) and N <= steps_to(p, GD(star * F(3, 4)), tol)
+    if N == n_star:
+        assert eta == star
+    assert best_fixed_step(Quadratic.from_spectrum([1, 2], [0, 0]), tol) == (F(0), 0)
