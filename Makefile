@@ -9,7 +9,7 @@ JOBS    ?= 2
 HYPOTHESIS_PROFILE ?= ci
 export HYPOTHESIS_PROFILE
 
-.PHONY: venv test report check derive bench clean
+.PHONY: venv test report check derive bench clean mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,18 @@ derive: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/convrate report
+
+# mutation testing of the core (tools/mutation.py; results in tools/mutation/RESULTS.md):
+# `make mutation` runs every core module, `make mutation MODULES=models/recovery.py` one
+MUT_STAMP := $(VENV)/.mutation-installed
+MODULES   ?=
+
+$(MUT_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,minilm,llm,mutation]'
+	touch $(MUT_STAMP)
+
+mutation: $(MUT_STAMP)
+	nice -n 10 $(BIN)/python tools/mutation.py --jobs $(JOBS) $(if $(MODULES),--modules $(MODULES))
 
 # benchmarks/run.py makes its own environment (benchmarks/.venv) for the anchors it compares against
 bench:

@@ -56,7 +56,10 @@ def derive(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),
     seed: int = typer.Option(0, "--seed", help="unused (derivations are symbolic); accepted for uniformity"),
 ) -> None:
-    """Run every symbolic derivation; print each statement and whether sympy proved it.
+    """Run every symbolic derivation; print each statement and whether sympy proved it, and how
+    far: "(general)" (every identity verified in every dimension), "(general) + argued" (plus
+    argued or cited steps), "(instances) + argued" (some identity verified on fixed-size
+    instances only); --json lists the argued steps.
 
     Exit code 0 unless a statement is false with no proved correction.
     """
@@ -71,12 +74,13 @@ def derive(
         out.print_json(derive_runner.to_json(results))
     else:
         table = Table(title="convrate derive: statements of THEORY.md")
-        for col in ("id", "status", "title", "seconds"):
+        for col in ("id", "status", "title", "argued steps", "seconds"):
             table.add_column(col)
         colors = {"proved": "green", "corrected": "yellow", "checked-only": "cyan", "false": "red"}
         for r in results:
             st = r["status"]
-            table.add_row(r["id"], f"[{colors.get(st, 'white')}]{st}[/]", r["title"], f"{r['seconds']:.2f}")
+            table.add_row(r["id"], f"[{colors.get(st, 'white')}]{r.get('label', st)}[/]", r["title"],
+                          str(len(r.get("argued_steps", []))), f"{r['seconds']:.2f}")
         out.print(table)
         for r in results:
             if r["status"] in ("corrected", "false"):
@@ -122,6 +126,10 @@ def check(
     With --defense, the statements of convrate.byod (FPLR, T-CLAIM, T1, T2, W, R1, R2) checked
     against that defense on drawn float64 models.
 
+    The JSON rows carry ``coverage``: the entries (property tests) that check each statement,
+    the tightest margin each reached, and ``flag`` = "slack" when no inequality check came within
+    10 % of its bound (``numerics.coverage``).
+
     Exit code 1 on any violation, 2 on bad input (also a defense that raises, returns another
     architecture or NaN weights, or cannot be imported).
     """
@@ -141,33 +149,42 @@ def check(
                 _fail(ConvrateError(f"no battery entry checks {', '.join(only)}"))
         t0 = time.perf_counter()
         results = []
+        by_entry = []
         with _progress() as prog:
             task = prog.add_task("checking", total=len(entries))
             for e in entries:
                 prog.update(task, description=f"checking {e.name}")
                 n = max(1, PROFILES[profile] // e.cost)
                 if defense is None:
-                    results.extend(run_entry(e, n, seed))
+                    got = run_entry(e, n, seed)
                 else:
                     got, why = run_defense_entry(e, n, seed)
-                    results.extend(got)
                     if why:
                         not_run[e.statements[0]] = why
+                results.extend(got)
+                by_entry.append((e.name, got))
                 prog.advance(task)
     except ConvrateError as err:
         _fail(err)
+    from convrate.numerics.coverage import ENTRY_TEST, coverage, flag_text
+
+    cov = coverage(by_entry, test_format=ENTRY_TEST if defense is None else None)
     rows = summarize(results)
+    for r in rows:
+        r["coverage"] = cov.get(r["id"])
     if only:
         rows = [r for r in rows if r["id"] in set(only)]
     what = f"--defense {name}" if defense is not None else f"--profile {profile}"
     table = Table(title=f"convrate check {what} ({time.perf_counter() - t0:.1f} s)")
-    for col in ("statement", "instances", "worst margin", "precision", "holds"):
+    for col in ("statement", "instances", "worst margin", "tightest inequality", "entries", "precision", "holds"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], str(r["instances"]), f"{r['worst_margin']:.3e}", "; ".join(r["precision"]),
+        c = r["coverage"]
+        table.add_row(r["id"], str(r["instances"]), f"{r['worst_margin']:.3e}", flag_text(c),
+                      str(len(c["sources"])) if c else "0", "; ".join(r["precision"]),
                       "[green]yes[/]" if r["holds"] else "[bold red]NO[/]")
     for sid, why in not_run.items():
-        table.add_row(sid, "0", "-", "-", "[yellow]not run[/]")
+        table.add_row(sid, "0", "-", "-", "0", "-", "[yellow]not run[/]")
     (console if json_file is not None and str(json_file) == "-" else out).print(table)
     for sid, why in not_run.items():
         console.print(f"[yellow]not run[/] {sid}: {why}")
@@ -195,10 +212,21 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="print results.json on stdout as well"),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="worker processes (default: the usable CPUs; 1 = "
                                        "serial in this process; the numbers do not depend on it)"),
+    compare_to: Optional[Path] = typer.Option(None, "--compare", help="afterwards, compare the new report with this "
+                                              "(committed) one within each number's sensitivity; exit 1 if one moved"),
 ) -> None:
-    """Regenerate the bound-checking report (report.md, report.html, results.json, figures)."""
+    """Regenerate the bound-checking report (report.md, report.html, results.json, figures).
+
+    With --compare DIR: then compare it with the report in DIR (see `convrate compare`)."""
     from convrate.reports.builder import build_report, default_jobs, default_out
+    from convrate.reports.compare import load_results
     from convrate.reports.sections_exact import STATEMENTS_TITLE
+
+    if compare_to is not None:
+        try:
+            load_results(compare_to)  # refuse a bad --compare before the long run
+        except ConvrateError as err:
+            _fail(err)
 
     with _progress() as prog:
         task = prog.add_task("report", total=None)
@@ -221,6 +249,44 @@ def report(
     if bad:
         console.print(f"[bold red]{len(bad)} statement(s) violated[/]: {', '.join(bad)}")
         raise typer.Exit(1)
+    if compare_to is not None:
+        _compare_and_exit(target, compare_to, as_json=False)
+
+
+def _compare_and_exit(new: Path, old: Path, as_json: bool) -> None:
+    from convrate.reports.compare import compare_reports
+
+    try:
+        res = compare_reports(new, old)
+    except ConvrateError as err:
+        _fail(err)
+    if as_json:
+        out.print_json(json.dumps(res, default=str))
+    table = Table(title=f"compare {new} with {old}")
+    for col in ("path", "kind", "old", "new", "why"):
+        table.add_column(col)
+    for m in res["moved"]:
+        table.add_row(m["path"], m["kind"], str(m["old"]), str(m["new"]), m["why"])
+    (console if as_json else out).print(table)
+    info = res["informational"]
+    console.print(f"{len(res['moved'])} value(s) moved beyond their stated sensitivity ({res['ranged_compared']} "
+                  f"ranged and {res['exact_compared']} exact values compared); {len(info)} other values differ (no "
+                  f"sensitivity stated; largest relative change {res['informational_max_relative_change']:.2g})")
+    if not res["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    new: Path = typer.Argument(..., help="the regenerated report (directory or results.json)"),
+    old: Path = typer.Argument(..., help="the committed report to compare with (directory or results.json)"),
+    as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout"),
+    seed: int = typer.Option(0, "--seed", help="unused; accepted for uniformity"),
+) -> None:
+    """Compare two reports within each number's stated sensitivity (reports.compare): step counts
+    and slowdowns must have intersecting sensitivity ranges, verdicts, exact counts and labels must
+    be equal; other numbers are listed, not judged. Exit 1 if a number moved, 2 on bad input."""
+    _compare_and_exit(new, old, as_json)
 
 
 def main() -> None:

@@ -122,28 +122,49 @@ def instances(models: Any = None) -> SearchStrategy:
 
 
 def _element(sym: Any, kappa: float, seed: int) -> Any:
+    import math
+
     import torch
 
+    from convrate.models import elements
     from convrate.models.defense import profile_values
     from convrate.numerics.fp_precision import controlled_pair
 
-    r = sym.width
-    if r == 1:
+    r, kind = sym.width, sym.element_kind
+    g = torch.Generator().manual_seed(seed)
+    if r == 1 and kind not in ("diagonal",):
         return sym.identity()
-    if sym.family == "S2":
-        g = torch.Generator().manual_seed(seed)
-        return profile_values(kappa, r, "geometric")[torch.randperm(r, generator=g)]
-    A = controlled_pair(seed, r, r, 1, 1, scale=kappa**0.5, cond=kappa)[0]  # sigma from sqrt(K) to 1/sqrt(K)
-    return torch.from_numpy(A)
+    if kind in elements.VECTOR_KINDS:
+        d = profile_values(kappa, r, "geometric")[torch.randperm(r, generator=g)] if r > 1 else sym.identity()
+        if kind == "diagonal":  # any nonzero diagonal (SwiGLU's D, S7's c): random signs too
+            d = d * torch.where(torch.rand(r, generator=g) < 0.5, -1.0, 1.0).to(d.dtype)
+        return d
+    if kind == "gl":
+        A = controlled_pair(seed, r, r, 1, 1, scale=kappa**0.5, cond=kappa)[0]  # sigma from sqrt(K) to 1/sqrt(K)
+        return torch.from_numpy(A)
+    # rope (per-pair scaled rotations, kappa(A) ~ kappa), orthogonal and permutation (kappa 1)
+    return elements.random(kind, r, g, math.log(kappa) / 2, sym.structure)
 
 
-def _record(model: Any, kappa: float, family: str | None, seed: int) -> Any:
+def general_record(model: Any, kappa: float, seed: int, family: str | None = None) -> Any:
+    """A ``TorchReparameterization`` of ``model`` by *general* group elements, by element kind
+    (``models.elements``): GL (S1, S5) A = U diag(s) V^T with independent random orthogonal U, V
+    (neither symmetric nor diagonal, so A^-1 and A^-T differ; s geometric from sqrt(kappa) to
+    1/sqrt(kappa), kappa(A) = kappa), positive diagonals (S2) and nonzero diagonals (S6, S7:
+    random signs) permuted geometric with kappa(A) = kappa, RoPE commutants (S4) random scaled
+    rotations with log-scale ln(kappa)/2, orthogonal and permutation groups a random member.
+    Defenses such as SpecDef use symmetric A = U diag(s) U^T only; statements that hold for every
+    element (T1, T2, R1, R2, FPLR inference) must be tested on these."""
     from convrate.models.symmetry import TorchReparameterization
     from convrate.models.families import discover_symmetries
 
     syms = [s for s in discover_symmetries(model) if family is None or s.family == family]
     return TorchReparameterization([(s, _element(s, kappa, seed * 1009 + i)) for i, s in enumerate(syms)],
-                                   {"defense": "strategies.reparameterizations", "kappa_A": kappa})
+                                   {"defense": "strategies.general_record", "kappa_A": kappa})
+
+
+def _record(model: Any, kappa: float, family: str | None, seed: int) -> Any:
+    return general_record(model, kappa, seed, family)
 
 
 def reparameterizations(model: Any, kappa: Any = log_uniform(1.0, 1e3), family: str | None = None,
@@ -168,4 +189,5 @@ def attacks(optimizers: Sequence[str] = ("sgd", "momentum", "adam", "adamw"), lr
 __all__ = [
     "SEEDS", "log_uniform", "quadratics", "quadratic_reparameterizations", "net_cases", "spec_cases",
     "NetCase", "SpecCase", "mlps", "attention_blocks", "instances", "reparameterizations", "attacks",
+    "general_record",
 ]

@@ -49,6 +49,7 @@ from convrate.models.recovery import (
 from convrate.models.families import PERMUTATION_KINDS, discover_symmetries
 from convrate.models.families.llama import fold_elements
 from convrate.models.llm_rotation import adam_under_rotation
+from convrate.models.sensitivity import StepSensitivity, step_sensitivity
 from convrate.models.symmetry import (
     Slot,
     TorchReparameterization,
@@ -75,4 +76,5 @@ __all__ = [
     "extreme_eigenvalues", "hutchinson_trace", "lanczos", "resolve_device",
     "check_t1", "check_t2", "check_w", "w_sweep", "dense_reparameterization", "sequential_error_bound",
     "InsertedSpecDef", "InsertedLinear", "InsertedResult", "Chain", "find_chains", "merge_chains",
+    "step_sensitivity", "StepSensitivity",
 ]

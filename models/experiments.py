@@ -30,6 +30,7 @@ from convrate.models.attacks import LRSearchResult, Progress, Slowdown, lr_searc
 from convrate.errors import InvalidInputError
 from convrate.models.defense import Defense, defense_by_name
 from convrate.models.io import LoadedModel
+from convrate.models.sensitivity import ratio_range, step_sensitivity
 from convrate.models.tasks import Task
 
 #: exponent p of the local-model prediction kappa(T)^p per optimizer, and the statement it comes
@@ -54,6 +55,8 @@ class SearchProfile:
     grid: tuple[float, ...]
     refine: int = 2
     refine_rounds: int = 1
+    #: perturbed starts per reported count at the best lr (``models.sensitivity``; 0: none)
+    sensitivity: int = 0
     #: (optimizer, grid) pairs replacing ``grid`` for that optimizer (e.g. damping grids)
     grids: tuple[tuple[str, tuple[float, ...]], ...] = ()
     #: (optimizer, budget) pairs replacing ``budget`` for that optimizer
@@ -79,6 +82,9 @@ class SweepRun:
     losses: list[float]
     slowdown: float | None = None
     slowdown_is_lower_bound: bool = False
+    #: the count's sensitivity range (``models.sensitivity``), when the search profile asks for it
+    sensitivity: Any = None
+    slowdown_range: list[float | None] | None = None
 
     #: defended / undefended gradient-equivalents and wall seconds to the target at the best runs
     cost_slowdown: float | None = None
@@ -104,7 +110,16 @@ class SweepRun:
             "reference_statement": REFERENCE_STATEMENT.get(self.optimizer),
             "trials": len(self.search.table), "search_seconds": round(self.search.wall_s, 2),
             "losses": self.losses,
+            **_sensitivity_fields(self),
         }
+
+
+def _sensitivity_fields(run: "SweepRun") -> dict[str, Any]:
+    """steps_range / slowdown_range (``convrate report --compare`` checks numbers against them)."""
+    if run.sensitivity is None:
+        return {}
+    return {"steps_range": run.sensitivity.range, "sensitivity": run.sensitivity.to_dict(),
+            "slowdown_range": run.slowdown_range}
 
 
 def _formula(optimizer: str) -> str:
@@ -155,7 +170,12 @@ def sweep_run(attacked: nn.Module, task: Task, model_kind: str, defense: str, K:
     res = lr_search(attacked, task, optimizer, target, search.budget_for(optimizer),
                     grid=list(search.grid_for(optimizer)), refine=search.refine, refine_rounds=search.refine_rounds,
                     seed=seed, **attack_options)
-    return SweepRun(model_kind, defense, K, kappa, optimizer, res, list(res.best_losses))
+    run = SweepRun(model_kind, defense, K, kappa, optimizer, res, list(res.best_losses))
+    if search.sensitivity:
+        run.sensitivity = step_sensitivity(attacked, task, optimizer, res.best_lr, target, res.budget,
+                                           runs=search.sensitivity, seed=seed, nominal=res.best_steps,
+                                           **attack_options)
+    return run
 
 
 def set_slowdowns(runs: Sequence[SweepRun]) -> None:
@@ -195,6 +215,8 @@ def _set_slowdown(run: SweepRun, base: SweepRun | None) -> None:
         sd = Slowdown.between(base.search, run.search)
         run.slowdown, run.slowdown_is_lower_bound = sd.ratio, sd.is_lower_bound
         run.cost_slowdown, run.wall_slowdown = sd.cost_ratio("grad_equivalents"), sd.cost_ratio("wall_s")
+        if base.sensitivity is not None and run.sensitivity is not None:
+            run.slowdown_range = ratio_range(run.sensitivity.range, base.sensitivity.range)
 
 
 def within_reference(run: SweepRun) -> bool | None:

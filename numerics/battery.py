@@ -25,6 +25,7 @@ ENTRY_MODULES = (
     "convrate.numerics.checks_inserted",
     "convrate.numerics.checks_second_order",
     "convrate.numerics.checks_llm",
+    "convrate.numerics.checks_tight",
 )
 
 #: examples per entry for ``convrate check`` profiles

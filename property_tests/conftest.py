@@ -1,4 +1,7 @@
-"""Hypothesis profiles: ``ci`` (derandomized, bounded, fits CI), ``dev``, ``thorough``.
+"""Hypothesis profiles: ``ci`` (derandomized, bounded, fits CI), ``dev``, ``thorough``, and
+``mutation`` (``make mutation``: the ``ci`` examples, without shrinking -- a failing example is
+found by exactly the same draws as under ``ci``, only not minimized, so a mutant killed under
+``mutation`` is killed under ``ci``).
 
 Select with the environment variable HYPOTHESIS_PROFILE (default ``dev``).
 """
@@ -7,11 +10,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 settings.register_profile("ci", max_examples=15, derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.register_profile("thorough", max_examples=400, deadline=None)
+settings.register_profile("mutation", settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate],
+                          database=None, print_blob=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 

@@ -207,3 +207,59 @@ def test_refused_K_names_largest_safe_K():
         require_safe_K(Wa, Wb, X, 1e6, "fp16", 1e-2)
     assert info.value.largest_safe == safe and isinstance(info.value, InvalidInputError)
     assert require_safe_K(Wa, Wb, X, 1.0, "fp64", 1e-2).max_rel <= 1e-2
+
+
+# ---------------------------------------------------------------- the bound functions at their edges
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_overflow_predicates_at_their_thresholds(dtype):
+    """overflow_certain includes its threshold; no_overflow_guaranteed accepts a stored entry x, P
+    or Q exactly when its worst rounded cast (1 + u_c)|t| + eta_c stays <= Omega (values one
+    eta_c (or 1e-40 relative, where dps 60 cannot resolve eta_c) inside and outside that edge), and
+    refuses when gamma_n is undefined."""
+    import mpmath
+
+    from convrate.theory import bounds_precision as bp
+
+    fmt = bp.float_format(dtype)
+    t = fmt.overflow_threshold
+    assert bp.overflow_certain(dtype, t, 0, 0) and not bp.overflow_certain(dtype, t * Fraction(999, 1000), 0, 0)
+    uc, ec = bp.cast_roundoff(dtype)
+    omega = fmt.max_finite
+    # a margin of eta_c where the mpmath evaluation (dps 60) resolves it (fp16), else 1e-40 relative
+    gap = max(ec, omega * Fraction(1, 10**40))
+    inside, outside = (omega - 2 * gap) / (1 + uc), (omega + gap / 2 - ec) / (1 + uc)
+    small = Fraction(1, 2**20)
+    with mpmath.workdps(60):
+        for pos in range(3):
+            entries = [small, small, small]
+            for v, want in ((inside, True), (outside, False)):
+                entries[pos] = v
+                # row sums that keep the hidden and output entries far below Omega
+                got = bp.no_overflow_guaranteed(dtype, 2, 2, *entries, small, small)
+                assert got is want, (pos, v, want)
+        n_big = int(1 / fmt.u) + 1
+        assert bp.no_overflow_guaranteed(dtype, n_big, 2, small, small, small, small, small) is False
+
+
+def test_kappa_form_and_leading_order_are_the_documented_instances():
+    """kappa_form_bound = forward_error_bound at ||P|| = ||A|| ||W_a||, ||Q|| = ||A^-1|| ||W_b||,
+    ||QP|| = ||W_b W_a||, no residual; leading_order_model = (2 u_c + gamma_n + gamma_r) kappa
+    ||W_b|| ||W_a|| ||x|| + u_c ||W_b W_a|| ||x|| (exact rationals vs the mpmath evaluation)."""
+    import mpmath
+
+    from convrate.theory import bounds_precision as bp
+
+    with mpmath.workdps(60):
+        for dtype in ("fp32", "bf16"):
+            args = (7, 3, 5, Fraction(3, 2), 4, Fraction(1, 3), 2, 5, Fraction(7, 4))
+            n, r, m, x, nA, nAi, nWa, nWb, nWbWa = args
+            kf = bp.kappa_form_bound(dtype, *args)
+            assert abs(kf - bp.forward_error_bound(dtype, n, r, m, x, nA * nWa, nAi * nWb, nWbWa, 0)) <= \
+                kf * mpmath.mpf(10) ** -50
+            fmt = bp.float_format(dtype)
+            uc, _ = bp.cast_roundoff(dtype)
+            kappa = Fraction(12)
+            want = ((2 * uc + bp.gamma(n, fmt.u) + bp.gamma(r, fmt.u)) * kappa * nWb * nWa + uc * nWbWa) * x
+            got = bp.leading_order_model(dtype, n, r, kappa, nWa, nWb, nWbWa, x)
+            w = mpmath.mpf(want.numerator) / want.denominator
+            assert abs(got - w) <= w * mpmath.mpf(10) ** -50

@@ -83,3 +83,21 @@ def test_t2_minilm_subset():
     assert r.holds, r
     r1 = check_t1(m, rec, x, Y, device="cpu")
     assert r1.holds, r1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_t1_t2_general_elements_attention(seed):
+    """T1/T2 hold for every element of the groups, not only SpecDef's symmetric A: a general
+    A = U diag(s) V^T (strategies.general_record) makes T^-T differ from T^-1 and T, so the
+    checks' transforms are exercised where a transpose error would show."""
+    pytest.importorskip("transformers")
+    from convrate.models.testing import bert_inputs, tiny_bert
+    from convrate.strategies import general_record
+
+    m = tiny_bert(seed, hidden=4, heads=2)
+    rec = general_record(m, 30.0, seed)
+    assert any(s.family == "S1" and not torch.allclose(e, e.T) for s, e in rec.items)
+    x = bert_inputs(m, 2, 5, seed)
+    Y = torch.randn(*m.output(x).shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for r in (check_t1(m, rec, x, Y, device="cpu"), check_t2(m, rec, x, Y, device="cpu")):
+        assert r.holds, r

@@ -60,11 +60,31 @@ zoo_archs = st.one_of(  # MLPs (relu-linear groups) and CNNs (relu-conv, relu-co
     st.builds(lambda c, p: cnn_arch(c, side=4, pool=p), st.lists(st.integers(1, 3), min_size=1, max_size=2),
               st.sampled_from(["maxpool2d", "avgpool2d"])),
 )
-defenses = st.sampled_from(["specdef-geometric", "specdef-spike", "diagonal"])
+defenses = st.sampled_from(["specdef-geometric", "specdef-spike", "diagonal", "general"])
 strengths = st.floats(1.5, 1e3)
 
 
+class _General:
+    """Not a defense of the zoo: a general element of every group (``strategies.general_record``:
+    S1 A = U diag(s) V^T, neither symmetric nor diagonal; S2 permuted positive diagonal),
+    kappa(A) = K. SpecDef's A = U diag(s) U^T is symmetric, so only these catch a transposed
+    A^-1 (A^-T vs A^-1) in a recovery."""
+
+    def __init__(self, K: float, seed: int) -> None:
+        self.K, self.seed = K, seed
+
+    def apply(self, m, dtypes=F64):
+        from types import SimpleNamespace
+
+        from convrate.strategies import general_record
+
+        rec = general_record(m, self.K, self.seed)
+        return SimpleNamespace(model=m.with_module(rec.apply_to_module(m.module)), record=rec)
+
+
 def _defense(name: str, K: float, seed: int = 0):
+    if name == "general":
+        return _General(K, seed)
     return DiagonalScaling(K, seed) if name == "diagonal" else SpecDef(K, name.split("-")[1])
 
 
@@ -330,6 +350,26 @@ def test_r1_replays_the_undefended_run_attention(seed, defense, K, optimizer):
     _assert_same_trajectory(base.losses, rec.losses, _encoder_per_step(m, ids, res.record))
 
 
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**20), K=st.floats(2.0, 100.0), optimizer=st.sampled_from(["sgd", "adam"]))
+def test_r1_replays_with_general_elements(seed, K, optimizer):
+    """R1 holds for every element of GL(r), not only SpecDef's symmetric A: a general A makes
+    A^-1 != A^-T, so a recovery that inserts the wrong one fails here (with SpecDef's symmetric
+    A it would not)."""
+    pytest.importorskip("transformers")
+    m = tiny_bert(seed, hidden=4, heads=2)
+    ids = bert_inputs(m, 8, 5, seed)
+    y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(seed))
+    task = Task("tiny", "random tokens", ids, y, loss="cross_entropy", n_outputs=3)
+    res = _General(K, seed).apply(m)
+    assert any(s.family == "S1" and not torch.allclose(e, e.T) for s, e in res.record.items)
+    r1 = r1_module(res.model, res.record)
+    atk = Attack(optimizer, {"sgd": 0.2, "adam": 0.01}[optimizer], 6, device="cpu", seed=seed)
+    base = atk.run(task.head(m.module, seed=seed), task)
+    rec = atk.run(task.head(r1, seed=seed), task)
+    _assert_same_trajectory(base.losses, rec.losses, _encoder_per_step(m, ids, res.record))
+
+
 @given(widths=mlp_widths, seed=st.integers(0, 2**20), K=strengths)
 def test_r1_extra_parameters_match_theory(widths, seed, K):
     m = random_zoo(mlp_arch(widths), seed)
@@ -456,3 +496,95 @@ def test_minilm_r2_steps_independent_of_K(minilm1):
         _assert_s1_same(syms, cK.module, c0.module, ref, [_params(d.module), ref])
         for o, lr, _ in MINILM_RUNS:
             assert Attack(o, lr, 12, target[o], device="cpu").run(task.head(cK.module), task).steps_to() == base[o], (K, o)
+
+
+def _slice_entries(sym) -> int:
+    """Entries of the parameter slices a group acts on (its slots' rows/columns), from the shapes."""
+    import math
+
+    shapes = dict(sym.shapes)
+    return sum((s.stop - s.start) * math.prod(shapes[s.param]) // shapes[s.param][s.axis] for s in sym.acting_slots)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bert", "llama"])
+def test_r1_pair_parameters_count_the_slices_the_groups_act_on(kind):
+    """r1_extra_parameters: ``pair_parameters`` = the entries of the parameter slices the groups
+    act on (rows of W_a and b_a, columns of W_b, the RMSNorm weight and its consumers' columns,
+    per-head slices), ``groups`` = the number of groups, and the bound and extra counts are the
+    per-group sums -- on an MLP (whole layers: the tensors' sizes), a BERT block and a decoder."""
+    if kind == "mlp":
+        m = random_zoo(mlp_arch([4, 5, 3, 2]), 0)
+        P = _params(m.module)
+        # hidden layers l = 0, 1: (W_l, b_l) rows and W_(l+1) columns, all of each
+        expected = sum(P[f"{i}.weight"].numel() + P[f"{i}.bias"].numel() + P[f"{i + 2}.weight"].numel() for i in (0, 2))
+    else:
+        pytest.importorskip("transformers")
+        from convrate.models.testing import tiny_decoder
+
+        m = tiny_bert(0, hidden=6, heads=2) if kind == "bert" else tiny_decoder("llama")
+        expected = None
+    rec = _General(5.0, 0).apply(m).record
+    cost = r1_extra_parameters(rec)
+    assert cost["groups"] == len(rec.items) == len(discover_symmetries(m))
+    assert cost["pair_parameters"] == sum(_slice_entries(s) for s, _ in rec.items)
+    if expected is not None:
+        assert cost["pair_parameters"] == expected
+    assert cost["extra_parameters"] == sum(s.extra_parameters() for s, _ in rec.items)
+    assert cost["within_bound"] and cost["extra_parameters"] < cost["bound"]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "bert"])
+def test_r1_keeps_a_float32_model_in_float32(kind):
+    """The group elements act in float64 and the result is cast back: theta' = T phi stays in the
+    model's dtype, equal to the defended float32 weights up to float32 rounding (diagonal S2
+    groups of an MLP, dense GL groups of a BERT block)."""
+    if kind == "bert":
+        pytest.importorskip("transformers")
+        m = tiny_bert(1, hidden=4, heads=2)
+    else:
+        m = random_zoo(mlp_arch([4, 5, 3]), 1)
+    m32 = m.with_module(m.module.to(torch.float32))
+    res = _General(20.0, 1).apply(m32)
+    r1 = r1_module(res.model, res.record)
+    theta = r1.defended_parameters()
+    for n, p in res.model.module.named_parameters():
+        assert theta[n].dtype == torch.float32 == p.dtype, n
+        assert torch.allclose(theta[n], p, rtol=64 * 2.0**-24, atol=1e-6), n
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_r1_on_decoders_tied_embeddings_and_biases(model_type):
+    """R1's module on decoder LMs with tied input/output embeddings (lm_head shares embed_tokens'
+    weight: the functional call must keep the tie) and Qwen2's q/k/v biases (two bias slices per
+    KV group): f(x; T phi_0) equals the defended model's output, and the pair parameters are the
+    slices the groups act on."""
+    pytest.importorskip("transformers")
+    from convrate.models.testing import decoder_inputs, tiny_decoder
+
+    m = tiny_decoder(model_type, 3, tie_embeddings=True)
+    rec = _General(3.0, 3).apply(m).record
+    defended = rec.apply_to_module(m.module)
+    r1 = r1_module(defended, rec)
+    x = decoder_inputs(m, 2, 5, 0)
+    with torch.no_grad():
+        f, fr = defended(**x).logits, r1(**x).logits
+    assert float((fr - f).abs().max() / f.abs().max()) <= 1e-10  # T (T^-1 theta'), kappa(A) ~ 3: rounding only
+    assert r1_extra_parameters(rec)["pair_parameters"] == sum(_slice_entries(s) for s, _ in rec.items)
+
+
+def test_r1_refuses_non_finite_weights_naming_the_model():
+    m = random_zoo(mlp_arch([3, 4, 2]), 0)
+    res = SpecDef(10).apply(m, dtypes=F64)
+    with torch.no_grad():
+        next(res.model.module.parameters())[0, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="the defended model has non-finite entries"):
+        r1_module(res.model.module, res.record)
+
+
+def test_r1_skeleton_holds_no_weights():
+    """R1 keeps one copy of the weights (phi); the defended architecture it calls is a meta-device
+    skeleton (no storage), so its memory is phi + the frozen A, A^-1 only."""
+    m = random_zoo(mlp_arch([3, 4, 2]), 0)
+    res = SpecDef(10).apply(m, dtypes=F64)
+    r1 = r1_module(res.model.module, res.record)
+    assert all(p.is_meta for p in r1._skeleton[0].parameters())

@@ -11,7 +11,7 @@ import mpmath
 import numpy as np
 import pytest
 from flint import arb, arb_mat, fmpq, fmpq_mat
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from convrate.errors import (DivergenceError, InvalidInputError, NoConvergenceError, NotPositiveDefiniteError,
@@ -21,7 +21,7 @@ from convrate.numerics.optimizers import (CG, GD, LM, Adam, CubicNewton, GDSched
                                           PreconditionedGD, RMSprop, run_ball)
 from convrate.numerics.quadratic import Quadratic, arb_prec
 from convrate.numerics.steps import (best_fixed_step, brute_force_steps, closed_form_loss, iterate, measure_for,
-                                     steps_to)
+                                     steps_to, trajectory)
 from convrate.theory import bounds, bounds_optim
 
 
@@ -342,3 +342,196 @@ def test_cubic_newton_converges_and_counts() -> None:
     with arb_prec(256):
         assert losses[N] <= arb(fmpq(1, 10**10)) * arb(p.q0)
         assert losses[N - 1] > arb(fmpq(1, 10**10)) * arb(p.q0)
+
+
+@pytest.mark.parametrize("method", ["heavy", "nesterov", "schedule"])
+@pytest.mark.parametrize("below", [False, True])
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 4), b=st.integers(1, 7), t_tie=st.integers(1, 6))
+def test_scanned_counts_equal_exact_iteration_at_ties(method, below, seed, n, b, t_tie):
+    """Heavy ball, Nesterov and step schedules (momentum on): the count of ``steps_to`` equals
+    the exact rational iteration's, with tol set to q_t/q_0 of an iterate -- an exact tie that no
+    ball decides -- or 1e-400 below it (undecided even at 1024 bits), so the exact fallback
+    (``_exact_poly_sum``) decides both ways."""
+    from convrate.numerics.optimizers import run_exact
+
+    rng = np.random.default_rng(seed)
+    lam = sorted({F(int(v), 4) for v in rng.integers(1, 17, size=n)})
+    c = [F(int(v), 3) for v in rng.integers(1, 7, size=len(lam))]
+    p = Quadratic.from_spectrum(lam, c)
+    lmax = lam[-1]
+    beta = F(b, 8)
+    eta = F(1, 2) / lmax
+    opt = {"heavy": HeavyBall(eta, beta), "nesterov": Nesterov(eta, beta),
+           "schedule": GDSchedule(tuple(F(int(k), 4) / lmax for k in rng.integers(1, 8, size=40)))}[method]
+    qs = [p.loss(e) for e in run_exact(p, opt, t_tie)]
+    tol = qs[t_tie] / p.q0  # exact (fmpq)
+    if below:
+        tol -= fmpq(1, 10**400)
+    assume(0 < tol < 1)
+    want = brute_force_steps(p, opt, tol, 40)
+    assert want <= t_tie or below
+    assert steps_to(p, opt, tol) == want
+
+
+def test_divergence_messages_show_the_eigenvalue() -> None:
+    """The eigenvalue in a DivergenceError: an integer as is, another rational to 8 significant
+    digits, an irrational one (a ball) by its midpoint to 8 digits; ``eigenvalue`` holds it."""
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(Quadratic.from_spectrum([1, F(7, 2)], [1, 1]), HeavyBall(1, F(1, 4)), F(1, 100))
+    assert exc.value.eigenvalue == F(7, 2) and "at eigenvalue 3.5 " in str(exc.value)
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(Quadratic.from_spectrum([1, F(7, 3)], [1, 1]), Nesterov(1, F(1, 4)), F(1, 100))
+    assert exc.value.eigenvalue == F(7, 3) and "at eigenvalue 2.3333333 " in str(exc.value)
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(Quadratic([[2, 1], [1, 3]], [1, 1]), HeavyBall(1, F(1, 4)), F(1, 100))
+    assert "at eigenvalue 3.618034 " in str(exc.value)  # (5 + sqrt 5) / 2 = 3.6180339887...
+    with mpmath.workdps(30):
+        assert abs(exc.value.eigenvalue - (5 + mpmath.sqrt(5)) / 2) < mpmath.mpf(10) ** -20
+
+
+# ---------------------------------------------------------------- stability, adaptive counts, closed forms
+_JURY_EDGES = [(F(-3), F(2)), (F(0), F(1)), (F(2), F(1)), (F(-2), F(1)), (F(0), F(-1)), (F(1), F(-2)),
+               (F(-5, 2), F(1)), (F(-2), F(99, 100)), (F(201, 100), F(1)), (F(0), F(101, 100)), (F(3, 2), F(1, 2))]
+
+
+@example(*_JURY_EDGES[0])
+@example(*_JURY_EDGES[1])
+@example(*_JURY_EDGES[2])
+@example(*_JURY_EDGES[3])
+@example(*_JURY_EDGES[4])
+@example(*_JURY_EDGES[5])
+@example(*_JURY_EDGES[6])
+@example(*_JURY_EDGES[7])
+@example(*_JURY_EDGES[8])
+@example(*_JURY_EDGES[9])
+@example(*_JURY_EDGES[10])
+@given(a1=st.fractions(-3, 3, max_denominator=12), a0=st.fractions(-2, 2, max_denominator=12))
+def test_jury_criterion_against_the_roots(a1, a0):
+    """z^2 + a1 z + a0 has a root of modulus > 1 iff steps._jury_unstable(a1, a0), for exact
+    rationals (boundary |root| = 1 included: not unstable) and for balls around them (None only
+    when the ball straddles the boundary)."""
+    from convrate.numerics.steps import _jury_unstable
+
+    A1, A0 = fmpq(a1.numerator, a1.denominator), fmpq(a0.numerator, a0.denominator)
+    import sympy as sp
+
+    z = sp.Symbol("z")
+    roots = sp.Poly(z**2 + sp.Rational(a1.numerator, a1.denominator) * z + sp.Rational(a0.numerator, a0.denominator),
+                    z).all_roots()  # exact quadratic surds
+    unstable = any(bool(sp.Abs(r) > 1) for r in roots)
+    assert _jury_unstable(A1, A0) is unstable
+    with arb_prec(128):
+        ball = _jury_unstable(arb(A1), arb(A0))
+    assert ball in (unstable, None)
+
+
+@given(lam=st.fractions(F(1, 4), 8, max_denominator=8), eta=st.fractions(F(1, 16), 2, max_denominator=16),
+       beta=st.fractions(0, F(15, 16), max_denominator=16), nesterov=st.booleans())
+def test_momentum_divergence_iff_a_mode_root_leaves_the_unit_disc(lam, eta, beta, nesterov):
+    """Heavy ball / Nesterov on one mode lambda: DivergenceError iff the mode's recurrence
+    (z^2 - (1 + beta - eta lambda) z + beta, resp. z^2 - (1 - eta lambda)(1 + beta) z + (1 - eta lambda) beta)
+    has a root of modulus > 1 (numpy roots, decided away from the unit circle)."""
+    if nesterov:
+        c = [1, -(1 - eta * lam) * (1 + beta), (1 - eta * lam) * beta]
+        opt = Nesterov(eta, beta)
+    else:
+        c = [1, -(1 + beta - eta * lam), beta]
+        opt = HeavyBall(eta, beta)
+    rho = max(abs(z) for z in np.roots([float(x) for x in c]))
+    assume(abs(rho - 1) > 1e-3 and rho < 0.97 or rho > 1.03)
+    p = Quadratic.from_spectrum([lam], [1])
+    if rho > 1:
+        with pytest.raises(DivergenceError):
+            steps_to(p, opt, F(1, 100))
+    else:
+        assert steps_to(p, opt, F(1, 100)) == brute_force_steps(p, opt, F(1, 100), 2000)
+
+
+@given(seed=st.integers(0, 2**16), method=st.sampled_from(["adam", "rmsprop", "adagrad"]), u=st.integers(1, 8))
+def test_adaptive_counts_equal_the_certified_iteration(seed, method, u):
+    """steps_to for Adam / RMSprop / Adagrad = the first t whose certified loss ball lies below
+    tol q_0 along run_ball's iterates (q_0 != 1, so the threshold's scale matters)."""
+    from convrate.numerics.optimizers import Adagrad, RMSprop
+
+    rng = np.random.default_rng(seed)
+    lam = [F(int(v), 2) for v in rng.integers(1, 9, size=2)]
+    p = Quadratic.from_spectrum(lam, [F(int(v), 1) for v in rng.integers(2, 6, size=2)])
+    opt = {"adam": Adam(F(u, 16)), "rmsprop": RMSprop(F(u, 64)), "adagrad": Adagrad(F(u, 4))}[method]
+    from convrate.errors import PrecisionError
+    from convrate.numerics.optimizers import iter_ball
+
+    tol = F(1, 5)
+    first = None
+    try:
+        for t, e in enumerate(iter_ball(p, opt, 256)):
+            if t > 200:
+                break
+            with arb_prec(256):
+                q, T = p.loss(e), arb(fmpq(tol.numerator, tol.denominator)) * p.q0
+                if q <= T:
+                    first = t
+                    break
+                assert q > T  # decided: no tie
+    except PrecisionError:
+        first = None
+    assume(first is not None)
+    assert steps_to(p, opt, tol) == first
+
+
+@given(seed=st.integers(0, 2**16), damping=st.fractions(F(1, 8), 8, max_denominator=8), rotate=st.booleans())
+def test_lm_closed_form_equals_exact_iteration(seed, damping, rotate):
+    """closed_form_loss for LM (rate lambda / (mu + lambda) per mode) equals the loss of the exact
+    rational LM iterates, t = 0..4 (spectral and rotated problems)."""
+    from convrate.numerics.optimizers import run_exact
+
+    rng = np.random.default_rng(seed)
+    lam = sorted({F(int(v), 3) for v in rng.integers(1, 30, size=3)})
+    c = [F(int(v), 2) for v in rng.integers(1, 7, size=len(lam))]
+    p = Quadratic.from_spectrum(lam, c)
+    if rotate:
+        from convrate.numerics.checks_quadratic import _rotated
+
+        p = _rotated(rng, lam, c)
+    exact = [p.loss(e) for e in run_exact(p, LM(damping), 4)]
+    for t in range(5):
+        got = closed_form_loss(p, LM(damping), t)
+        if isinstance(got, fmpq):
+            assert got == exact[t]
+        else:
+            with arb_prec(256):
+                assert (got - exact[t]).contains(0)
+
+
+@pytest.mark.parametrize("opt", [HeavyBall(F(1, 2), F(1, 2)), Nesterov(F(1, 2), F(1, 2)), GDSchedule((F(1, 2),) * 5)])
+def test_zero_start_scanned_methods(opt):
+    assert steps_to(Quadratic.from_spectrum([1, 2], [0, 0]), opt, F(1, 10)) == 0
+
+
+def test_trajectory_precision_is_the_one_asked_for():
+    """Ball iterates carry the precision they are computed at: radii shrink from 64 to 512 bits."""
+    p = Quadratic.from_spectrum([1, 3], [1, 2])
+    lo, hi = (trajectory(p, Adam(F(1, 10)), 5, prec) for prec in (64, 512))
+    rad = [max(float(e[i, 0].rad()) for i in range(2)) for e in (lo[-1], hi[-1])]
+    assert rad[0] > 1e-25 > 1e-100 > rad[1] > 0 or rad[1] == 0 < rad[0]
+    q_lo, q_hi = iterate(p, Adam(F(1, 10)), 5, 64), iterate(p, Adam(F(1, 10)), 5, 512)
+    assert float(q_lo[-1].rad()) > float(q_hi[-1].rad())
+
+
+@pytest.mark.parametrize("H, e0", [([[2, 1], [1, 3]], [1, 1]),  # irrational eigenvalues, lambda_min + lambda_max = 5
+                                   ([[4, 1], [1, 2]], [2, -1]),
+                                   (None, None)])  # exact spectrum [1, 6] (eta* = 2/7 is off the grid k/144)
+@pytest.mark.parametrize("tol", [F(1, 10**3), F(1, 10**9)])
+def test_best_fixed_step_prefers_eta_star_and_never_loses_to_it(H, e0, tol):
+    """best_fixed_step returns a step at least as good as eta* = 2/(lambda_min + lambda_max) (exact
+    here: lambda_min + lambda_max = trace H), and eta* itself when it ties for the fewest steps;
+    a zero start needs no step."""
+    p = Quadratic(H, e0) if H is not None else Quadratic.from_spectrum([1, 6], [1, 1])
+    trace = sum(p.H[i, i] for i in range(2))
+    star = F(2) / F(int(trace.p), int(trace.q))
+    eta, N = best_fixed_step(p, tol)
+    n_star = steps_to(p, GD(star), tol)
+    assert N == steps_to(p, GD(eta), tol) <= n_star
+    assert N <= steps_to(p, GD(star / 2), tol) and N <= steps_to(p, GD(star * F(3, 4)), tol)
+    if N == n_star:
+        assert eta == star
+    assert best_fixed_step(Quadratic.from_spectrum([1, 2], [0, 0]), tol) == (F(0), 0)

@@ -92,6 +92,57 @@ def test_proof_machinery_refutes_and_never_proves_silently() -> None:
     assert derive_runner._downgrade(p4.done().status, derive_runner._checked(p4.steps)) is Status.CHECKED_ONLY
 
 
+#: statements whose identities are proved in every dimension (matrix expressions of symbolic size or
+#: scalar laws that are the general case); the others rely on a fixed-size instance somewhere
+GENERAL = {"T1", "T2", "T3", "P", "N", "LM", "A", "C", "R1", "B", "F1", "SPECDEF-OPT", "ORBIT-NULL", "PREC"}
+
+
+def test_derive_json_says_how_far_each_proof_goes(results: dict[str, dict]) -> None:
+    """``convrate derive --json``: scope "general" / "general + argued" when every load-bearing
+    identity was verified in every dimension, "instances + argued" otherwise, with the argued
+    (prose / cited) steps listed and the label shown ("proved (instances) + argued", ...)."""
+    for sid, r in results.items():
+        if sid not in THEORY_IDS + ("ORBIT-NULL",):
+            continue
+        assert r["scope"] in ("general", "general + argued", "instances + argued"), sid
+        argued = [s for s in r["steps"] if s.startswith(("[argument]", "[cited]"))]
+        if sid in GENERAL:
+            assert r["scope"].startswith("general") and r["instance_steps"] == 0 and r["general_steps"] >= 1, sid
+            assert r["argued_steps"] == argued
+            assert r["label"] == f"{r['status']} (general)" + (" + argued" if argued else "")
+        else:
+            assert r["scope"] == "instances + argued" and r["instance_steps"] >= 1, sid
+            assert r["label"] == f"{r['status']} (instances) + argued"
+            assert r["argued_steps"][:-1] == argued and "fixed-size symbolic instances" in r["argued_steps"][-1]
+
+
+def test_general_identities_are_checked_not_assumed() -> None:
+    """Matrix expressions of symbolic size: a transpose, a swapped factor or a dropped term is not
+    reduced to 0 (the step is recorded unproved and the statement drops to checked-only); the
+    correct identity is proved with scope general."""
+    from convrate.theory.core import Scope
+    from convrate.theory.derive_transforms import general_pair
+
+    g = general_pair()
+    A, Wa, Wb = g.A, g.Wa, g.Wb
+    for wrong in (A.I * Wa, A.T * Wa, Wa.T.T * 2):  # the true law is A^-T W_a
+        q = Proof()
+        assert not q.equal("gradient block", A.I.T * Wa, wrong, scope="general")
+        assert derive_runner._downgrade(q.done().status, derive_runner._checked(q.steps)) is Status.CHECKED_ONLY
+    q = Proof()
+    assert not q.equal("(W_b A)^T = W_b^T A^T (factors not swapped: false)", (Wb * A).T, Wb.T * A.T, scope="general")
+    q = Proof()
+    assert q.equal("(W_b A)^T = A^T W_b^T", (Wb * A).T, A.T * Wb.T, scope="general")
+    assert q.done().scope is Scope.GENERAL and q.steps[0].startswith("[sympy:general] ")
+    q.argue("a written step")
+    assert q.done().scope is Scope.GENERAL_ARGUED and q.done().argued == ["[argument] a written step"]
+    q.equal("2 x 2 instance", sp.eye(2), sp.eye(2))
+    assert q.done().scope is Scope.INSTANCES_ARGUED
+    q2 = Proof()
+    q2.equal("only an example", sp.eye(2), sp.eye(2), scope="example")
+    assert derive_runner._downgrade(q2.done().status, derive_runner._checked(q2.steps)) is Status.CHECKED_ONLY
+
+
 @given(m=st.fractions(-10, 10, max_denominator=50), b=st.fractions(-10, 10, max_denominator=50),
        e=st.fractions(0, 5, max_denominator=50), rel=st.sampled_from(["<=", ">=", "=="]))
 def test_compare_verdict_and_margin(m: Fraction, b: Fraction, e: Fraction, rel: str) -> None:
@@ -347,3 +398,215 @@ def test_deep_linear_closed_form_matches_direct_gauss_newton(seed: int, depth: i
             for i in range(r):
                 for got, want in ((first[i * r], two["eig_aa"][i]), (second[i], two["eig_bb"][i])):
                     assert abs(got - want) <= mpmath.mpf(10) ** (10 - DPS) * abs(want)
+
+
+@given(r=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_aligned_two_layer_kappas_from_exact_spectra(r: int, seed: int) -> None:
+    """kappa fields of bounds.aligned_two_layer_gn_spectra = max/min of the exact eigenvalue lists
+    (b_i/s_i)^2, (s_i a_i)^2 and of their union."""
+    rng = np.random.default_rng(seed)
+    s, a, b = ([Fraction(int(v), 3) for v in rng.integers(1, 10, size=r)] for _ in range(3))
+    ea = [(bi / si) ** 2 for si, bi in zip(s, b)]
+    eb = [(si * ai) ** 2 for si, ai in zip(s, a)]
+    with mpmath.workdps(DPS):
+        got = bounds.aligned_two_layer_gn_spectra(s, a, b)
+        tol = mpmath.mpf(10) ** (10 - DPS)
+        for key, want in (("kappa_aa", max(ea) / min(ea)), ("kappa_bb", max(eb) / min(eb)),
+                          ("kappa_block_diagonal", max(ea + eb) / min(ea + eb))):
+            w = mpmath.mpf(want.numerator) / want.denominator
+            assert abs(got[key] - w) <= tol * w, key
+        for lst, want in ((got["eig_aa"], ea), (got["eig_bb"], eb)):
+            assert [abs(x - mpmath.mpf(y.numerator) / y.denominator) <= tol * x for x, y in zip(lst, want)] == [True] * r
+
+
+@given(lam=st.lists(st.fractions(Fraction(1, 50), 100, max_denominator=50), min_size=2, max_size=6, unique=True),
+       u=st.fractions(Fraction(1, 64), Fraction(63, 32), max_denominator=64))
+def test_best_fixed_step_is_the_minimax_step(lam: list[Fraction], u: Fraction) -> None:
+    """bounds.best_fixed_step(lmin, lmax) = 2/(lmin + lmax) equalizes the extreme contractions and
+    no other step contracts the worst eigenvalue more: max_i |1 - eta lambda_i| >= its value
+    for every eta = u * eta* (exact rationals; the bound at dps 50 within its rounding)."""
+    lmin, lmax = min(lam), max(lam)
+    with mpmath.workdps(DPS):
+        es = bounds.best_fixed_step(lmin, lmax)
+        want = mpmath.mpf(2) / (mpmath.mpf(lmin.numerator) / lmin.denominator + mpmath.mpf(lmax.numerator) / lmax.denominator)
+        assert abs(es - want) <= mpmath.mpf(10) ** (5 - DPS) * want
+    star = Fraction(2) / (lmin + lmax)
+    rho = max(abs(1 - star * x) for x in lam)
+    assert abs(1 - star * lmin) == abs(1 - star * lmax) == rho
+    assert max(abs(1 - u * star * x) for x in lam) >= rho
+
+
+@given(r=st.integers(1, 4), n_in=st.integers(1, 5), n_out=st.integers(1, 5))
+def test_recovery_bound_counts_the_pair_parameters(r: int, n_in: int, n_out: int) -> None:
+    """recovery_extra_parameters_bound(r, n_in, n_out) = 2 (r / min(n_in, n_out)) times the
+    parameters of the pair, counted independently as those of an exact two-layer net
+    (W_a: r x n_in, b_a: r, W_b: n_out x r); and it is >= both R1 counts 2 r^2 and 2 r."""
+    from convrate.numerics.nets import TwoLayerLinear
+
+    net = TwoLayerLinear(n_in, r, n_out, [[0] * n_in], [[0] * n_out])
+    bound = bounds.recovery_extra_parameters_bound(r, n_in, n_out)
+    assert bound == Fraction(2 * r, min(n_in, n_out)) * net.n_params
+    assert bound >= bounds.recovery_extra_parameters("S1", r) == 2 * r * r
+    assert bound >= bounds.recovery_extra_parameters("S2", r) == 2 * r
+    from convrate.theory import bounds_nets
+
+    assert bounds_nets.recovery_extra_parameters_bound_pair(r, n_in, n_out, bias=True) == bound
+    assert bounds_nets.pair_parameters(r, n_in, n_out, bias=True) == net.n_params
+    # a bias-free pair: counted as torch counts two bias-free Linear layers
+    import torch
+
+    free = sum(p.numel() for p in torch.nn.Sequential(torch.nn.Linear(n_in, r, bias=False),
+                                                      torch.nn.Linear(r, n_out, bias=False)).parameters())
+    assert bounds_nets.pair_parameters(r, n_in, n_out, bias=False) == free
+    assert bounds_nets.recovery_extra_parameters_bound_pair(r, n_in, n_out, bias=False) == \
+        Fraction(2 * r, min(n_in, n_out)) * free >= 2 * r * r
+    from convrate.errors import InvalidInputError
+
+    for dims in ((0, n_in, n_out), (r, 0, n_out), (r, n_in, 0)):
+        with pytest.raises(InvalidInputError):
+            bounds_nets.recovery_extra_parameters_bound_pair(*dims, bias=True)
+
+
+def test_bound_functions_refuse_mismatched_lengths() -> None:
+    """Paired spectral inputs must have equal lengths (zip strict): a silent truncation would
+    compute the bound of a different instance."""
+    with pytest.raises(ValueError):
+        bounds.lambda_max_lower_bound_relu([1, 2], [1])
+    with pytest.raises(ValueError):
+        bounds.lambda_max_lower_bound_specdef([1, 2], [1], 1)
+    with pytest.raises(ValueError):
+        bounds.aligned_two_layer_gn_spectra([1, 2], [1], [1, 2])
+    with pytest.raises(ValueError):
+        bounds.aligned_two_layer_gn_spectra([1, 2], [1, 2], [1])
+
+
+@given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100),
+                                                                                    max_denominator=10**6),
+       const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]))
+def test_steps_from_rate_is_the_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> None:
+    """steps_from_rate(rho, tol, const) = min { t >= 0 : const rho^(2t) <= tol }, found by exact
+    rational iteration (rho = 0 and const <= tol included; exact ties const rho^(2t) = tol, where
+    the closed form's logarithms decide at rounding level, are left out)."""
+    t, val = 0, const
+    while val > tol:
+        t, val = t + 1, val * rho * rho
+    from hypothesis import assume
+
+    assume(val != tol)
+    with mpmath.workdps(DPS):
+        assert bounds.steps_from_rate(rho, tol, const) == t
+
+
+def test_profiles_of_width_one_are_the_identity() -> None:
+    """r = 1: |det A| = 1 forces A = +-1, so both SpecDef profiles are [1] (kappa 1), for every K."""
+    for K in (2, 10, 1000):
+        assert bounds.specdef_spike_profile(K, 1) == [1] and bounds.specdef_geometric_profile(K, 1) == [1]
+        assert bounds.specdef_max_gain(K, 1) == 1
+
+
+@given(s=st.lists(st.fractions(Fraction(1, 8), 8, max_denominator=8), min_size=1, max_size=4),
+       lmin=st.fractions(Fraction(1, 8), 4, max_denominator=8), data=st.data())
+def test_specdef_bound_is_the_linear_bound_at_sigma_max_of_A_Wa(s, lmin, data) -> None:
+    """W under SpecDef: A W_a = U diag(s_i sigma_i) V^T, so sigma_max(A W_a) = max_i s_i sigma_i and
+    lambda_max_lower_bound_specdef(s, sigma, lmin) = lambda_max_lower_bound_linear(max_i s_i sigma_i,
+    lmin) (mu_ell = 1, the squared loss, by default in both)."""
+    sig = data.draw(st.lists(st.fractions(Fraction(1, 8), 8, max_denominator=8), min_size=len(s), max_size=len(s)))
+    top = max(a * b for a, b in zip(s, sig))
+    with mpmath.workdps(DPS):
+        got = bounds.lambda_max_lower_bound_specdef(s, sig, lmin)
+        want = bounds.lambda_max_lower_bound_linear(top, lmin)
+        exact = top * top * lmin
+        assert abs(got - want) <= mpmath.mpf(10) ** (5 - DPS) * want
+        assert abs(want - mpmath.mpf(exact.numerator) / exact.denominator) <= mpmath.mpf(10) ** (5 - DPS) * want
+
+
+# ---------------------------------------------------------------- certified step bounds (bounds_optim)
+def _exact_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> int:
+    t, val = 0, const
+    while val > tol:
+        t, val = t + 1, val * rho * rho
+    return t
+
+
+@given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), k=st.integers(0, 12),
+       const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]), tie=st.booleans(),
+       tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100), max_denominator=10**6))
+def test_certified_steps_from_rate_is_exact_ties_included(rho, k, const, tie, tol):
+    """bounds_optim.steps_from_rate_certified(rho, tol, const) = min { t : const rho^(2t) <= tol },
+    decided exactly even at ties (tol = const rho^(2k) exactly, drawn on purpose)."""
+    from convrate.theory import bounds_optim
+
+    if tie and rho > 0 and 0 < const * rho ** (2 * k) < 1:
+        tol = const * rho ** (2 * k)
+    assert bounds_optim.steps_from_rate_certified(rho, tol, const) == _exact_smallest_t(rho, tol, const)
+    assert bounds_optim.steps_from_rate_certified(float(rho), tol, const) == _exact_smallest_t(Fraction(float(rho)), tol, const)
+
+
+def test_certified_bounds_refuse_bad_input_and_handle_kappa_1():
+    from convrate.errors import ToleranceError
+    from convrate.theory import bounds_optim
+
+    for tol in (0, 1, Fraction(3, 2), -1):
+        with pytest.raises(ToleranceError):
+            bounds_optim.steps_from_rate_certified(Fraction(1, 2), tol)
+    with pytest.raises(ValueError):
+        bounds_optim.steps_from_rate_certified(1, Fraction(1, 2))
+    with pytest.raises(TypeError):
+        bounds_optim.steps_from_rate_certified("1/2", Fraction(1, 2))
+    assert bounds_optim.gd_worst_case_steps_certified(1, Fraction(1, 10)) == 1  # rho = 0: one step
+    assert bounds_optim.cg_steps_upper_bound_certified(1, Fraction(1, 10)) == 1
+    for f in (bounds_optim.gd_worst_case_steps_certified, bounds_optim.cg_steps_upper_bound_certified):
+        with pytest.raises(ValueError):
+            f(Fraction(1, 2), Fraction(1, 10))
+
+
+@given(p=st.integers(2, 40), q=st.integers(1, 40), tol=st.fractions(Fraction(1, 10**8), Fraction(1, 2), max_denominator=10**8))
+def test_certified_cg_bound_exact_for_square_kappa(p, q, tol):
+    """kappa = (p/q)^2 (a perfect square, p > q): sqrt(kappa) = p/q exactly, rho = (p - q)/(p + q), and
+    cg_steps_upper_bound_certified = min { t : 4 rho^(2t) <= tol } exactly."""
+    from convrate.theory import bounds_optim
+
+    from hypothesis import assume
+
+    assume(p > q)
+    rho = Fraction(p - q, p + q)
+    assert bounds_optim.cg_steps_upper_bound_certified(Fraction(p * p, q * q), tol) == _exact_smallest_t(rho, tol, Fraction(4))
+
+
+@pytest.mark.parametrize("kappa", [10**80 + 1, 2 * 10**120 + 3])
+def test_certified_bounds_near_rate_one_raise_precision(kappa):
+    """kappa ~ 1e80 .. 1e120 (not squares): rho = (sqrt k - 1)/(sqrt k + 1) lies within 1e-40 of 1, so
+    128-bit balls cannot separate it from 1 and the precision is raised; the count agrees with
+    the closed form evaluated at 400 digits (far from a tie: its fractional part is checked)."""
+    from convrate.theory import bounds_optim
+
+    tol = Fraction(1, 10**6)
+    with mpmath.workdps(400):
+        s = mpmath.sqrt(mpmath.mpf(kappa))
+        lt = -6 * mpmath.log(10)  # ln(tol), tol = 1e-6
+        x = (lt - mpmath.log(4)) / (2 * mpmath.log((s - 1) / (s + 1)))
+        assert 0.01 < x - mpmath.floor(x) < 0.99
+        want = int(mpmath.ceil(x))
+        xg = lt / (2 * mpmath.log((mpmath.mpf(kappa) - 1) / (mpmath.mpf(kappa) + 1)))
+        assert 0.01 < xg - mpmath.floor(xg) < 0.99
+        want_gd = int(mpmath.ceil(xg))
+    assert bounds_optim.cg_steps_upper_bound_certified(kappa, tol) == want
+    assert bounds_optim.gd_worst_case_steps_certified(kappa, tol) == want_gd
+
+
+_TIES = [(rho, c, k) for rho in (Fraction(2, 3), Fraction(5, 7), Fraction(10, 11)) for c in (Fraction(1), Fraction(4))
+         for k in (1, 2, 7, 30) if 0 < c * rho ** (2 * k) < 1]
+
+
+@pytest.mark.parametrize("rho, const, k", _TIES)
+def test_certified_count_at_and_around_ties(rho, const, k):
+    """Exact ties tol = const rho^(2k) (non-dyadic rho: the balls straddle tol, decided by exact
+    powers) give k; tol one part in 1e60 above gives k, below gives k + 1 (the float estimate is
+    then off by one and the walks correct it)."""
+    from convrate.theory import bounds_optim
+
+    at = const * rho ** (2 * k)
+    eps = Fraction(1, 10**60)
+    assert bounds_optim.steps_from_rate_certified(rho, at, const) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 + eps), const) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 - eps), const) == k + 1

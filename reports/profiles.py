@@ -20,7 +20,7 @@ near ln 4 = 1.39 (a fresh 4-way head).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from convrate.models.attacks import log_grid
 from convrate.models.experiments import SearchProfile
@@ -178,6 +178,22 @@ FULL = ReportProfile(
                    so=NetSweep((100,), ("lbfgs-wolfe", "soap", "sophia", "muon"), ("specdef",), 3.0,
                                _so_search(100, tuple(log_grid(1e-4, 1, 1)), (), 0, ("lbfgs-wolfe",)))),
 )
+
+
+#: perturbed starts per reported step count, per profile (``models.sensitivity``: each count of the
+#: sweeps and recoveries carries the range over them and the unperturbed run, at its best learning
+#: rate only; the cost is that many extra attacks per count)
+STEP_SENSITIVITY_RUNS = {"quick": 2, "full": 3}
+
+
+def _with_sensitivity(p: ReportProfile, runs: int) -> ReportProfile:
+    """Every NetSweep of ``p`` with ``search.sensitivity = runs``."""
+    sweeps = {f.name: getattr(p, f.name) for f in fields(p) if isinstance(getattr(p, f.name), NetSweep)}
+    return replace(p, **{k: replace(v, search=replace(v.search, sensitivity=runs)) for k, v in sweeps.items()})
+
+
+QUICK = _with_sensitivity(QUICK, STEP_SENSITIVITY_RUNS["quick"])
+FULL = _with_sensitivity(FULL, STEP_SENSITIVITY_RUNS["full"])
 
 
 def profile(quick: bool) -> ReportProfile:

@@ -125,6 +125,7 @@ def _network(seed: int, rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[
     und_runs = {opt: (_attack(wrap(model.module), rec.task, opt, b.search.best_lr, rec.cfg.search.budget,
                               rec.cfg.target, seed) if converted else _known_run(rec, opt, b.search.best_lr, b.losses))
                 for opt, b in base.items()}
+    ranges = _sensitivity_ranges(seed, rec, wrap(model.module), attacked0, base, r2_lr, und_runs, r2_base)
     rows, checks = [], []
     released: dict[tuple[str, float], Any] = {}
     defended_runs = [r for r in rec.runs if r.defense != "none"]
@@ -154,7 +155,8 @@ def _network(seed: int, rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[
                      "r1_curve_gap": gap1, "r1_extra_parameters": cost["extra_parameters"],
                      "r2_lr": r2_lr[run.optimizer], "r2_steps": n_r2, "r2_canonical_undefended_steps": n_r20,
                      "r2_curve_gap": gap2, "r2_vs_undefended": None if not (n_r2 and b.search.best_steps)
-                     else n_r2 / b.search.best_steps, "r2_sweeps": crec.meta["sweeps"], "budget": budget})
+                     else n_r2 / b.search.best_steps, "r2_sweeps": crec.meta["sweeps"], "budget": budget,
+                     **_range_fields(ranges.get(run.optimizer), run, n_r1, n_r2)})
         per_step = _r1_per_step(wrap(model.module), rec.task, dres.record)
         drift = max(abs(x - y) / ((t + 1) * max(1.0, max(abs(v) for v in und.losses)))
                     for t, (x, y) in enumerate(zip(r1_run.losses, und.losses)))
@@ -189,8 +191,59 @@ def _cost_rows() -> list[dict[str, Any]]:
     return out
 
 
+# ---------------------------------------------------------------- sensitivity of the counts
+def _sensitivity_ranges(seed: int, rec: "SweepRecord", undefended: Any, canonical: Any, base: dict[str, Any],
+                        r2_lr: dict[str, float], und_runs: dict[str, Any], r2_base: dict[str, Any]) -> dict[str, Any]:
+    """Per optimizer, the sensitivity range (``models.sensitivity``) of the undefended count at its
+    best lr and of the canonical (R2, K = 1) count at R2's lr. R1 replays the undefended run up to
+    rounding, and R2's canonical weights agree with the K = 1 ones to rounding, so their counts are
+    judged against these two ranges (the perturbations they model are of that size)."""
+    from convrate.models.sensitivity import step_sensitivity
+
+    runs = rec.cfg.search.sensitivity
+    if not runs:
+        return {}
+    budget, target = rec.cfg.search.budget, rec.cfg.target
+    out = {}
+    for opt, b in base.items():
+        und = step_sensitivity(undefended, rec.task, opt, b.search.best_lr, target, budget, runs=runs, seed=seed,
+                               nominal=und_runs[opt].steps_to(), device="cpu")
+        can = step_sensitivity(canonical, rec.task, opt, r2_lr[opt], target, budget, runs=runs, seed=seed,
+                               nominal=r2_base[opt].steps_to(), device="cpu")
+        out[opt] = (und, can)
+    return out
+
+
+def _range_fields(pair: Any, run: Any, n_r1: Any, n_r2: Any) -> dict[str, Any]:
+    """Row fields: each count's range (``<count>_range``) and whether R1 / R2 fall in them."""
+    if pair is None:
+        return {}
+    from convrate.models.sensitivity import within
+
+    und, can = pair
+    out = {"undefended_steps_range": und.range, "r1_steps_range": und.range, "r2_steps_range": can.range,
+           "r2_canonical_undefended_steps_range": can.range, "r1_within_range": within(n_r1, und.range),
+           "r2_within_range": within(n_r2, can.range), "undefended_sensitivity": und.to_dict(),
+           "r2_canonical_sensitivity": can.to_dict()}
+    if run.sensitivity is not None:
+        out["defended_best_steps_range"] = run.sensitivity.range
+    return out
+
+
+def _range_text(r: dict[str, Any], key: str) -> str:
+    rng = r.get(f"{key}_range")
+    if rng is None:
+        return ""
+    lo, hi = (_steps(v, r["budget"]) for v in rng)
+    return f" [{lo}, {hi}]" if lo != hi else ""
+
+
 def _steps(n: int | None, budget: int) -> str:
     return str(n) if n is not None else f">{budget}"
+
+
+def _yes_no(x: bool | None) -> str:
+    return "-" if x is None else ("yes" if x else "NO")
 
 
 def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
@@ -224,14 +277,20 @@ def _assemble(ctx: "Context", results: list[Any]) -> Section:
            "to rounding: the canonical weights agree to ~1e-16, but SGD at the largest stable learning rate "
            "amplifies such differences over hundreds of steps (the curve gap column shows it). All recovery "
            "runs are in float64; MiniLM's float32 release is converted first (in float32, SGD near the edge of "
-           "stability amplifies rounding beyond any per-step allowance within tens of steps).")
-    s.table(["network", "defense", "K", "optimizer", "slowdown", "R1 steps / undefended", "R1 curve gap",
-             "R2 steps", "R2 canonical K=1", "R2 curve gap", "R2 / undefended best"],
+           "stability amplifies rounding beyond any per-step allowance within tens of steps). Step counts carry "
+           "their sensitivity range in brackets when it is not a single count (`models.sensitivity`: the counts of "
+           "the same attack from a few starts theta_0 (1 + delta), |delta| <= 4 u, at the same learning rate); R1's "
+           "count is judged against the undefended run's range and R2's against the canonical K = 1 run's range "
+           "(the 'within range' columns): equal counts are claimed only up to that range.")
+    s.table(["network", "defense", "K", "optimizer", "slowdown", "R1 steps / undefended", "R1 within range",
+             "R1 curve gap", "R2 steps", "R2 canonical K=1", "R2 within range", "R2 curve gap", "R2 / undefended best"],
             [[r["network"], r["defense"], f"{r['K']:g}", r["optimizer"],
               "-" if r["slowdown"] is None else (">= " if r["slowdown_is_lower_bound"] else "") + f"{r['slowdown']:.3g}",
-              f"{_steps(r['r1_steps'], r['budget'])} / {_steps(r['undefended_steps'], r['budget'])}",
+              f"{_steps(r['r1_steps'], r['budget'])} / {_steps(r['undefended_steps'], r['budget'])}"
+              + _range_text(r, "undefended_steps"), _yes_no(r.get("r1_within_range")),
               f"{r['r1_curve_gap']:.2g}", _steps(r["r2_steps"], r["budget"]),
-              _steps(r["r2_canonical_undefended_steps"], r["budget"]), f"{r['r2_curve_gap']:.2g}",
+              _steps(r["r2_canonical_undefended_steps"], r["budget"]) + _range_text(r, "r2_canonical_undefended_steps"),
+              _yes_no(r.get("r2_within_range")), f"{r['r2_curve_gap']:.2g}",
               "-" if r["r2_vs_undefended"] is None else f"{r['r2_vs_undefended']:.3g}"] for r in rows])
     s.para("Recovery cost (R1): the frozen layers A and A^-1 per group (2 r^2 for S1, 2 r for S2), against the "
            "bound 2 (r / min(n_in, n_out)) x (parameters of the pair) summed over groups, and as a share of the "

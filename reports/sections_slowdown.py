@@ -116,7 +116,15 @@ def _runs(ctx: "Context", key: str, results: Sequence[Any]) -> list[tuple[str, "
 
 
 def _steps(d: dict[str, Any]) -> str:
-    return str(d["steps"]) if d["reached"] else f">{d['budget']}"
+    return (str(d["steps"]) if d["reached"] else f">{d['budget']}") + _sensitivity_suffix(d)
+
+
+def _sensitivity_suffix(d: dict[str, Any]) -> str:
+    """" [lo, hi]" when the count's sensitivity range (models.sensitivity) is not a single count."""
+    rng = d.get("steps_range")
+    if not rng or rng[0] == rng[1]:
+        return ""
+    return " [" + ", ".join(str(v) if v is not None else f">{d['budget']}" for v in rng) + "]"
 
 
 def _num(x: Any) -> str:

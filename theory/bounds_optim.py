@@ -29,6 +29,9 @@ __all__ = ["steps_from_rate_certified", "gd_steps_upper_bound_certified",
            "gd_worst_case_steps_certified", "cg_steps_upper_bound_certified"]
 
 _MAX_PREC = 1 << 15
+#: largest t for which a tie const rho^(2t) = tol is decided by exact rational powers (beyond it the
+#: ball comparison decides at a raised precision; a tie there would need a 10^5-digit tolerance)
+_EXACT_POWER_LIMIT = 10**5
 
 
 def _q(x: Any) -> fmpq:
@@ -86,17 +89,19 @@ def _smallest_t(rho_ball: Any, rho_exact: fmpq | None, tol: fmpq, const: fmpq, p
             if not (rho < 1) or not (rho > 0):
                 prec *= 2
                 continue
+            # 0 < rho < 1 and 0 < tol < const are certain here, so x is a finite ball: an estimate
+            # of t that the two walks below correct to the exact answer
             x = (arb(tol) / arb(const)).log() / (2 * rho.log())
-            if not x.is_finite():
-                prec *= 2
-                continue
             t = max(int(x.mid().ceil().unique_fmpz()), 1)
 
             def value(k: int) -> Any:
                 return arb(const) * (rho * rho) ** k
 
             def exact(k: int) -> Any:
-                return None if rho_exact is None else (lambda: const * rho_exact ** (2 * k))
+                # an exact power with a huge exponent does not fit in memory: decide by raising the precision
+                if rho_exact is None or k > _EXACT_POWER_LIMIT:
+                    return None
+                return lambda: const * rho_exact ** (2 * k)
 
             try:
                 # walk to the exact answer from the estimate (a few steps at most)

@@ -20,6 +20,7 @@ from convrate.theory import bounds
 from convrate.theory.core import Derivation, Status
 from convrate.theory.derive_transforms import (
     Proof,
+    general_pair,
     commutation,
     inverse,
     jacobian,
@@ -104,8 +105,8 @@ def derive_W() -> Derivation:
             "lambda_max(H) >= mu_ell sigma_max(W_a)^2 lambda_min(E[x x^T]) (S1)")
     d = sp.Symbol("d", positive=True)
     up, un = sp.Symbol("u", positive=True), sp.Symbol("u", negative=True)
-    p.equal("relu(d u) = d relu(u), d > 0, u > 0", sp.Max(d * up, 0), d * sp.Max(up, 0))
-    p.equal("relu(d u) = d relu(u), d > 0, u < 0", sp.Max(d * un, 0), d * sp.Max(un, 0))
+    p.equal("relu(d u) = d relu(u), d > 0, u > 0", sp.Max(d * up, 0), d * sp.Max(up, 0), scope="general")
+    p.equal("relu(d u) = d relu(u), d > 0, u < 0", sp.Max(d * un, 0), d * sp.Max(un, 0), scope="general")
     p.argue("S2: h' = relu(D W_a x + D b) = D h, so E[h'_i^2] = D_i^2 E[h_i^2] and lambda_max(E h'h'^T) >= "
             "max_i D_i^2 E[h_i^2] (diagonal entries of a PSD matrix are at most its lambda_max)")
     s = svec("s", 2, positive=True)
@@ -135,7 +136,7 @@ def derive_orbit_null() -> Derivation:
     v = Matrix.vstack(vec(B * net.Wa), B * net.ba, vec(-net.Wb * B))
     J = jacobian(net.f(), th)
     p.zero("orbit tangent v = (vec(B W_a), B b_a, vec(-W_b B)) for symbolic B: J_f v = 0, so G v = 0 for the "
-           "Gauss-Newton matrix at every theta", J * v)
+           "Gauss-Newton matrix at every theta", J * v, scope="example")
     small = two_layer(2, 1, 1)
     ths = small.theta
     L = sq_loss(small.f(), Matrix([sp.Symbol("y")]))
@@ -144,7 +145,29 @@ def derive_orbit_null() -> Derivation:
     grad = Matrix([sp.diff(L, q) for q in ths])
     H = sp.hessian(L, ths)
     p.zero("differentiating grad L(T_t theta) = T_t^-T grad L(theta) along T_t = exp(t Ghat(B)): "
-           "H v + Ghat(B)^T grad L = 0 (squared loss, r = 2, n_in = n_out = 1, bias)", H * vs + Gen.T * grad)
+           "H v + Ghat(B)^T grad L = 0 (squared loss, r = 2, n_in = n_out = 1, bias)", H * vs + Gen.T * grad, scope="example")
+    g = general_pair()
+    Bg, s_ = sp.MatrixSymbol("B", g.r, g.r), sp.Symbol("s")
+    p.equal("every dimension: along v(B), f(theta + s v) = f(theta) - s^2 W_b B^2 (W_a x + b_a) (symbolic sizes, any "
+            "B in R^(r x r)), so the directional derivative J_f v (the coefficient of s) is 0",
+            g.f(g.Wa + s_ * Bg * g.Wa, g.ba + s_ * Bg * g.ba, g.Wb - s_ * g.Wb * Bg),
+            g.f() - s_**2 * g.Wb * Bg * Bg * (g.Wa * g.x + g.ba), scope="general")
+    p.argue("T1 (proved in every dimension) along the one-parameter group T_t = exp(t Ghat(B)): grad L(T_t theta) = "
+            "T_t^-T grad L(theta); differentiating at t = 0 gives H v + Ghat(B)^T grad L = 0 (the 2x2 instance above "
+            "checks it explicitly)")
+    vB = (Bg * g.Wa, Bg * g.ba, -(g.Wb * Bg))  # v(B) = Ghat(B) theta in matrix form
+    GvB = (Bg * vB[0], Bg * vB[1], -(vB[2] * Bg))  # Ghat(B) applied to v(B)
+    for name, lhs, rhs in (("W_a", GvB[0], Bg * Bg * g.Wa), ("b_a", GvB[1], Bg * Bg * g.ba),
+                           ("W_b", GvB[2], g.Wb * Bg * Bg)):
+        p.equal(f"every dimension: Ghat(B) v(B) has {name}-block B^2-terms only ({name}: "
+                f"{'W_b B^2' if name == 'W_b' else 'B^2 ' + name})", lhs, rhs, scope="general")
+    p.argue("so v^T H v = -(Ghat(B) v)^T grad L vanishes for every nilpotent B (B^2 = 0, e.g. E_12: they exist "
+            "for r >= 2) at every theta, not only at critical points; v(B) != 0 when W_a has full row rank: "
+            "H has a nonzero isotropic direction, so for r >= 2 neither H nor H' is ever positive definite, and "
+            "W''s 'for H' > 0' kappa claim applies only to the block-diagonal part diag(H'_aa, H'_bb) "
+            "(checked in the battery: tight_Wprime_active)")
+    E = Matrix([[0, 1], [0, 0]])
+    p.equal("E_12 is nilpotent: E_12^2 = 0", E * E, sp.zeros(2, 2), scope="example")
     p.argue("hence at every critical point H v = 0 for the r^2-dimensional space of orbit tangents (nonzero when "
             "W_a has full row rank): neither H nor H' = T^-T H T^-1 is positive definite at a critical point, and "
             "the Gauss-Newton matrix G' is singular everywhere; 'H' > 0' can only hold away from critical points")
@@ -195,10 +218,10 @@ def _aligned_two_layer(p: Proof) -> None:
     p.form("kappa(diag(G'_aa, G'_bb)), r = 2, s = (sqrt K, 1/sqrt K)",
            (sp.Max(*ea, *eb) / sp.Min(*ea, *eb)).xreplace(geo))
     p.equal("its lower bound term: (s_1 a_1)^2 / (b_1/s_1)^2 = s_1^4 a_1^2 / b_1^2 (= K^2 a_1^2/b_1^2 for the "
-            "geometric profile)", (eb[0] / ea[0]).xreplace(geo), K**2 * a[0] ** 2 / b[0] ** 2)
+            "geometric profile)", (eb[0] / ea[0]).xreplace(geo), K**2 * a[0] ** 2 / b[0] ** 2, scope="general")
     spec = bounds.aligned_two_layer_gn_spectra([3, Fraction(1, 2)], [2, 5], [1, Fraction(1, 8)])
     p.true("bounds.aligned_two_layer_gn_spectra(s = (3, 1/2), a = (2, 5), b = (1, 1/8)): kappa of the block-diagonal part "
-           "(576) >= s_1^4 a_1^2 / b_1^2 = 324", sp.Float(str(spec["kappa_block_diagonal"]), 30) >= 324)
+           "(576) >= s_1^4 a_1^2 / b_1^2 = 324", sp.Float(str(spec["kappa_block_diagonal"]), 30) >= 324, scope="example")
     p.argue("so kappa of the block-diagonal Gauss-Newton part is >= s_max^4 a_1^2 / b_1^2 with s_max = s_1 on the top "
             "direction: the s_max^4 growth of W' holds exactly for the (always positive definite) block-diagonal part")
 
@@ -313,26 +336,26 @@ def derive_specdef_opt() -> Derivation:
     p = Proof()
     K, r, s1 = sp.symbols("K r sigma_1", positive=True)
     spike_top, spike_rest = K ** ((r - 1) / r), K ** (-1 / r)
-    p.equal("spike profile: det = K^((r-1)/r) (K^(-1/r))^(r-1) = 1", sp.powsimp(spike_top * spike_rest ** (r - 1), force=True), 1)
-    p.equal("spike profile: kappa = K^((r-1)/r) / K^(-1/r) = K", sp.powsimp(spike_top / spike_rest, force=True), K)
+    p.equal("spike profile: det = K^((r-1)/r) (K^(-1/r))^(r-1) = 1", sp.powsimp(spike_top * spike_rest ** (r - 1), force=True), 1, scope="general")
+    p.equal("spike profile: kappa = K^((r-1)/r) / K^(-1/r) = K", sp.powsimp(spike_top / spike_rest, force=True), K, scope="general")
     p.argue("for any A with kappa(A) <= K and |det A| = 1: every sigma_i(A) >= sigma_max(A)/K, so "
             "1 = prod_i sigma_i(A) >= sigma_max(A) (sigma_max(A)/K)^(r-1)")
     p.equal("sigma_1 (sigma_1/K)^(r-1) = sigma_1^r K^(1-r)", sp.powsimp(s1 * (s1 / K) ** (r - 1), force=True),
-            sp.powsimp(s1**r * K ** (1 - r), force=True))
+            sp.powsimp(s1**r * K ** (1 - r), force=True), scope="general")
     p.equal("so sigma_max(A)^r <= K^(r-1), with equality at the spike top value: (K^((r-1)/r))^r = K^(r-1)",
-            sp.powsimp(spike_top**r, force=True), K ** (r - 1))
+            sp.powsimp(spike_top**r, force=True), K ** (r - 1), scope="general")
     p.argue("sigma_max(A W_a) <= sigma_max(A) sigma_max(W_a) <= K^((r-1)/r) sigma_max(W_a); the aligned spike "
             "A = U diag(K^((r-1)/r), K^(-1/r), ...) U^T gives A W_a = U diag(s_i sigma_i) V^T with top value "
             "K^((r-1)/r) sigma_1 (s_1 sigma_1 >= s_j sigma_j): the bound is attained")
     p.equal("geometric top value sqrt K vs spike K^((r-1)/r): exponent gap (r-1)/r - 1/2 = (r-2)/(2r)",
-            (r - 1) / r - sp.Rational(1, 2), (r - 2) / (2 * r))
+            (r - 1) / r - sp.Rational(1, 2), (r - 2) / (2 * r), scope="general")
     p.equal("r = 2: the profiles coincide (sqrt K, 1/sqrt K)",
-            Matrix([spike_top, spike_rest]).subs(r, 2), Matrix([sp.sqrt(K), 1 / sp.sqrt(K)]))
+            Matrix([spike_top, spike_rest]).subs(r, 2), Matrix([sp.sqrt(K), 1 / sp.sqrt(K)]), scope="general")
     p.argue("for r >= 3 and K > 1 the gap (r-2)/(2r) > 0, so the spike strictly beats the geometric profile")
     geo, spike = specdef_counterexample()
     p.numeric(f"r = 3, K = 100, W_a = I: geometric sigma_max(A W_a) = {mpmath.nstr(geo, 12)}, spike = "
               f"{mpmath.nstr(spike, 12)} = 100^(2/3)")
-    p.true("counterexample numerically: spike > geometric", sp.Float(str(spike), 30) > sp.Float(str(geo), 30))
+    p.true("counterexample numerically: spike > geometric", sp.Float(str(spike), 30) > sp.Float(str(geo), 30), scope="example")
     p.form("max sigma_max(A W_a)", K ** ((r - 1) / r) * tsym("sigma_max(W_a)", r"\sigma_{\max}(W_a)"))
     p.form("spike profile", sp.Tuple(spike_top, spike_rest), text="(K^((r-1)/r), K^(-1/r), ..., K^(-1/r))")
     return p.done(Status.CORRECTED,

@@ -1,10 +1,14 @@
 """``convrate derive``: run every symbolic derivation and render the results.
 
 ``run_all`` runs the derivation of every statement in ``REGISTRY`` and returns one plain dict
-per statement (id, title, text, status, steps, closed_forms, latex_forms, counterexample,
-corrected, bound, assumptions, checked, seconds). A derivation that reports proved or
-corrected without a single sympy-checked step is downgraded to checked-only; one that raises
-is reported checked-only with the error as its last step. ``to_markdown``, ``to_latex`` and
+per statement (id, title, text, status, scope, label, steps, general_steps, instance_steps,
+argued_steps, closed_forms, latex_forms, counterexample, corrected, bound, assumptions,
+checked, seconds). ``scope`` says how far the proof goes ("general", "general + argued",
+"instances + argued", "none"; ``theory.core``), ``label`` the status as shown ("proved
+(general)", "proved (instances) + argued", ...), ``argued_steps`` the prose and cited steps.
+A derivation that reports proved or corrected without a single load-bearing sympy step
+(``[sympy]`` or ``[sympy:general]``) is downgraded to checked-only; one that raises is reported
+checked-only with the error as its last step. ``to_markdown``, ``to_latex`` and
 ``to_json`` render the list.
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import time
 from typing import Any, Callable, Iterable
 
-from convrate.theory.core import Status
+from convrate.theory.core import TAG_EXAMPLE, TAG_GENERAL, TAG_INSTANCE, Scope, Status, label, scope_of
 
 #: characters of the statement texts and their LaTeX (math mode) rendering
 _UNICODE_LATEX = {
@@ -29,9 +33,15 @@ _TEXT_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "^": r"\^{}", "&": r"\&"
                  "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\~{}"}
 
 
+def _count(steps: list[str], *tags: str) -> int:
+    return sum(1 for s in steps for t in tags if s.startswith(t + " ")
+               and not s.startswith(("[sympy] FAILED", "[sympy] NOT ")))
+
+
 def _checked(steps: list[str]) -> int:
-    """Number of steps sympy verified (tagged ``[sympy]``, not failed or unreduced)."""
-    return sum(1 for s in steps if s.startswith("[sympy] ") and not s.startswith(("[sympy] FAILED", "[sympy] NOT ")))
+    """Number of load-bearing steps sympy verified (``[sympy]``, ``[sympy:general]``; not failed
+    or unreduced)."""
+    return _count(steps, TAG_INSTANCE, TAG_GENERAL)
 
 
 def _downgrade(status: Status, checked: int) -> Status:
@@ -61,14 +71,21 @@ def run_one(sid: str) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - reported, never hidden
             status, steps = Status.CHECKED_ONLY, [f"[error] derivation raised {type(exc).__name__}: {exc}"]
     checked = _checked(steps)
+    scope, argued = scope_of(steps) if status in (Status.PROVED, Status.CORRECTED) else (Scope.NONE, [])
     return {
         "id": st.id,
         "title": st.title,
         "text": st.text,
         "assumptions": list(st.assumptions),
         "status": status.value,
+        "scope": scope.value,
+        "label": label(status, scope),
         "steps": steps,
         "checked": checked,
+        "general_steps": _count(steps, TAG_GENERAL),
+        "instance_steps": _count(steps, TAG_INSTANCE),
+        "example_steps": _count(steps, TAG_EXAMPLE),
+        "argued_steps": argued,
         "closed_forms": closed,
         "latex_forms": latex,
         "counterexample": counterexample,
@@ -105,15 +122,21 @@ def to_json(results: list[dict[str, Any]]) -> str:
 def to_markdown(results: list[dict[str, Any]]) -> str:
     """A Markdown report: summary table, then each statement with its steps and closed forms."""
     lines = ["# convrate derive: the statements of THEORY.md", "",
-             "Status: *proved* (sympy verified every `[sympy]` step on fully symbolic matrices; `[argument]` steps "
-             "combine them with elementary inequalities, `[cited]` steps are classical theorems), *corrected* (false "
-             "as THEORY.md states it: counterexample recorded, corrected statement proved), *checked-only*, *false*.",
-             "", "| id | status | statement | sympy steps | seconds |", "|---|---|---|---|---|"]
+             "Status: *proved* (sympy verified every load-bearing identity; `[argument]` steps combine them with "
+             "elementary inequalities, `[cited]` steps are classical theorems), *corrected* (false as THEORY.md "
+             "states it: counterexample recorded, corrected statement proved), *checked-only*, *false*. Scope: "
+             "*(general)* every identity verified in every dimension (`[sympy:general]`: matrix expressions of "
+             "symbolic size, or scalar laws that are the general case); *(general) + argued* the same plus the "
+             "listed argued/cited steps; *(instances) + argued* some identity verified only on fixed-size symbolic "
+             "instances (`[sympy]`), its generalization argued. `[sympy:example]` steps illustrate.",
+             "", "| id | status | statement | general / instance sympy steps | argued steps | seconds |",
+             "|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['id']} | {r['status']} | {r['title']} | {r['checked']} | {r['seconds']:.2f} |")
+        lines.append(f"| {r['id']} | {r.get('label', r['status'])} | {r['title']} | {r.get('general_steps', 0)} / "
+                     f"{r.get('instance_steps', r['checked'])} | {len(r.get('argued_steps', []))} | {r['seconds']:.2f} |")
     lines.append("")
     for r in results:
-        lines += [f"## {r['id']}: {r['title']} ({r['status']})", "", f"> {r['text']}", ""]
+        lines += [f"## {r['id']}: {r['title']} ({r.get('label', r['status'])})", "", f"> {r['text']}", ""]
         if r["assumptions"]:
             lines.append("Assumptions: " + "; ".join(r["assumptions"]) + ".")
             lines.append("")
@@ -179,10 +202,10 @@ def to_latex(results: list[dict[str, Any]]) -> str:
             r"\begin{document}", r"\section*{convrate derive: the statements of THEORY.md}",
             r"\begin{tabular}{lll}", r"\textbf{id} & \textbf{status} & \textbf{statement}\\"]
     for r in results:
-        body.append(f"{_tex_text(r['id'])} & {_tex_text(r['status'])} & {_tex_text(r['title'])}\\\\")
+        body.append(f"{_tex_text(r['id'])} & {_tex_text(r.get('label', r['status']))} & {_tex_text(r['title'])}\\\\")
     body.append(r"\end{tabular}")
     for r in results:
-        body.append(rf"\subsection*{{{_tex_text(r['id'])}: {_tex_text(r['title'])} ({_tex_text(r['status'])})}}")
+        body.append(rf"\subsection*{{{_tex_text(r['id'])}: {_tex_text(r['title'])} ({_tex_text(r.get('label', r['status']))})}}")
         body.append(r"\noindent " + _tex_text(r["text"]))
         if r["id"] in FORMULAS:
             body.append(r"\[ " + FORMULAS[r["id"]] + r" \]")

@@ -1,12 +1,17 @@
 """Symbolic derivations of the transformation laws T1-T4, and the shared sympy toolkit.
 
-Every identity is checked on fully symbolic small matrices (each entry its own symbol):
-a rational-function identity counts as proved when the expanded numerator of
-``together(lhs - rhs)`` is the zero polynomial (exact, no floating point); anything else
-goes through ``sympy.simplify``. A residual that sympy cannot reduce to 0 is probed at
-random rational points: a nonzero value is a counterexample (status FALSE), otherwise the
-step is recorded as unproved (status CHECKED_ONLY). Nothing is reported proved that sympy
-did not reduce to 0.
+Identities are checked either in every dimension -- sympy matrix expressions of symbolic size
+(``MatrixSymbol`` with shapes such as (r, n_in), matrix calculus by ``sympy.diff``), reduced by
+sympy's noncommutative algebra (distribution, transposes, X X^-1 = I for the invertible symbols
+a statement assumes, Kronecker mixed products) -- or on fully symbolic small matrices (each
+entry its own symbol): a rational-function identity counts as proved when the expanded
+numerator of ``together(lhs - rhs)`` is the zero polynomial (exact, no floating point);
+anything else goes through ``sympy.simplify``. A scalar residual that sympy cannot reduce to 0
+is probed at random rational points: a nonzero value is a counterexample (status FALSE),
+otherwise the step is recorded as unproved (status CHECKED_ONLY); a matrix expression that does
+not reduce is recorded as unproved. Nothing is reported proved that sympy did not reduce to 0.
+Each step is tagged with how far it goes (``theory.core``: ``[sympy:general]``, ``[sympy]``,
+``[sympy:example]``, ``[argument]``, ``[cited]``, ``[mpmath]``).
 
 Conventions (THEORY.md section 0): ``vec`` is row-major, vec(A W B) = (A (x) B^T) vec(W);
 the two-layer net is f(x; theta) = W_b (W_a x + b_a), theta = (vec W_a, b_a, vec W_b), and
@@ -21,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import sympy as sp
 from sympy import Matrix
 
-from convrate.theory.core import Derivation, Status
+from convrate.theory.core import TAG_EXAMPLE, TAG_GENERAL, TAG_INSTANCE, Derivation, Status
 
 # ---------------------------------------------------------------- proof bookkeeping
 
@@ -62,6 +67,30 @@ def is_zero(expr: Any, circles: Sequence[Circle] = ()) -> bool:
     return sp.simplify(sp.expand(sp.powsimp(sp.expand_log(s, force=False)))) == 0
 
 
+def normal_form(expr: Any) -> Any:
+    """A matrix expression of symbolic size in sympy's normal form: ``doit``, Kronecker products
+    combined (mixed product, transpose), products expanded over sums, repeated to a fixed point."""
+    from sympy.matrices.expressions.kronecker import combine_kronecker
+
+    e = expr
+    for _ in range(8):
+        new = sp.expand(combine_kronecker(e.doit()).doit()).doit()
+        if new == e:
+            break
+        e = new
+    return e
+
+
+def matrix_expr_is_zero(expr: Any) -> bool:
+    """True when sympy's matrix-expression algebra reduces ``expr`` (any symbolic size) to 0."""
+    e = normal_form(expr)
+    return e == 0 or isinstance(e, sp.ZeroMatrix) or bool(getattr(e, "is_ZeroMatrix", False))
+
+
+def _is_matrix_expr(x: Any) -> bool:
+    return isinstance(x, sp.MatrixExpr) and not isinstance(x, sp.MatrixBase)
+
+
 def _probe_value(sym: sp.Symbol, rng: random.Random) -> sp.Rational:
     """A random small rational respecting the symbol's sign assumptions."""
     v = sp.Rational(rng.randint(1, 40), rng.randint(1, 9))
@@ -92,13 +121,21 @@ def probe(expr: sp.Expr, tries: int = 6, seed: int = 0, circles: Sequence[Circle
     return None
 
 
+_TAGS = {"general": TAG_GENERAL, "instance": TAG_INSTANCE, "example": TAG_EXAMPLE}
+
+
 class Proof:
     """Accumulates the steps of one derivation.
 
-    ``zero``/``equal``/``true`` are sympy-checked steps (tagged ``[sympy]``); ``argue`` records
-    a step of the written argument that relies on checked identities and elementary
-    inequalities (``[argument]``); ``cite`` a classical theorem used as is (``[cited]``);
-    ``numeric`` a high-precision evaluation (``[mpmath]``). ``form`` records a closed form.
+    ``zero``/``equal``/``true`` are sympy-checked steps; their ``scope`` says how far each goes
+    (``theory.core``): "general" (every dimension: matrix expressions of symbolic size, or a
+    scalar identity that is the general case; ``[sympy:general]``), "instance" (a fixed-size
+    symbolic instance the proof relies on; ``[sympy]``, the default) or "example" (an
+    illustration, counterexample or consistency check, not part of the proof;
+    ``[sympy:example]``). ``argue`` records a step of the written argument that relies on
+    checked identities and elementary inequalities (``[argument]``); ``cite`` a classical
+    theorem used as is (``[cited]``); ``numeric`` a high-precision evaluation (``[mpmath]``).
+    ``form`` records a closed form.
     """
 
     def __init__(self) -> None:
@@ -116,13 +153,22 @@ class Proof:
         self.steps.append(f"[sympy] FAILED {step}")
         return False
 
-    def zero(self, label: str, expr: Any, circles: Sequence[Circle] = ()) -> bool:
-        """Record ``expr == 0`` (scalar or every matrix entry; with ``circles``, on the unit
-        circles c^2 + d^2 = 1) as proved, or the failure."""
+    def zero(self, label: str, expr: Any, circles: Sequence[Circle] = (), *, scope: str = "instance") -> bool:
+        """Record ``expr == 0`` (scalar, every matrix entry, or a matrix expression of symbolic
+        size; with ``circles``, on the unit circles c^2 + d^2 = 1) as proved, or the failure."""
+        tag = _TAGS[scope]
+        if _is_matrix_expr(expr):
+            if matrix_expr_is_zero(expr):
+                self.steps.append(f"{tag} {label}")
+                self.checked += 1
+                return True
+            self.unproved.append(label)
+            self.steps.append(f"[sympy] NOT REDUCED {label} (matrix expression: {normal_form(expr)})")
+            return False
         entries = list(expr) if isinstance(expr, sp.MatrixBase) else [expr]
         bad = [sp.sympify(e) for e in entries if not is_zero(e, circles)]
         if not bad:
-            self.steps.append(f"[sympy] {label}")
+            self.steps.append(f"{tag} {label}")
             self.checked += 1
             return True
         for e in bad:
@@ -133,18 +179,21 @@ class Proof:
         self.steps.append(f"[sympy] NOT REDUCED {label} (random rational probes give 0)")
         return False
 
-    def equal(self, label: str, lhs: Any, rhs: Any, circles: Sequence[Circle] = ()) -> bool:
-        """Record ``lhs == rhs`` (matrices entrywise)."""
-        if isinstance(lhs, sp.MatrixBase) or isinstance(rhs, sp.MatrixBase):
+    def equal(self, label: str, lhs: Any, rhs: Any, circles: Sequence[Circle] = (), *, scope: str = "instance") -> bool:
+        """Record ``lhs == rhs`` (matrices entrywise; matrix expressions of symbolic size after
+        bringing each side to ``normal_form``)."""
+        if isinstance(lhs, (sp.MatrixBase, sp.MatrixExpr)) or isinstance(rhs, (sp.MatrixBase, sp.MatrixExpr)):
             if lhs.shape != rhs.shape:
                 return self._failed(f"{label}: shapes {lhs.shape} != {rhs.shape}", f"{label}: shapes differ")
-        return self.zero(label, lhs - rhs, circles)
+        if _is_matrix_expr(lhs) or _is_matrix_expr(rhs):
+            return self.zero(label, normal_form(lhs) - normal_form(rhs), scope=scope)
+        return self.zero(label, lhs - rhs, circles, scope=scope)
 
-    def true(self, label: str, cond: Any) -> bool:
+    def true(self, label: str, cond: Any, *, scope: str = "instance") -> bool:
         """Record a sympy relational / boolean that sympy evaluates to True."""
         c = sp.sympify(cond)
         if c is sp.true or c is True:
-            self.steps.append(f"[sympy] {label}")
+            self.steps.append(f"{_TAGS[scope]} {label}")
             self.checked += 1
             return True
         if c is sp.false or c is False:
@@ -343,64 +392,139 @@ def sq_loss(f: Matrix, y: Matrix) -> sp.Expr:
     return (d.T * d)[0, 0] / 2
 
 
+# ---------------------------------------------------------------- symbolic-size S1 pair
+
+
+@dataclass(frozen=True)
+class GeneralPair:
+    """The S1 pair f(x) = W_b (W_a x + b_a) with matrix symbols of symbolic size (r, n_in,
+    n_out are positive integer symbols): every identity proved on it holds in every dimension.
+    ``A`` is an r x r symbol, assumed invertible; ``g`` stands for grad ell(z) at z = f(x)."""
+
+    r: sp.Symbol
+    n_in: sp.Symbol
+    n_out: sp.Symbol
+    Wa: sp.MatrixSymbol
+    ba: sp.MatrixSymbol
+    Wb: sp.MatrixSymbol
+    x: sp.MatrixSymbol
+    y: sp.MatrixSymbol
+    g: sp.MatrixSymbol
+    A: sp.MatrixSymbol
+
+    def f(self, Wa: Any = None, ba: Any = None, Wb: Any = None) -> sp.MatrixExpr:
+        Wa, ba, Wb = (self.Wa if Wa is None else Wa), (self.ba if ba is None else ba), (self.Wb if Wb is None else Wb)
+        return Wb * (Wa * self.x + ba)
+
+    def moved(self) -> tuple[sp.MatrixExpr, sp.MatrixExpr, sp.MatrixExpr]:
+        """T theta = (A W_a, A b_a, W_b A^-1)."""
+        return self.A * self.Wa, self.A * self.ba, self.Wb * self.A.I
+
+
+def general_pair() -> GeneralPair:
+    r, n_in, n_out = sp.symbols("r n_in n_out", integer=True, positive=True)
+    return GeneralPair(r, n_in, n_out, sp.MatrixSymbol("W_a", r, n_in), sp.MatrixSymbol("b_a", r, 1),
+                       sp.MatrixSymbol("W_b", n_out, r), sp.MatrixSymbol("x", n_in, 1), sp.MatrixSymbol("y", n_out, 1),
+                       sp.MatrixSymbol("g", n_out, 1), sp.MatrixSymbol("A", r, r))
+
+
+def _pair_gradients(p: Proof, net: GeneralPair, loss: str) -> None:
+    """Matrix calculus on the pair: the gradient blocks at T theta are A^-T grad_{W_a},
+    A^-T grad_{b_a}, grad_{W_b} A^T (the blocks of T^-T grad L), in every dimension."""
+    Wp, bp, Vp = (sp.MatrixSymbol(n, *m.shape) for n, m in (("Wp_a", net.Wa), ("bp_a", net.ba), ("Wp_b", net.Wb)))
+    A = net.A
+
+    def L(Wa: Any, ba: Any, Wb: Any) -> sp.Expr:
+        z = net.f(Wa, ba, Wb)
+        return sp.Trace(net.g.T * z) if loss == "linear" else sp.Trace((z - net.y).T * (z - net.y)) / 2
+
+    Ld = L(A.I * Wp, A.I * bp, Vp * A)  # L'(theta') = L(T^-1 theta')
+    at = dict(zip((Wp, bp, Vp), net.moved()))
+    what = "g^T f (the linearization of any loss ell at z, g = grad ell(z))" if loss == "linear" else \
+        "1/2 ||f - y||^2"
+    for name, var, prime, back in (("W_a", net.Wa, Wp, lambda G: A.I.T * G), ("b_a", net.ba, bp, lambda G: A.I.T * G),
+                                   ("W_b", net.Wb, Vp, lambda G: G * A.T)):
+        lhs = sp.diff(Ld, prime).xreplace(at)
+        rhs = back(sp.diff(L(net.Wa, net.ba, net.Wb), var))
+        law = f"A^-T grad_{{{name}}} L(theta)" if name != "W_b" else f"grad_{{{name}}} L(theta) A^T"
+        p.equal(f"L = {what}: grad_{{{name}'}} L'(T theta) = {law} (matrix calculus, shapes r x n_in, r, n_out x r "
+                "symbolic)", lhs, rhs, scope="general")
+
+
 # ---------------------------------------------------------------- T1
 
 
 def derive_T1() -> Derivation:
-    """T1: grad L'(T theta) = T^-T grad L(theta), for the S1 map of a symbolic 2-layer linear
-    net (r = 2, n_in = 2, n_out = 2, with bias) and for S2 (ReLU) on every activation pattern."""
+    """T1: grad L'(T theta) = T^-T grad L(theta), for the S1 pair in every dimension (matrix
+    symbols of symbolic size, any differentiable loss through its linearization) and for S2
+    per unit; singular values of T through Kronecker products of symbolic size."""
     p = Proof()
-    A, W, B = smat("a", 2, 2), smat("w", 2, 3), smat("b", 3, 2)
+    net = general_pair()
+    A = net.A
+    p.equal("function preservation in every dimension: (W_b A^-1)(A W_a x + A b_a) = W_b (W_a x + b_a)",
+            net.f(*net.moved()), net.f(), scope="general")
+    _pair_gradients(p, net, "linear")
+    _pair_gradients(p, net, "squared")
+    p.cite("chain rule: grad (ell o f)(theta) = J_f(theta)^T grad ell(f(theta)) is the gradient of the linearization "
+           "g^T f with g = grad ell(f(theta)); f(T theta) = f(theta) gives the same g at theta and T theta, so the "
+           "linear-loss identities above hold for every differentiable ell")
+    Am, W, B = smat("a", 2, 2), smat("w", 2, 3), smat("b", 3, 2)
     p.equal("row-major vec: vec(A W B) = (A (x) B^T) vec(W) for symbolic A (2x2), W (2x3), B (3x2)",
-            vec(A * W * B), kron(A, B.T) * vec(W))
-    net = two_layer(2, 2, 2)
-    th = net.theta
-    T = s1_matrix(A, 2, 2)
-    Tth = T * Matrix(th)
-    p.equal("T theta = (vec(A W_a), A b_a, vec(W_b A^-1)) (the block form of the S1 map)", Tth,
-            Matrix.vstack(vec(A * net.Wa), A * net.ba, vec(net.Wb * inverse(A))))
-    f = net.f()
-    p.equal("function preservation f(x; T theta) = f(x; theta) for symbolic x", at(f, th, Tth), f)
-    J = jacobian(f, th)
-    p.equal("Jacobian law J_f(T theta) T = J_f(theta), every theta and x", at(J, th, Tth) * T, J)
-    p.argue("for any differentiable loss ell, grad L(theta) = J_f(theta)^T grad ell(f); since f(T theta) = "
-            "f(theta) and J_f(T theta) = J_f(theta) T^-1, grad L(T theta) = T^-T grad L(theta); with "
-            "L'(theta') := L(T^-1 theta') = L(theta') (function preservation) this is T1")
-    y = svec("y", 2)
-    L = sq_loss(f, y)
-    g = gradient(L, th)
-    p.equal("squared loss directly: grad L(T theta) - T^-T grad L(theta) = 0", at(g, th, Tth), inverse(T).T * g)
-    # singular values of T
-    Kc = commutation(2, 3)
-    M = smat("m", 2, 2)
-    p.equal("commutation: K (M (x) I_3) K^T = I_3 (x) M, so sigma(M (x) I_k) = sigma(M) repeated k times",
-            Kc * kron(M, sp.eye(3)) * Kc.T, kron(sp.eye(3), M))
-    p.equal("T^T T = diag(A^T A (x) I, A^T A, I (x) A^-1 A^-T) (block diagonal)", T.T * T,
-            sp.diag(kron(A.T * A, sp.eye(2)), A.T * A, kron(sp.eye(2), inverse(A) * inverse(A).T)))
-    mu = sp.Symbol("mu")
-    cA = (A.T * A).charpoly(mu).as_expr()
-    cAi = (inverse(A) * inverse(A).T).charpoly(mu).as_expr()
-    Ts = s1_matrix(A, 1, 1)
-    p.equal("charpoly(T^T T) = charpoly(A^T A)^(n_in+1) charpoly(A^-1 A^-T)^(n_out) (n_in = n_out = 1)",
-            (Ts.T * Ts).charpoly(mu).as_expr(), cA**2 * cAi)
-    p.equal("det(mu I - A^-1 A^-T) = mu^2 det(mu^-1 I - A^T A) / det(A^T A): sigma(A^-1) = 1/sigma(A)",
-            cAi, mu**2 * cA.subs(mu, 1 / mu) / (A.T * A).det())
+            vec(Am * W * B), kron(Am, B.T) * vec(W), scope="example")
+    p.cite("row-major vec(A W B) = (A (x) B^T) vec(W) (Magnus-Neudecker, transposed for row-major): the block maps "
+           "W_a -> A^-T W_a, b_a -> A^-T b_a, W_b -> W_b A^T above are T^-T = diag(A^-T (x) I, A^-T, I (x) A) applied to "
+           "(vec W_a, b_a, vec W_b), T = diag(A (x) I_n_in, A, I_n_out (x) A^-T)")
+    net2 = two_layer(2, 2, 2)
+    T2 = s1_matrix(Am, 2, 2)
+    p.equal("the same in explicit coordinates (r = n_in = n_out = 2, squared loss): grad L(T theta) = T^-T grad L(theta)",
+            at(gradient(sq_loss(net2.f(), svec("y", 2)), net2.theta), net2.theta, T2 * Matrix(net2.theta)),
+            inverse(T2).T * gradient(sq_loss(net2.f(), svec("y", 2)), net2.theta), scope="example")
+    # singular values of T in every dimension
+    Ii, Io = sp.Identity(net.n_in), sp.Identity(net.n_out)
+    KP = sp.KroneckerProduct
+    p.equal("(A (x) I_n_in)^T (A (x) I_n_in) = A^T A (x) I_n_in (Kronecker products of symbolic size)",
+            KP(A, Ii).T * KP(A, Ii), KP(A.T * A, Ii), scope="general")
+    p.equal("(I_n_out (x) A^-T)^T (I_n_out (x) A^-T) = I_n_out (x) A^-1 A^-T", KP(Io, A.I.T).T * KP(Io, A.I.T),
+            KP(Io, A.I * A.I.T), scope="general")
+    p.equal("A^-1 A^-T = (A^T A)^-1: its eigenvalues are 1/sigma_i(A)^2", A.I * A.I.T, (A.T * A).I, scope="general")
+    p.cite("T^T T is block diagonal with these blocks (and A^T A for the bias); the eigenvalues of X (x) I_k and "
+           "I_k (x) X are those of X, each k times: sigma(T) = sigma(A) (multiplicity n_in + 1) u 1/sigma(A) "
+           "(multiplicity n_out)")
     p.form("sigma(T)", r"\sigma(T) = \sigma(A)^{\times (n_{in}+1)} \cup \sigma(A^{-1})^{\times n_{out}}",
            text="sigma(A) (multiplicity n_in + 1) u 1/sigma(A) (multiplicity n_out)")
     sa, sb = tsym("sigma_max(A)", r"\sigma_{\max}(A)", positive=True), tsym("sigma_min(A)", r"\sigma_{\min}(A)", positive=True)
     p.form("kappa(T)", sp.Max(sa, 1 / sb) / sp.Min(sb, 1 / sa))
-    # S2 on each activation pattern
-    d = svec("d", 2, positive=True)
-    D = sp.diag(*d)
-    wa, ba, wb, x = smat("wa", 2, 2), svec("ba", 2), smat("wb", 1, 2), svec("x", 2)
-    for mask in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        Mk = sp.diag(*mask)
-        fm = wb * Mk * (wa * x + ba)
-        fd = (wb * inverse(D)) * Mk * (D * wa * x + D * ba)
-        p.zero(f"S2, activation pattern {mask}: W_b D^-1 M (D W_a x + D b_a) = W_b M (W_a x + b_a)", fd - fm)
-    p.argue("relu(d u) = d relu(u) for d > 0 (the pattern of D(W_a x + b_a) equals that of W_a x + b_a), so on "
-            "every open region of fixed pattern the S2 map preserves f and the Jacobian law holds as above")
+    _s2_unit(p)
     return p.done()
+
+
+def _s2_unit(p: Proof) -> None:
+    """S2, one unit of any width: relu(d u) = d relu(u) (d > 0) and the unit's gradient law."""
+    d = sp.Symbol("d", positive=True)
+    up, un = sp.Symbol("u", positive=True), sp.Symbol("u", negative=True)
+    p.equal("relu(d u) = d relu(u), d > 0, u > 0 (so the activation pattern of D(W_a x + b_a) is that of W_a x + b_a)",
+            sp.Max(d * up, 0), d * sp.Max(up, 0), scope="general")
+    p.equal("relu(d u) = d relu(u), d > 0, u < 0", sp.Max(d * un, 0), d * sp.Max(un, 0), scope="general")
+    n_in, n_out = sp.symbols("n_in n_out", integer=True, positive=True)
+    w, x, c, g = (sp.MatrixSymbol("w", 1, n_in), sp.MatrixSymbol("x", n_in, 1), sp.MatrixSymbol("c", n_out, 1),
+                  sp.MatrixSymbol("g", n_out, 1))
+    beta, wp, bp, cp = sp.Symbol("beta"), sp.MatrixSymbol("wp", 1, n_in), sp.Symbol("bp"), sp.MatrixSymbol("cp", n_out, 1)
+
+    def unit(w_: Any, b_: Any, c_: Any) -> sp.MatrixExpr:  # active unit: out column c times (w x + b)
+        return c_ * (w_ * x + b_ * sp.Identity(1))
+
+    p.equal("active unit (any n_in, n_out): (c/d)(d w x + d b) = c (w x + b)", unit(d * w, d * beta, c / d),
+            unit(w, beta, c), scope="general")
+    Ld = sp.Trace(g.T * unit(wp / d, bp / d, cp * d))
+    at_ = {wp: d * w, bp: d * beta, cp: c / d}
+    base = sp.Trace(g.T * unit(w, beta, c))
+    p.equal("active unit, linearized loss g^T f: grad_{w'} L'(T theta) = (1/d) grad_w L(theta)",
+            sp.diff(Ld, wp).xreplace(at_), sp.diff(base, w) / d, scope="general")
+    p.equal("active unit: grad_{c'} L'(T theta) = d grad_c L(theta)", sp.diff(Ld, cp).xreplace(at_),
+            d * sp.diff(base, c), scope="general")
+    p.argue("an inactive unit contributes 0 and has zero gradient on both sides; units are independent, so with "
+            "T = diag(D (x) I, D, I (x) D^-1) the law grad L'(T theta) = T^-T grad L(theta) holds for every width, "
+            "on the open set where no pre-activation is 0 (T1's assumption)")
 
 
 # ---------------------------------------------------------------- T2, T3
@@ -409,40 +533,37 @@ def derive_T1() -> Derivation:
 def derive_T2() -> Derivation:
     """T2: hess L'(T theta) = T^-T hess L(theta) T^-1; Sylvester inertia; Ostrowski."""
     p = Proof()
+    net = general_pair()
+    s_ = sp.Symbol("s")
+    V = [sp.MatrixSymbol(n, *m.shape) for n, m in (("V_a", net.Wa), ("v_b", net.ba), ("V_b", net.Wb))]
+    line = [net.Wa + s_ * V[0], net.ba + s_ * V[1], net.Wb + s_ * V[2]]
+    moved = [net.A * line[0], net.A * line[1], line[2] * net.A.I]  # T (theta + s v) = T theta + s T v
+    p.equal("every line theta + s v is mapped to the line T theta + s T v and f is preserved along it: "
+            "f(x; T(theta + s v)) = f(x; theta + s v) for all s (symbolic sizes)", net.f(*moved), net.f(*line),
+            scope="general")
+    p.cite("so ell(f(T(theta + s v))) = ell(f(theta + s v)) as functions of s; their second derivatives at s = 0 are "
+           "(T v)^T hess L'(T theta) (T v) and v^T hess L(theta) v (chain rule), for every v: by polarization "
+           "T^T hess L'(T theta) T = hess L(theta), i.e. hess L'(T theta) = T^-T hess L(theta) T^-1, for every twice "
+           "differentiable loss")
     A = smat("a", 2, 2)
-    net = two_layer(2, 1, 1)
-    th = net.theta
+    small = two_layer(2, 1, 1)
+    th = small.theta
     T = s1_matrix(A, 1, 1)
-    Tth = T * Matrix(th)
-    y = sp.Symbol("y")
-    L = sq_loss(net.f(), Matrix([y]))
-    H = sp.hessian(L, th)
-    p.equal("squared loss, r = 2, n_in = n_out = 1 with bias: T^T hess L(T theta) T = hess L(theta)",
-            T.T * at(H, th, Tth) * T, H)
-    big = two_layer(2, 2, 2)
-    thb = big.theta
-    Tb = s1_matrix(A, 2, 2)
-    Tthb = Tb * Matrix(thb)
-    fb = big.f()
-    for k in range(2):
-        Hk = sp.hessian(fb[k], thb)
-        p.equal(f"r = n_in = n_out = 2: T^T hess f_{k + 1}(T theta) T = hess f_{k + 1}(theta)",
-                Tb.T * at(Hk, thb, Tthb) * Tb, Hk)
-    p.argue("hess L = J^T hess ell(f) J + sum_k d ell/d f_k hess f_k; with f(T theta) = f(theta), J(T theta) T = J(theta) "
-            "(T1) and the line above, T^T hess L(T theta) T = hess L(theta) for every twice differentiable loss ell, "
-            "i.e. hess L'(T theta) = T^-T hess L(theta) T^-1")
-    S = smat("t", 2, 2)
-    Hs = ssym("h", 2)
-    xv = svec("u", 2)
-    Hp = inverse(S).T * Hs * inverse(S)
-    yv = inverse(S) * xv
-    p.equal("Rayleigh quotients: u^T H' u = (S^-1 u)^T H (S^-1 u) for H' = S^-T H S^-1", (xv.T * Hp * xv), yv.T * Hs * yv)
+    H = sp.hessian(sq_loss(small.f(), Matrix([sp.Symbol("y")])), th)
+    p.equal("explicit coordinates, squared loss, r = 2, n_in = n_out = 1 with bias: T^T hess L(T theta) T = "
+            "hess L(theta)", T.T * at(H, th, T * Matrix(th)) * T, H, scope="example")
+    n = sp.Symbol("n", integer=True, positive=True)
+    S, Hs, u = sp.MatrixSymbol("T", n, n), sp.MatrixSymbol("H", n, n), sp.MatrixSymbol("u", n, 1)
+    Hp = S.I.T * Hs * S.I
+    p.equal("Rayleigh quotients (any n): u^T H' u = (T^-1 u)^T H (T^-1 u) for H' = T^-T H T^-1",
+            u.T * Hp * u, (S.I * u).T * Hs * (S.I * u), scope="general")
     p.argue("so u^T H' u / u^T u = (v^T H v / v^T v) (v^T v / u^T u) with v = T^-1 u and v^T v / u^T u in "
             "[sigma_min(T^-1)^2, sigma_max(T^-1)^2]; Courant-Fischer on this product gives Ostrowski's theorem")
     p.cite("Ostrowski (Horn & Johnson, Matrix Analysis, Thm 4.5.9): lambda_k(S^T H S) = rho_k lambda_k(H), rho_k in "
            "[sigma_min(S)^2, sigma_max(S)^2]; Sylvester's law of inertia for the congruence H' = T^-T H T^-1")
+    S2, H2 = smat("t", 2, 2), ssym("h", 2)
     p.equal("det H' = det H / det(T)^2 (2x2 symbolic): the sign of det, hence definiteness in 2D, is preserved",
-            Hp.det(), Hs.det() / S.det() ** 2)
+            (inverse(S2).T * H2 * inverse(S2)).det(), H2.det() / S2.det() ** 2, scope="example")
     p.form("lambda_k(H')", sp.Symbol("rho_k") * sp.Symbol("lambda_k"),
            text="rho_k lambda_k(H), rho_k in [sigma_min(T^-1)^2, sigma_max(T^-1)^2]")
     return p.done()
@@ -456,14 +577,15 @@ def derive_T3() -> Derivation:
     up = (lmax / smin**2) / (lmin / smax**2)
     p.argue("Ostrowski (T2) with S = T^-1: lambda_max(H') <= lambda_max(H)/sigma_min(T)^2 and "
             "lambda_min(H') >= lambda_min(H)/sigma_max(T)^2 (H > 0)")
-    p.equal("ratio of those bounds = kappa(T)^2 kappa(H)", up, (smax / smin) ** 2 * (lmax / lmin))
+    p.equal("ratio of those bounds = kappa(T)^2 kappa(H) (a relation of the spectral quantities: every dimension)",
+            up, (smax / smin) ** 2 * (lmax / lmin), scope="general")
     p.argue("the lower bound follows by exchanging the roles: H = T^T H' T, kappa(T^-1) = kappa(T)")
     k, lam = sp.symbols("k lambda", positive=True)
     T = sp.diag(1, k)
     H = sp.diag(lam, lam)
     Hp = inverse(T).T * H * inverse(T)
     p.equal("tightness: T = diag(1, k), H = lambda I gives H' = diag(lambda, lambda/k^2), kappa(H') = k^2 = kappa(T)^2 kappa(H)",
-            Hp, sp.diag(lam, lam / k**2))
+            Hp, sp.diag(lam, lam / k**2), scope="example")
     p.form("kappa(H') interval", sp.Interval(sp.Symbol("kappa_H") / sp.Symbol("kappa_T") ** 2,
                                                sp.Symbol("kappa_T") ** 2 * sp.Symbol("kappa_H")))
     return p.done()

@@ -1,0 +1,337 @@
+"""Mutation testing of convrate's core with mutmut 3 (``make mutation [MODULES=...]``).
+
+mutmut 3 derives a mutant's module name from its file path (``src/convrate/theory/bounds.py``
+-> ``convrate.theory.bounds``) and needs the tests to import the code under that name. The
+repository maps ``theory/`` -> ``convrate.theory`` etc. through setuptools ``package-dir``, so
+this script stages, per module, a src-layout copy of the package under
+``build/mutation/<module>/`` (``src/convrate/{theory,numerics,models,reports}``, the property
+tests, a ``pyproject.toml`` holding the mutmut and pytest settings) and runs ``mutmut run``
+there. mutmut puts ``mutants/src`` first on ``sys.path``, ahead of the editable install's
+finder (which setuptools appends to ``sys.meta_path``), so the tests exercise the mutants.
+
+Each module is run against the property tests listed for it in ``TESTS`` (mutmut then runs,
+per mutant, only those of them that call the mutated function), under the Hypothesis
+``mutation`` profile: the examples of ``ci`` -- the profile ``make test`` uses -- without
+shrinking, so a mutant counts as killed only if CI would catch it. Results go to ``tools/mutation/results.json`` (per module: counts, score, the
+mutants not killed, with their diffs) and ``tools/mutation/RESULTS.md``; a survivor is
+*accounted for* when ``tools/mutation/equivalent.json`` explains it (matched by module,
+function and the changed lines, so the explanation survives renumbering); ``--render``
+re-applies the explanations without running mutmut.
+
+Score = (killed + timeout) / (mutants - equivalent); "no tests" and unexplained survivors count
+against it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tools" / "mutation"
+STAGE = ROOT / "build" / "mutation"
+#: repository folder -> subpackage of convrate (pyproject package-dir)
+PACKAGES = {"convrate": "", "theory": "theory", "numerics": "numerics", "models": "models", "reports": "reports"}
+
+#: module -> the property tests it is checked against (real-network tests on the digits MLP and
+#: MiniLM are left out, see DESELECT: their tiny-model counterparts exercise the same code)
+TESTS: dict[str, tuple[str, ...]] = {
+    "theory/bounds.py": ("test_theory.py", "test_battery.py", "test_quadratic.py", "test_nets.py"),
+    "theory/bounds_nets.py": ("test_battery.py", "test_nets.py", "test_theory.py"),
+    "theory/bounds_optim.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
+    "theory/bounds_precision.py": ("test_fp_precision.py", "test_battery.py", "test_theory.py"),
+    "numerics/steps.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
+    "numerics/krylov.py": ("test_quadratic.py", "test_battery.py"),
+    "numerics/reparam.py": ("test_nets.py", "test_battery.py", "test_quadratic.py"),
+    "models/symmetry.py": ("test_models_symmetry.py", "test_models_defense.py", "test_models_recovery.py",
+                           "test_fplr.py", "test_models_laws.py", "test_llm_groups.py"),
+    "models/recovery.py": ("test_models_recovery.py", "test_llm_groups.py"),
+    "models/fplr.py": ("test_fplr.py", "test_llm_groups.py"),
+    "models/audit_verdict.py": ("test_audit_verdict.py",),
+}
+MODULES = tuple(TESTS)
+#: pytest -k expression deselecting the slow real-network tests (seconds each, per mutant) and the
+#: tests that run every sympy derivation (tens of seconds per mutant; the bounds functions they
+#: call are the battery's, which test_battery and test_theory's direct tests exercise)
+DESELECT = ("not minilm and not digits_mlp and not every_derivation and not false_statements and not derive_json "
+            "and not renderers")
+
+#: lines never mutated: the wording of error messages (a ``raise`` line) and logging; every
+#: condition that decides to raise is on its own line and is mutated
+DO_NOT_MUTATE = [r"^\s*raise \w+(Error|Exception)\(", r"^\s*(warnings\.warn|print)\("]
+
+
+def _slug(module: str) -> str:
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def stage(module: str) -> Path:
+    """A fresh src-layout copy of the repository for ``module`` (see the module docstring)."""
+    where = STAGE / _slug(module)
+    if where.exists():
+        shutil.rmtree(where)
+    src = where / "src" / "convrate"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "reference", "reference-quick")
+    for folder, sub in PACKAGES.items():
+        shutil.copytree(ROOT / folder, src / sub if sub else src, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(ROOT / "property_tests", where / "property_tests", ignore=ignore)
+    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
+    tests = [f"property_tests/{t}" for t in TESTS[module]]
+    cfg = [
+        "[tool.mutmut]",
+        'source_paths = ["src"]',
+        f"only_mutate = {json.dumps([target])}",
+        'also_copy = ["property_tests"]',
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-k", "{DESELECT}"]',
+        f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
+        'process_isolation = "forkserver"',
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 20.0",
+        "use_git_change_detection = false",
+        "",
+        "[tool.pytest.ini_options]",
+        'testpaths = ["property_tests"]',
+        "",
+    ]
+    (where / "pyproject.toml").write_text("\n".join(cfg))
+    return where
+
+
+def _mutmut(where: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation", "PYTHONDONTWRITEBYTECODE": "1"}
+    exe = Path(sys.executable).with_name("mutmut")
+    return subprocess.run([str(exe), *args], cwd=where, env=env, check=check, capture_output=True, text=True)
+
+
+def _statuses(where: Path) -> dict[str, int | None]:
+    """mutant name -> exit code, from the ``.meta`` files mutmut writes beside each mutated file."""
+    out: dict[str, int | None] = {}
+    for meta in (where / "mutants").rglob("*.meta"):
+        out.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return out
+
+
+def _status(code: int | None) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def _changed_lines(diff: str) -> list[str]:
+    """The -/+ lines of a unified diff, whitespace-normalized (the key of an explanation)."""
+    return [re.sub(r"\s+", " ", ln).strip() for ln in diff.splitlines()
+            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+
+
+def _function(name: str) -> str:
+    """``convrate.models.recovery.x_r1_module__mutmut_3`` -> ``r1_module`` (methods: Class.method)."""
+    mangled = name.rpartition(".")[2].partition("__mutmut_")[0]
+    if mangled.startswith("x_"):
+        return mangled[2:]
+    _, cls, meth = mangled.split("ǁ")
+    return f"{cls}.{meth}"
+
+
+def _explanations() -> list[dict]:
+    path = OUT / "equivalent.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _explain(module: str, function: str, lines: list[str], table: list[dict]) -> dict | None:
+    for e in table:
+        if e["module"] == module and e["function"] == function and e["lines"] == lines:
+            return e
+    return None
+
+
+def run_module(module: str, jobs: int) -> dict:
+    """Stage, run mutmut, and record one module: the counts per status and every mutant that was
+    not killed, with its diff (explanations are applied when the results are summarized)."""
+    t0 = time.time()
+    where = stage(module)
+    proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
+    codes = _statuses(where)
+    if proc.returncode != 0 or not codes:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{tail}")
+    counts: dict[str, int] = {}
+    unkilled = []
+    for name, code in sorted(codes.items()):
+        status = _status(code)
+        counts[status] = counts.get(status, 0) + 1
+        if status in KILLED:
+            continue
+        diff = _mutmut(where, "show", name, check=False).stdout
+        unkilled.append({"mutant": name, "function": _function(name), "status": status, "lines": _changed_lines(diff)})
+    return {"module": module, "tests": list(TESTS[module]), "deselect": DESELECT, "mutants": len(codes),
+            "counts": counts, "unkilled": unkilled, "seconds": round(time.time() - t0, 1), "mutmut": _version()}
+
+
+#: statuses that count as killed (a timeout: the tests did not finish, CI would fail)
+KILLED = ("killed", "timeout", "caught by type check", "segfault")
+
+
+def summarize(r: dict, table: list[dict]) -> dict:
+    """Apply the explanations of ``equivalent.json`` to one module's record: score and lists."""
+    survivors, equivalent, accepted = [], [], []
+    for m in r["unkilled"]:
+        e = _explain(r["module"], m["function"], m["lines"], table)
+        if e is None:
+            survivors.append(m)
+        else:
+            (accepted if e.get("kind") == "accepted" else equivalent).append({**m, "reason": e["reason"]})
+    killed = sum(n for st_, n in r["counts"].items() if st_ in KILLED)
+    denominator = r["mutants"] - len(equivalent)
+    return {**r, "killed": killed, "timeouts": r["counts"].get("timeout", 0), "equivalent": len(equivalent),
+            "accepted": len(accepted), "unexplained": len(survivors),
+            "score": killed / denominator if denominator else 1.0,
+            "survivors": survivors, "equivalent_mutants": equivalent, "accepted_mutants": accepted}
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def _load() -> dict:
+    path = OUT / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {"modules": {}}
+
+
+def _overall(mods: list[dict]) -> dict:
+    total = sum(m["mutants"] for m in mods)
+    eq = sum(m["equivalent"] for m in mods)
+    killed = sum(m["killed"] for m in mods)
+    return {"mutants": total, "killed": killed, "equivalent": eq, "timeouts": sum(m["timeouts"] for m in mods),
+            "accepted": sum(m["accepted"] for m in mods), "unexplained": sum(m["unexplained"] for m in mods),
+            "score": killed / (total - eq) if total > eq else 1.0,
+            "modules_run": len(mods), "modules_listed": len(MODULES)}
+
+
+def render(results: dict) -> str:
+    """RESULTS.md: the score per module and every survivor with its diff or explanation."""
+    table = _explanations()
+    mods = {m: summarize(r, table) for m, r in results["modules"].items()}
+    o = _overall([mods[m] for m in MODULES if m in mods])
+    lines = ["# Mutation testing of the core (`make mutation`)", "",
+             "Generated by `tools/mutation.py` (mutmut, Hypothesis profile `mutation` = the `ci` examples without "
+             "shrinking). Score = (killed + timeout) / (mutants - equivalent). Every survivor is accounted for in "
+             "`tools/mutation/equivalent.json`: *equivalent* (no test can kill it: the program's behaviour is the "
+             "same, with the reason) -- left out of the score -- or *accepted* (a real difference that the suite "
+             "does not reach, with why: it counts against the score). UNEXPLAINED survivors have no entry yet.", "",
+             f"**Overall: {o['score']:.1%}** ({o['killed']} of {o['mutants'] - o['equivalent']} non-equivalent "
+             f"mutants killed, {o['timeouts']} of them by timeout; {o['equivalent']} equivalent; {o['accepted']} "
+             f"accepted survivors; {o['unexplained']} unexplained; {o['modules_run']} of {o['modules_listed']} "
+             "modules run).", "",
+             "| module | mutants | killed | timeouts | equivalent | accepted | unexplained | score | tests | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in MODULES:
+        r = mods.get(m)
+        if r is None:
+            lines.append(f"| {m} | not run | | | | | | | | |")
+            continue
+        lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['timeouts']} | {r['equivalent']} | {r['accepted']} | "
+                     f"{r['unexplained']} | {r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
+    for m in MODULES:
+        r = mods.get(m)
+        if r is None or not (r["survivors"] or r["equivalent_mutants"] or r["accepted_mutants"]):
+            continue
+        lines += ["", f"## {m}", ""]
+        for x in r["survivors"]:
+            lines.append(f"- **UNEXPLAINED** `{x['mutant']}` ({x['status']}): `{' | '.join(x['lines'])}`")
+        for x in r["accepted_mutants"]:
+            lines.append(f"- accepted `{x['mutant']}` ({x['status']}): `{' | '.join(x['lines'])}` -- {x['reason']}")
+        for x in r["equivalent_mutants"]:
+            lines.append(f"- equivalent `{x['mutant']}`: `{' | '.join(x['lines'])}` -- {x['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+RECORDS = STAGE / "records"  # one file per module: concurrent runs of different modules do not clobber each other
+
+
+def _merge_records(results: dict) -> dict:
+    """results.json's modules, each replaced by its newer per-module record where one exists."""
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    for m, r in results["modules"].items():
+        f = RECORDS / f"{_slug(m)}.json"
+        if not f.exists():
+            f.write_text(json.dumps(r))
+    for f in RECORDS.glob("*.json"):
+        r = json.loads(f.read_text())
+        results["modules"][r["module"]] = r
+    return results
+
+
+def _write(results: dict) -> dict:
+    results = _merge_records({"modules": {**_load()["modules"], **results["modules"]}})
+    table = _explanations()
+    mods = [summarize(results["modules"][m], table) for m in MODULES if m in results["modules"]]
+    results["overall"] = _overall(mods)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    (OUT / "RESULTS.md").write_text(render(results))
+    return results["overall"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modules", nargs="*", default=list(MODULES),
+                    help="repository paths, e.g. models/recovery.py (default: every core module)")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-apply equivalent.json to the recorded results and rewrite RESULTS.md")
+    ap.add_argument("--explain", nargs=2, metavar=("MUTANT", "REASON"),
+                    help="record why a recorded survivor is equivalent (appended to equivalent.json), then render")
+    ap.add_argument("--accepted", action="store_true",
+                    help="with --explain: the survivor is a real difference the suite does not reach (counts "
+                         "against the score), not an equivalent mutant")
+    args = ap.parse_args(argv)
+    results = _merge_records(_load())
+    if args.explain:
+        name, reason = args.explain
+        hit = [(r["module"], u) for r in results["modules"].values() for u in r["unkilled"] if u["mutant"] == name]
+        if not hit:
+            print(f"error: no recorded survivor {name}", file=sys.stderr)
+            return 2
+        module, u = hit[0]
+        table = _explanations()
+        table = [e for e in table if not (e["module"] == module and e["function"] == u["function"]
+                                          and e["lines"] == u["lines"])]
+        table.append({"module": module, "function": u["function"], "lines": u["lines"], "reason": reason,
+                      "kind": "accepted" if args.accepted else "equivalent"})
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "equivalent.json").write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n")
+        args.render = True
+    if args.render:
+        o = _write(results)
+        print(f"overall {o['score']:.1%} over {o['modules_run']} modules; {o['unexplained']} unexplained survivors")
+        return 0
+    mods = [m for spec in args.modules for m in spec.replace(",", " ").split()]
+    unknown = [m for m in mods if m not in TESTS]
+    if unknown:
+        print(f"error: not a core module: {', '.join(unknown)}; choose from {', '.join(MODULES)}", file=sys.stderr)
+        return 2
+    for m in mods:
+        print(f"mutation: {m} ...", flush=True)
+        rec = run_module(m, args.jobs)
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        (RECORDS / f"{_slug(m)}.json").write_text(json.dumps(rec))
+        results["modules"][m] = rec
+        o = _write(results)
+        r = summarize(results["modules"][m], _explanations())
+        print(f"  {r['mutants']} mutants, score {r['score']:.1%}, {r['unexplained']} unexplained survivors "
+              f"({r['seconds']} s)", flush=True)
+    print(f"overall {o['score']:.1%} over {o['modules_run']} modules; results in {OUT / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
