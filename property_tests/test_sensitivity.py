@@ -98,15 +98,17 @@ def test_recovery_rows_judge_r1_and_r2_against_ranges():
     """The recovery section's rows (tiny MLP, one diagonal defense): every count carries a range,
     R1's count lies in the undefended run's range and R2's in the canonical run's."""
     from convrate.reports.profiles import QUICK, NetSweep
+    from types import SimpleNamespace
+
     from convrate.reports.sections_recovery import _network
-    from convrate.reports.sections_slowdown import SweepRecord
 
     m, task = _tiny()
     cfg = NetSweep((10.0,), ("sgd",), ("diagonal",), 0.5, SearchProfile(150, (0.05, 0.5, 5.0), refine=0, sensitivity=2))
     runs = slowdown_sweep(m, task, defenses=cfg.defenses, Ks=cfg.Ks, optimizers=cfg.optimizers, target=cfg.target,
                           search=cfg.search, device="cpu")
-    ctx = builder.Context(True, 0, QUICK)
-    rows, checks = _network(ctx, SweepRecord("tiny MLP", cfg, m, task, None, runs))
+    # a sweep record as the recovery job reads it (the report's SweepRecord rebuilds its zoo network)
+    rec = SimpleNamespace(label="tiny MLP", cfg=cfg, model=m, task=task, wrap=None, runs=runs)
+    rows, checks = _network(0, rec)
     (row,) = rows
     assert row["r1_within_range"] and row["r2_within_range"] and all(c.holds for c in checks)
     for k in ("undefended_steps", "r1_steps", "r2_steps", "r2_canonical_undefended_steps", "defended_best_steps"):
@@ -133,7 +135,7 @@ def _stmts(ctx: builder.Context) -> Section:
 
 
 def _report(tmp_path, monkeypatch, name: str, **kw):
-    monkeypatch.setattr(builder, "sections", lambda: [("recovery", _section(**kw)), ("statements", _stmts)])
+    monkeypatch.setattr(builder, "sections", lambda: [("counts", _section(**kw)), ("statements", _stmts)])
     out = tmp_path / name
     builder.build_report(out, quick=True, seed=0)
     return out
@@ -183,9 +185,10 @@ def test_compare_refuses_bad_input(tmp_path, monkeypatch):
 
 def test_report_compare_option(tmp_path, monkeypatch):
     old = _report(tmp_path, monkeypatch, "old", steps=46, rng=[45, 47])
-    monkeypatch.setattr(builder, "sections", lambda: [("recovery", _section(steps=70, rng=[70, 70])),
+    monkeypatch.setattr(builder, "sections", lambda: [("counts", _section(steps=70, rng=[70, 70])),
                                                       ("statements", _stmts)])
-    r = runner.invoke(app, ["report", "--quick", "--out", str(tmp_path / "new"), "--compare", str(old)])
+    r = runner.invoke(app, ["report", "--quick", "--jobs", "1", "--out", str(tmp_path / "new"), "--compare", str(old)])
     assert r.exit_code == 1 and "1 value(s) moved beyond their stated sensitivity" in r.stderr
-    r = runner.invoke(app, ["report", "--quick", "--out", str(tmp_path / "new2"), "--compare", str(tmp_path / "none")])
+    r = runner.invoke(app, ["report", "--quick", "--jobs", "1", "--out", str(tmp_path / "new2"),
+                              "--compare", str(tmp_path / "none")])
     assert r.exit_code == 2 and not (tmp_path / "new2").exists()
