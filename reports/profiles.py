@@ -52,6 +52,8 @@ class InsertedProfile:
     precision_alphas: tuple[float, ...]
     #: the zoo Llama's layers in the precision curve (None: not run)
     llm_layers: str | None = None
+    #: MiniLM (``minilm_sweep_layers`` layers, ``minilm_layers``) in the precision curve
+    minilm_precision: bool = True
 
 
 @dataclass(frozen=True)
