@@ -1,19 +1,17 @@
 """Report profiles: what each section measures, at which size.
 
-``QUICK`` fits in 10 minutes on a 2-core CPU (``convrate report --quick``: 460 s measured);
-``FULL`` is the default profile (T1/T2 on all six MiniLM layers and their heads, the sweeps and
-recoveries on two layers; more strengths, optimizers and defenses, larger budgets and finer
-learning-rate grids; 2907 and 3050 s measured on 2 cores, two thirds of it the slowdown sweeps).
-The second-order section (``*_so``: L-BFGS, Newton-CG, Gauss-Newton, K-FAC, Shampoo, SOAP,
-Sophia, Muon) adds, estimated from searches timed on a loaded 2-core machine (about 2 minutes
-per defended model for all nine attackers on the digits MLP): QUICK 74 s measured (MLP, K = 100,
-geometric SpecDef, six attackers, and the real-loss SO checks); FULL about 25-35 minutes (MLP: 7 models x 9 attackers; CNN: 2
-x 9; MiniLM: Sophia and Muon on 2 models, about 1-3 s per MiniLM step). Newton-CG and
-Gauss-Newton (k products per step) get smaller step budgets; K-FAC and Shampoo are too dear on
-MiniLM (about 17 and 68 s per step measured) and Gauss-Newton is for small models.
-The decoder-LLM sections (``llm``, ``llm-recovery`` on the zoo Llama) add, measured alone on a
-loaded 2-core machine (so upper bounds): QUICK 51 CPU-seconds, FULL 173, plus about 45 s in FULL's
-inserted section (the zoo Llama's precision curve).
+``QUICK`` fits in 10 minutes on a 2-core CPU (``convrate report --quick``); ``FULL`` is the
+default profile, sized for the main command's budget of 20 minutes on 2 cores with two worker
+processes (T1/T2 on all six MiniLM layers and their heads, the sweeps and recoveries on two
+layers; more strengths and defenses on the MLP, larger budgets and finer learning-rate grids, the
+second-order attackers on the MLP and the zoo Llama; 1208 s wall and 32.4 CPU-minutes measured,
+see README "Report wall time"); ``EXTENDED`` (``--profile extended``) is FULL with the complete
+sweeps that do not fit that budget: LoRA-SGD on the MLP, the CNN at K = 10 and 1000, the inserted
+form at alpha = 100, 10^4 and on MiniLM, the second-order attackers at K = 10^4 and with the spike
+profile on the MLP, on the CNN (nine attackers) and on MiniLM (Sophia, Muon; about 1-3 s per
+MiniLM step), 3 sensitivity runs per count. Newton-CG and Gauss-Newton (k products per step) get
+smaller step budgets; K-FAC and Shampoo are too dear on MiniLM (about 17 and 68 s per step
+measured) and Gauss-Newton is for small models.
 Targets are losses of the attacker's task (cross-entropy, nats per example); the digits task
 starts near 18 nats (the released model is confident in the original labels), the text task
 near ln 4 = 1.39 (a fresh 4-way head).
