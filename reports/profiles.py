@@ -4,7 +4,7 @@
 default profile, sized for the main command's budget of 20 minutes on 2 cores with two worker
 processes (T1/T2 on all six MiniLM layers and their heads, the sweeps and recoveries on two
 layers; more strengths and defenses on the MLP, larger budgets and finer learning-rate grids, the
-second-order attackers on the MLP and the zoo Llama; 1208 s wall and 32.4 CPU-minutes measured,
+second-order attackers on the MLP and the zoo Llama; 1112 s wall and 35.4 CPU-minutes measured,
 see README "Report wall time"); ``EXTENDED`` (``--profile extended``) is FULL with the complete
 sweeps that do not fit that budget: LoRA-SGD on the MLP, the CNN at K = 10 and 1000, the inserted
 form at alpha = 100, 10^4 and on MiniLM, the second-order attackers at K = 10^4 and with the spike
@@ -143,6 +143,9 @@ QUICK = ReportProfile(
     mlp_so=NetSweep((100,), ("lbfgs-wolfe", "newton-cg", "kfac", "shampoo", "sophia", "muon"), ("specdef",), 0.05,
                     _so_search(300, tuple(log_grid(1e-3, 1, 1)), (0.1, 1.0, 10.0), 0,
                                ("lbfgs-wolfe", "newton-cg", "kfac"), hvp_budget=150)),
+    cnn_so=NetSweep((100,), ("lbfgs-wolfe", "kfac", "shampoo", "sophia", "muon"), ("specdef",), 0.3,
+                    _so_search(200, tuple(log_grid(1e-3, 1, 1)), (0.1, 1.0, 10.0), 0, ("lbfgs-wolfe", "kfac"))),
+    minilm_so=NetSweep((100,), ("sophia", "muon"), ("specdef",), 0.1, _so_search(60, (1e-3, 1e-2), (), 0, ())),
     llm=LLMProfile(sequences=32, tokens=32,
                    sweep=NetSweep((100,), ("sgd", "adam", "lora-adam"), ("specdef",), 3.0,
                                   SearchProfile(100, tuple(log_grid(1e-3, 1, 1)), refine=0)),
