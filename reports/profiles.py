@@ -182,33 +182,16 @@ FULL = ReportProfile(
 #: the CNN, the inserted form at alpha = 100, 10000 and on MiniLM, the second-order attackers at
 #: K = 10^4 and the spike profile on the MLP, on the CNN and on MiniLM; too large for the 20-minute
 #: budget of the main command on 2 cores (its size is documented in README)
-EXTENDED = ReportProfile(
-    name="extended", battery="full", minilm_layers=6, minilm_heads=None, minilm_sweep_layers=2,
-    text_per_class=16, text_tokens=32, W_Ks=(1, 10, 100, 1000),
-    mlp=NetSweep((10, 100, 1000, 10000), ("sgd", "momentum", "adam", "lora-sgd"),
-                 ("specdef", "specdef:spike", "diagonal"), 0.02,
-                 SearchProfile(3000, tuple(log_grid(1e-4, 10, 2)), refine=1)),
-    cnn=NetSweep((10, 100, 1000), ("sgd", "adam"), ("specdef",), 0.2,
-                 SearchProfile(1000, tuple(log_grid(1e-3, 1, 1)), refine=1)),
-    minilm=NetSweep((100,), ("sgd", "adam"), ("specdef",), 0.1,
-                    SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
-    precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
-    spectra_lanczos_steps=80, spectra_probes=32,
-    inserted=InsertedProfile(k=4, mlp_alphas=(10, 100, 1000, 10000), mlp_optimizers=("sgd", "momentum", "adam"),
-                             minilm_alphas=(100, 1000), minilm_layers="*.attention.self.query,*.attention.self.value",
-                             precision_alphas=tuple(10.0 ** e for e in range(0, 17)), llm_layers="*.self_attn.v_proj"),
+EXTENDED = replace(
+    FULL, name="extended",
+    mlp=replace(FULL.mlp, optimizers=FULL.mlp.optimizers + ("lora-sgd",)),
+    cnn=replace(FULL.cnn, Ks=(10, 100, 1000)),
+    inserted=replace(FULL.inserted, mlp_alphas=(10, 100, 1000, 10000), minilm_alphas=(100, 1000)),
     mlp_so=NetSweep((100, 10000), _SO_ALL, ("specdef", "specdef:spike", "diagonal"), 0.02,
                     _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL, hvp_budget=300)),
     cnn_so=NetSweep((100,), _SO_ALL, ("specdef",), 0.2,
                     _so_search(400, tuple(log_grid(1e-3, 1, 1)), _DAMPING, 0, _SO_ALL, hvp_budget=200)),
     minilm_so=NetSweep((100,), ("sophia", "muon"), ("specdef",), 0.1, _so_search(60, (1e-3, 1e-2), (), 0, ())),
-    llm=LLMProfile(sequences=32, tokens=32,
-                   sweep=NetSweep((10, 100, 1000), ("sgd", "momentum", "adam", "lora-adam"), ("specdef",), 3.0,
-                                  SearchProfile(150, tuple(log_grid(1e-4, 1, 1)), refine=1)),
-                   recovery_optimizers=("sgd", "momentum", "adam", "lora-adam"), law_sequences=8, law_tokens=16,
-                   spectra_steps=40, spectra_probes=16, rotations=8, rotation_steps=8,
-                   so=NetSweep((100,), ("lbfgs-wolfe", "soap", "sophia", "muon"), ("specdef",), 3.0,
-                               _so_search(100, tuple(log_grid(1e-4, 1, 1)), (), 0, ("lbfgs-wolfe",)))),
 )
 
 
