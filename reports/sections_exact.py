@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from convrate.reports.builder import Planned
 from convrate.reports.document import Section
 
 if TYPE_CHECKING:
@@ -101,13 +102,7 @@ def _yes(holds: bool) -> str:
     return "yes" if holds else "NO"
 
 
-def _planned() -> Any:
-    from convrate.reports.builder import Planned
-
-    return Planned(_parts, _assemble)
-
-
-statements_section = _planned()
+statements_section = Planned(_parts, _assemble)
 
 
 SECTIONS: list[tuple[str, Any]] = [

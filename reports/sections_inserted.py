@@ -15,6 +15,7 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
+from convrate.reports.builder import Planned
 from convrate.reports.document import Figure, Section
 
 if TYPE_CHECKING:
@@ -278,13 +279,6 @@ def _precision_figure(real: dict[str, Any], exact: dict[str, Any]) -> Figure:
                   "dotted: tolerance; thin solid, exact layer: rigorous PREC-ALPHA bound).")
 
 
-#: reads the slowdown section's sweeps (Context.shared["sweeps"]): built after it
-def _planned() -> Any:
-    from convrate.reports.builder import Planned
-
-    return Planned(_parts, _assemble)
-
-
-inserted_section = _planned()
+inserted_section = Planned(_parts, _assemble)
 #: the absorbed pair and K = 1 come from the slowdown section's sweeps (Context.shared["sweeps"])
 SECTIONS: list[tuple[Any, ...]] = [("inserted", inserted_section, ("slowdown",))]

@@ -27,6 +27,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from convrate.reports.builder import Planned
 from convrate.reports.document import Figure, Section
 
 if TYPE_CHECKING:
@@ -404,13 +405,7 @@ def _recovery_assemble(ctx: "Context", results: list[Any]) -> Section:
     return s
 
 
-def _planned(parts: Any, assemble: Any) -> Any:
-    from convrate.reports.builder import Planned
-
-    return Planned(parts, assemble)
-
-
-llm_section = _planned(_parts, _assemble)
-llm_recovery_section = _planned(_recovery_parts, _recovery_assemble)
+llm_section = Planned(_parts, _assemble)
+llm_recovery_section = Planned(_recovery_parts, _recovery_assemble)
 SECTIONS: list[tuple[Any, ...]] = [("llm", llm_section), ("llm-recovery", llm_recovery_section, ("llm",))]
 

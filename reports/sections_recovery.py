@@ -17,6 +17,7 @@ import copy
 
 import torch
 
+from convrate.reports.builder import Planned
 from convrate.reports.document import Section
 
 if TYPE_CHECKING:
@@ -303,11 +304,5 @@ def _assemble(ctx: "Context", results: list[Any]) -> Section:
     return s
 
 
-def _planned() -> Any:
-    from convrate.reports.builder import Planned
-
-    return Planned(_parts, _assemble)
-
-
-recovery_section = _planned()
+recovery_section = Planned(_parts, _assemble)
 SECTIONS: list[tuple[Any, ...]] = [("recovery", recovery_section, ("slowdown",))]

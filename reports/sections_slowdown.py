@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
+from convrate.reports.builder import Planned
 from convrate.reports.document import Figure, Section
 
 if TYPE_CHECKING:
@@ -358,18 +359,12 @@ def _so_assemble(ctx: "Context", results: list[Any]) -> Section:
     return s
 
 
-def _planned(parts: Any, assemble: Any) -> Any:
-    from convrate.reports.builder import Planned
-
-    return Planned(parts, assemble)
-
-
 def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
     return _jobs(ctx, "first-order")
 
 
-slowdown_section = _planned(_parts, _assemble)
-second_order_section = _planned(_so_parts, _so_assemble)
+slowdown_section = Planned(_parts, _assemble)
+second_order_section = Planned(_so_parts, _so_assemble)
 #: the second-order section merges the first-order rows (Context.shared["sweeps"]): built after it
 SECTIONS: list[tuple[Any, ...]] = [("slowdown", slowdown_section),
                                    ("slowdown-second-order", second_order_section, ("slowdown",))]

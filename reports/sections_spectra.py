@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from convrate.reports.builder import Planned
 from convrate.reports.document import Figure, Section
 
 if TYPE_CHECKING:
@@ -145,11 +146,5 @@ def _density(rows: list[dict[str, Any]]) -> Figure:
                                               "undefended, defended, and after each recovery.")
 
 
-def _planned() -> Any:
-    from convrate.reports.builder import Planned
-
-    return Planned(_parts, _assemble)
-
-
-spectra_section = _planned()
+spectra_section = Planned(_parts, _assemble)
 SECTIONS: list[tuple[str, Any]] = [("spectra", spectra_section)]
