@@ -71,17 +71,34 @@ def _slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
-def stage(module: str) -> Path:
-    """A fresh src-layout copy of the repository for ``module`` (see the module docstring)."""
+def stage(module: str, resume: bool = False) -> Path:
+    """A fresh src-layout copy of the repository for ``module`` (see the module docstring).
+
+    ``resume``: keep the mutants and their results from the previous run of ``module`` and refresh
+    everything else (sources, tests, settings); the mutants that were not killed, and every mutant
+    of a function whose code changed (mutmut compares each function's hash), are tested again."""
     where = STAGE / _slug(module)
-    if where.exists():
+    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
+    meta = where / "mutants" / f"{target}.meta"
+    if resume and meta.exists():
+        for sub in ("src", "property_tests"):
+            shutil.rmtree(where / sub, ignore_errors=True)
+        keep = {f"{target}{suffix}" for suffix in ("", ".meta", ".spans")}
+        for f in (where / "mutants" / "src").rglob("*"):  # mutmut copies only what is missing
+            if f.is_file() and str(f.relative_to(where / "mutants")) not in keep:
+                f.unlink()
+        shutil.rmtree(where / "mutants" / "property_tests", ignore_errors=True)
+        data = json.loads(meta.read_text())
+        data["exit_code_by_key"] = {k: (c if _status(c) in KILLED else None)
+                                    for k, c in data["exit_code_by_key"].items()}
+        meta.write_text(json.dumps(data))
+    elif where.exists():
         shutil.rmtree(where)
     src = where / "src" / "convrate"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "reference", "reference-quick")
     for folder, sub in PACKAGES.items():
         shutil.copytree(ROOT / folder, src / sub if sub else src, ignore=ignore, dirs_exist_ok=True)
     shutil.copytree(ROOT / "property_tests", where / "property_tests", ignore=ignore)
-    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
     tests = [f"property_tests/{t}" for t in TESTS[module]]
     cfg = [
         "[tool.mutmut]",
@@ -151,11 +168,13 @@ def _explain(module: str, function: str, lines: list[str], table: list[dict]) ->
     return None
 
 
-def run_module(module: str, jobs: int) -> dict:
+def run_module(module: str, jobs: int, resume: bool = False) -> dict:
     """Stage, run mutmut, and record one module: the counts per status and every mutant that was
-    not killed, with its diff (explanations are applied when the results are summarized)."""
+    not killed, with its diff (explanations are applied when the results are summarized).
+    ``resume``: see ``stage``; ``seconds`` then adds this run's time to the previous record's."""
     t0 = time.time()
-    where = stage(module)
+    before = _load_record(module) if resume else None
+    where = stage(module, resume)
     proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
     codes = _statuses(where)
     if proc.returncode != 0 or not codes:
@@ -171,7 +190,9 @@ def run_module(module: str, jobs: int) -> dict:
         diff = _mutmut(where, "show", name, check=False).stdout
         unkilled.append({"mutant": name, "function": _function(name), "status": status, "lines": _changed_lines(diff)})
     return {"module": module, "tests": list(TESTS[module]), "deselect": DESELECT, "mutants": len(codes),
-            "counts": counts, "unkilled": unkilled, "seconds": round(time.time() - t0, 1), "mutmut": _version()}
+            "counts": counts, "unkilled": unkilled, "mutmut": _version(),
+            "seconds": round(time.time() - t0 + (before or {}).get("seconds", 0.0), 1),
+            "resumed": (before or {}).get("resumed", 0) + (1 if resume else 0)}
 
 
 #: statuses that count as killed (a timeout: the tests did not finish, CI would fail)
@@ -257,6 +278,11 @@ def render(results: dict) -> str:
 RECORDS = STAGE / "records"  # one file per module: concurrent runs of different modules do not clobber each other
 
 
+def _load_record(module: str) -> dict | None:
+    f = RECORDS / f"{_slug(module)}.json"
+    return json.loads(f.read_text()) if f.exists() else _load()["modules"].get(module)
+
+
 def _merge_records(results: dict) -> dict:
     """results.json's modules, each replaced by its newer per-module record where one exists."""
     RECORDS.mkdir(parents=True, exist_ok=True)
@@ -286,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modules", nargs="*", default=list(MODULES),
                     help="repository paths, e.g. models/recovery.py (default: every core module)")
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep each module's mutants and results from its last run (build/mutation/) and test "
+                         "again only the survivors and the mutants of changed functions: after strengthening tests")
     ap.add_argument("--render", action="store_true",
                     help="only re-apply equivalent.json to the recorded results and rewrite RESULTS.md")
     ap.add_argument("--explain", nargs=2, metavar=("MUTANT", "REASON"),
@@ -321,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for m in mods:
         print(f"mutation: {m} ...", flush=True)
-        rec = run_module(m, args.jobs)
+        rec = run_module(m, args.jobs, args.resume)
         RECORDS.mkdir(parents=True, exist_ok=True)
         (RECORDS / f"{_slug(m)}.json").write_text(json.dumps(rec))
         results["modules"][m] = rec
