@@ -14,7 +14,7 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from convrate.numerics.linalg import sym_eig
@@ -483,16 +483,20 @@ def test_bound_functions_refuse_mismatched_lengths() -> None:
 @given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100),
                                                                                     max_denominator=10**6),
        const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]))
+@example(rho=Fraction(0), tol=Fraction(1, 4), const=Fraction(1))  # rho = 0: one step
+@example(rho=Fraction(0), tol=Fraction(1, 2), const=Fraction(1, 3))  # rho = 0, const < tol: none
+@example(rho=Fraction(0), tol=Fraction(1, 3), const=Fraction(1, 3))  # rho = 0, const = tol: none
+@example(rho=Fraction(1, 2), tol=Fraction(1, 2), const=Fraction(1, 3))  # const < tol: none
+@example(rho=Fraction(1, 2), tol=Fraction(1, 3), const=Fraction(1, 3))  # const = tol: none
 def test_steps_from_rate_is_the_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> None:
     """steps_from_rate(rho, tol, const) = min { t >= 0 : const rho^(2t) <= tol }, found by exact
-    rational iteration (rho = 0 and const <= tol included; exact ties const rho^(2t) = tol, where
-    the closed form's logarithms decide at rounding level, are left out)."""
+    rational iteration (rho = 0 and const <= tol included, as explicit examples too; exact ties
+    const rho^(2t) = tol at t >= 1, where the closed form's logarithms decide at rounding level,
+    are left out -- at t = 0 the tie const = tol is decided by an exact comparison)."""
     t, val = 0, const
     while val > tol:
         t, val = t + 1, val * rho * rho
-    from hypothesis import assume
-
-    assume(val != tol)
+    assume(t == 0 or val != tol)
     with mpmath.workdps(DPS):
         assert bounds.steps_from_rate(rho, tol, const) == t
 
