@@ -657,3 +657,28 @@ def test_certified_counts_up_to_the_precision_cap(e):
         assert 0.01 < frac < 0.99
         want = int(mpmath.ceil(x))
     assert bounds_optim.gd_worst_case_steps_certified(2**e, tol) == want
+
+
+@pytest.mark.parametrize("const, k", [(1, 7), (4, 7), (1, 28), (4, 28)])
+def test_certified_count_when_the_estimate_overshoots(const, k):
+    """rho = 7/8: at these ties tol = const rho^(2k) the 128-bit estimate ceil(ln(tol/const) /
+    (2 ln rho)) lands on k + 1 (checked first), so the downward walk must bring it back to k. At
+    k = 7 the tie value is an exact dyadic ball; at k = 28 (7^56 needs more than 128 bits) the
+    balls straddle tol and the exact power decides. One part in 1e40 more tol still gives k,
+    one part less k + 1."""
+    from flint import arb, ctx, fmpq
+
+    from convrate.theory import bounds_optim
+
+    rho, c = Fraction(7, 8), Fraction(const)
+    at = c * rho ** (2 * k)
+    old, ctx.prec = ctx.prec, 128
+    try:
+        est = ((arb(fmpq(at.numerator, at.denominator)) / const).log() / (2 * arb(fmpq(7, 8)).log())).mid().ceil()
+    finally:
+        ctx.prec = old
+    assert int(est.unique_fmpz()) == k + 1
+    eps = Fraction(1, 10**40)
+    assert bounds_optim.steps_from_rate_certified(rho, at, c) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 + eps), c) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 - eps), c) == k + 1

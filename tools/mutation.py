@@ -71,15 +71,20 @@ def _slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
+def _paths(module: str) -> tuple[Path, str, Path]:
+    """(stage folder, the module's path in the staged source, its mutmut results file)."""
+    where = STAGE / _slug(module)
+    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
+    return where, target, where / "mutants" / f"{target}.meta"
+
+
 def stage(module: str, resume: bool = False) -> Path:
     """A fresh src-layout copy of the repository for ``module`` (see the module docstring).
 
     ``resume``: keep the mutants and their results from the previous run of ``module`` and refresh
     everything else (sources, tests, settings); the mutants that were not killed, and every mutant
     of a function whose code changed (mutmut compares each function's hash), are tested again."""
-    where = STAGE / _slug(module)
-    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
-    meta = where / "mutants" / f"{target}.meta"
+    where, target, meta = _paths(module)
     if resume and meta.exists():
         for sub in ("src", "property_tests"):
             shutil.rmtree(where / sub, ignore_errors=True)
@@ -109,8 +114,10 @@ def stage(module: str, resume: bool = False) -> Path:
         f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-k", "{DESELECT}"]',
         f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
         'process_isolation = "forkserver"',
-        "timeout_multiplier = 5.0",
-        "timeout_constant = 20.0",
+        # CPU-second limit per mutant = (tests' time + 5) * 3 * 2: a mutant that makes its tests
+        # several times slower (an endless loop) counts as a timeout, i.e. killed
+        "timeout_multiplier = 3.0",
+        "timeout_constant = 5.0",
         "use_git_change_detection = false",
         "",
         "[tool.pytest.ini_options]",
@@ -173,6 +180,7 @@ def run_module(module: str, jobs: int, resume: bool = False) -> dict:
     not killed, with its diff (explanations are applied when the results are summarized).
     ``resume``: see ``stage``; ``seconds`` then adds this run's time to the previous record's."""
     t0 = time.time()
+    resume = resume and _paths(module)[2].exists()  # nothing to resume: a full run
     before = _load_record(module) if resume else None
     where = stage(module, resume)
     proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
