@@ -16,7 +16,9 @@ shrinking, so a mutant counts as killed only if CI would catch it. Results go to
 mutants not killed, with their diffs) and ``tools/mutation/RESULTS.md``; a survivor is
 *accounted for* when ``tools/mutation/equivalent.json`` explains it (matched by module,
 function and the changed lines, so the explanation survives renumbering); ``--render``
-re-applies the explanations without running mutmut.
+re-applies the explanations without running mutmut; ``--resume`` keeps a module's mutants and
+results under ``build/mutation/`` and tests again only what was not killed and the mutants of
+functions whose code changed (after strengthening tests).
 
 Score = (killed + timeout) / (mutants - equivalent); "no tests" and unexplained survivors count
 against it.
@@ -93,6 +95,8 @@ def stage(module: str, resume: bool = False) -> Path:
             if f.is_file() and str(f.relative_to(where / "mutants")) not in keep:
                 f.unlink()
         shutil.rmtree(where / "mutants" / "property_tests", ignore_errors=True)
+        # which tests call which function is collected afresh (functions and tests may be new)
+        (where / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         data = json.loads(meta.read_text())
         data["exit_code_by_key"] = {k: (c if _status(c) in KILLED else None)
                                     for k, c in data["exit_code_by_key"].items()}
