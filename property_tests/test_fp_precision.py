@@ -339,3 +339,42 @@ def test_bound_refuses_dimensions_naming_them(dims, bad):
     """A dimension that is not a positive integer (0, or 5/2 >= 1) is refused, naming it."""
     with pytest.raises(InvalidInputError, match=f"dimension {bad} must be a positive integer"):
         bp.forward_error_bound("fp32", *dims, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_no_overflow_guaranteed_at_the_hidden_and_output_thresholds(dtype):
+    """The hidden and output bounds of the module doc, H_inf = (1 + gamma_n)((1 + u_c) rowsum_P +
+    n eta_c)((1 + u_c) max|x| + eta_c) + c_n and Y_inf = (1 + gamma_r)((1 + u_c) rowsum_Q +
+    r eta_c) H_inf + c_r, are accepted up to Omega and refused above: row sums solved in exact
+    rationals to put H_inf (then Y_inf) a quarter of the smallest of its additive terms (c_n, n
+    eta_c, ...) inside and outside Omega, so every term and factor decides the answer."""
+    import mpmath
+
+    fmt = bp.float_format(dtype)
+    uc, ec = bp.cast_roundoff(dtype)
+    n, r, omega = 3, 2, fmt.max_finite
+    gn, gr = bp.gamma(n, fmt.u), bp.gamma(r, fmt.u)
+    cn, cr = bp.underflow_slack(n, fmt), bp.underflow_slack(r, fmt)
+    x = Fraction(1)
+    xs = (1 + uc) * x + ec
+
+    def rowsum_for_H(H):  # solve H_inf(rowsum_P) = H
+        return ((H - cn) / ((1 + gn) * xs) - n * ec) / (1 + uc)
+
+    def H_of(R):
+        return (1 + gn) * ((1 + uc) * R + n * ec) * xs + cn
+
+    def rowsum_for_Y(Y, H):  # solve Y_inf(rowsum_Q) = Y at hidden bound H
+        return ((Y - cr) / ((1 + gr) * H) - r * ec) / (1 + uc)
+
+    small = Fraction(1, 4)
+    with mpmath.workdps(120):  # bf16: the margins are ~1e-77 of Omega
+        d = min(cn, n * ec * (1 + gn) * xs, ec) / 4
+        for H, want in ((omega - d, True), (omega + d, False)):
+            R = rowsum_for_H(H)
+            assert bp.no_overflow_guaranteed(dtype, n, r, x, small, small, R, small) is want, (H, want)
+        Hm = H_of(Fraction(8))  # a moderate hidden bound
+        d = min(cr, r * ec * (1 + gr) * Hm, ec) / 4
+        for Y, want in ((omega - d, True), (omega + d, False)):
+            RQ = rowsum_for_Y(Y, Hm)
+            assert bp.no_overflow_guaranteed(dtype, n, r, x, small, small, Fraction(8), RQ) is want, (Y, want)
