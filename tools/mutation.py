@@ -88,6 +88,10 @@ def stage(module: str, resume: bool = False) -> Path:
     of a function whose code changed (mutmut compares each function's hash), are tested again."""
     where, target, meta = _paths(module)
     if resume and meta.exists():
+        staged = where / target
+        if not staged.exists() or staged.read_bytes() != (ROOT / module).read_bytes():
+            # the module changed: which tests call which function is collected afresh (new functions)
+            (where / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         for sub in ("src", "property_tests"):
             shutil.rmtree(where / sub, ignore_errors=True)
         keep = {f"{target}{suffix}" for suffix in ("", ".meta", ".spans")}
@@ -95,8 +99,6 @@ def stage(module: str, resume: bool = False) -> Path:
             if f.is_file() and str(f.relative_to(where / "mutants")) not in keep:
                 f.unlink()
         shutil.rmtree(where / "mutants" / "property_tests", ignore_errors=True)
-        # which tests call which function is collected afresh (functions and tests may be new)
-        (where / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         data = json.loads(meta.read_text())
         data["exit_code_by_key"] = {k: (c if _status(c) in KILLED else None)
                                     for k, c in data["exit_code_by_key"].items()}
