@@ -275,6 +275,9 @@ def render(results: dict) -> str:
             continue
         lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['timeouts']} | {r['equivalent']} | {r['accepted']} | "
                      f"{r['unexplained']} | {r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
+    notes = [f"- {m}: {mods[m]['note']}" for m in MODULES if m in mods and mods[m].get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
     for m in MODULES:
         r = mods.get(m)
         if r is None or not (r["survivors"] or r["equivalent_mutants"] or r["accepted_mutants"]):
