@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from convrate.errors import ConvrateError
+from convrate.errors import ConvrateError, InvalidInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="convrate: convergence-rate control, derived, checked exactly, audited.")
@@ -205,9 +205,13 @@ def check(
 
 @app.command()
 def report(
-    quick: bool = typer.Option(False, "--quick", help="the quick profile (fits in 10 minutes on 2 CPU cores)"),
+    quick: bool = typer.Option(False, "--quick", help="the quick profile (fits in 10 minutes on 2 CPU cores); "
+                               "the same as --profile quick"),
+    profile_name: Optional[str] = typer.Option(None, "--profile", help="quick | full (default; fits in 20 minutes "
+                                               "on 2 CPU cores) | extended (the complete sweeps; about an hour)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="output directory (default reports/reference/, "
-                                            "reports/reference-quick/ with --quick)"),
+                                            "reports/reference-quick/ with --quick, reports/reference-extended/ "
+                                            "with --profile extended)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print results.json on stdout as well"),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="worker processes (default: the usable CPUs; 1 = "
@@ -222,6 +226,13 @@ def report(
     from convrate.reports.compare import load_results
     from convrate.reports.sections_exact import STATEMENTS_TITLE
 
+    from convrate.reports.profiles import PROFILES
+
+    if profile_name is not None and (profile_name not in PROFILES or (quick and profile_name != "quick")):
+        _fail(InvalidInputError(f"--profile {profile_name!r}: choose one of {', '.join(PROFILES)}"
+                                + (" (--quick is --profile quick)" if quick else "")))
+    prof = PROFILES[profile_name or ("quick" if quick else "full")]
+    quick = prof.name == "quick"
     if compare_to is not None:
         try:
             load_results(compare_to)  # refuse a bad --compare before the long run
@@ -235,11 +246,11 @@ def report(
             prog.update(task, description=f"report: {name}", completed=i, total=n)
 
         try:
-            results = build_report(out_dir, quick=quick, seed=seed, progress=step,
+            results = build_report(out_dir, quick=quick, seed=seed, progress=step, report_profile=prof,
                                    jobs=default_jobs() if jobs is None else jobs)
         except ConvrateError as err:
             _fail(err)
-    target = out_dir or default_out(quick)
+    target = out_dir or default_out(quick, prof.name)
     console.print(f"report written to {target}")
     if as_json:
         out.print_json(json.dumps(results, default=str))

@@ -9,6 +9,7 @@ f(x) = W_b W_a x, L = 1/(2N) sum ||f(x_n) - y_n||^2, row-major vec.
 """
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from typing import Any
 
@@ -22,7 +23,7 @@ from convrate.numerics.checks_quadratic import (BALL, COUNT, DPS, EXACT, _bound_
                                                 _rotated, _spectrum, _tol, _worst_ball_gap)
 from convrate.numerics.krylov import cg_run
 from convrate.numerics.optimizers_second_order import (LBFGS, MatrixQuadratic, Muon, NewtonCG, Shampoo, Sophia,
-                                                       ball_iterates, exact_iterates, polar)
+                                                       ball_iterates, exact_iterates, exact_iterator, polar)
 from convrate.numerics.optimizers import LM
 from convrate.numerics.quadratic import Quadratic, arb_prec, arb_to_mpf
 from convrate.numerics.steps import brute_force_steps, steps_to
@@ -48,14 +49,85 @@ def _map(T: fmpq_mat, es: list[fmpq_mat]) -> list[fmpq_mat]:
     return [Ti * e for e in es]
 
 
+_MODES = ("midway from q_j to the next larger q_s, s <= j (balls decide at 256 bits)",
+          "q_j (1 - 2^-300): 256-bit balls cannot tell q_j from it, the scan must raise the precision",
+          "exactly q_j: a tie no ball decides, the exact fallback must")
+
+
+def _target(qs: list[fmpq], j: int, mode: int) -> Fraction | None:
+    """tol from exact losses q_0..q_j by ``_MODES[mode]``; None when it is not in (0, 1)."""
+    if mode == 0:
+        above = [q for q in qs[:j + 1] if q > qs[j]]
+        target = (qs[j] + min(above)) / 2 if above else None
+    else:
+        target = qs[j] * (1 - fmpq(1, 2**300) if mode == 1 else 1)
+    if target is None or not 0 < target / qs[0] < 1:
+        return None
+    r = target / qs[0]
+    return Fraction(int(r.p), int(r.q))
+
+
+def _outcome(count: Any) -> int:
+    """count(), or -1 when it raises NoConvergenceError (no t within the cap)."""
+    from convrate.errors import NoConvergenceError
+
+    try:
+        return count()
+    except NoConvergenceError:
+        return -1
+
+
+def _count_vs_exact(statement: str, inst: str, p: Quadratic, opt: Any, j: int, mode: int) -> list[CheckResult]:
+    """steps_to's certified count == ``brute_force_steps`` (the exact rational iteration), both
+    capped at j + 1 steps (so the exact rationals stay small), at a tol from q_j (``_MODES``)."""
+    tol = _target([p.loss(e) for e in itertools.islice(exact_iterator(p, opt), j + 1)], j, mode)
+    if tol is None:
+        return []
+    return [_cmp(statement, inst + f" {opt} j={j} tol~{float(tol):.6g}", _outcome(lambda: steps_to(p, opt, tol, j + 1)), "==",
+                 _outcome(lambda: brute_force_steps(p, opt, tol, j + 1)), precision=COUNT + " vs exact rational iteration",
+                 detail=f"steps_to's certified count == exact iteration's (-1: none within {j + 1} steps), "
+                        f"tol q_0 = {_MODES[mode]}")]
+
+
+def _diag_count_vs_exact(statement: str, inst: str, prob: MatrixQuadratic, opt: Any, qs: list[fmpq], mode: int,
+                         singular: int | None) -> list[CheckResult]:
+    """steps_to's certified ball count on a diagonal matrix quadratic == the count of exact scalar
+    recurrences with losses ``qs`` = q_0..q_(j+1), both capped at j + 1 steps, tol from q_j
+    (``_MODES``, no tie). ``singular``: the first step s whose update meets an exactly zero
+    momentum (polar factor undefined): when the count needs e_(s+1), steps_to must refuse
+    (PrecisionError), not count."""
+    from convrate.errors import PrecisionError
+
+    j = len(qs) - 2
+    tol = _target(qs, j, mode)
+    if tol is None:
+        return []
+    exact = next((t for t, q in enumerate(qs) if q <= fmpq(tol.numerator, tol.denominator) * qs[0]), -1)
+    what = f" {opt} j={j} tol~{float(tol):.6g}"
+    if singular is not None and (exact == -1 or singular < exact):
+        try:
+            steps_to(prob, opt, tol, j + 1)
+            refused = 0
+        except PrecisionError:
+            refused = 1
+        return [_cmp(statement, inst + what, refused, "==", 1, precision=COUNT,
+                     detail=f"an exactly zero momentum at step {singular}, before the count {exact}: refused")]
+    return [_cmp(statement, inst + what, _outcome(lambda: steps_to(prob, opt, tol, j + 1)), "==", exact,
+                 precision=COUNT + " vs exact rational scalar recurrences",
+                 detail=f"certified ball count == exact diagonal recurrences' count (-1: none within {j + 1} steps), "
+                        f"tol q_0 = {_MODES[mode]}")]
+
+
 # ---------------------------------------------------------------- SO-LBFGS
-@entry("so_lbfgs", ["SO-LBFGS"], st.fixed_dictionaries({**_DEF, "m": st.integers(1, 6), "u": st.integers(4, 60)}), cost=2)
+@entry("so_lbfgs", ["SO-LBFGS"], st.fixed_dictionaries({**_DEF, "m": st.integers(1, 6), "u": st.integers(4, 60),
+                                                        "j": st.integers(1, 3), "mode": st.integers(0, 2)}), cost=2)
 def check_lbfgs(d: dict) -> list[CheckResult]:
     """SO-LBFGS: with exact line search, L-BFGS(m) iterates equal CG's exactly (every m >= 1) and
     the count (steps_to's CG path) equals the exact vector iteration's; on L' the iterates mapped
     back equal L-BFGS on L started from P = T^-1 T^-T, and the count is at most
     lbfgs_exact_line_search_steps(kappa(T), kappa(H), tol); with torch's fixed step (balls)
-    q_t >= q_t^CG for t <= 10 (F2)."""
+    q_t >= q_t^CG for t <= 10 (F2); the certified counts of fixed-step L-BFGS and of L-BFGS
+    preconditioned by T^-1 T^-T equal the exact rational iteration's."""
     p, T, sig, kappa, kT, tol, inst = _instance(d)
     m = d["m"]
     inst += f" m={m}"
@@ -88,17 +160,21 @@ def check_lbfgs(d: dict) -> list[CheckResult]:
                 worst, err = mid, rad
     out.append(_cmp("SO-LBFGS", inst + f" step={step}", worst, ">=", 0, precision=BALL, err=err,
                     detail="min_t q_t(L-BFGS, torch's fixed step) - q_t^CG >= 0, t <= 10 (F2: a Krylov method)"))
+    out += _count_vs_exact("SO-LBFGS", inst, p, LBFGS(m, step=Fraction(d["u"], 32)), d["j"], d["mode"])
+    out += _count_vs_exact("SO-LBFGS", inst, p, LBFGS(m, P=Ti * Ti.transpose()), d["j"], d["mode"])
     return out
 
 
 # ---------------------------------------------------------------- SO-NEWTON-CG
-@entry("so_newton_cg", ["SO-NEWTON-CG"], st.fixed_dictionaries({**_DEF, "k": st.integers(1, 5), "r": st.integers(0, 6)}),
-       cost=2)
+@entry("so_newton_cg", ["SO-NEWTON-CG"], st.fixed_dictionaries({**_DEF, "k": st.integers(1, 5), "r": st.integers(0, 6),
+                                                                "j": st.integers(1, 3), "mode": st.integers(0, 2)}), cost=2)
 def check_newton_cg(d: dict) -> list[CheckResult]:
     """SO-NEWTON-CG: Newton-CG(k, lambda) on L' mapped back == Newton-CG on L with damping matrix
     lambda T^T T and inner preconditioner P = T^-1 T^-T (exact, 3 steps); with k >= n the count on
     L' equals LM's closed-form count with D = T^T T and the exact iteration's (1 for lambda = 0:
-    invariant); each truncated undamped outer step contracts q by at most newton_cg_defended_rate^2."""
+    invariant); each truncated undamped outer step contracts q by at most newton_cg_defended_rate^2;
+    the certified counts of truncated Newton-CG on L' and of its mapped-back form on L (damping
+    matrix, preconditioner) equal the exact rational iteration's."""
     p, T, sig, kappa, kT, tol, inst = _instance(d)
     k = min(d["k"], p.n)
     lam = Fraction(d["r"], 8) / (kT * kT)  # lambda_min(H) = 1: damping up to 3/4 lambda_min(H) / kappa(T)^2
@@ -128,6 +204,8 @@ def check_newton_cg(d: dict) -> list[CheckResult]:
         out.append(_cmp("SO-NEWTON-CG", inst, worst, "<=", bound, precision=f"exact ratio vs bound at mpmath dps={DPS}",
                         err=abs(bound) * mpmath.mpf(10) ** (10 - DPS),
                         detail="q'_(t+1)/q'_t <= newton_cg_defended_rate(kappa_T, kappa_H, k)^2, t < 2"))
+    out += _count_vs_exact("SO-NEWTON-CG", inst, q, NewtonCG(k, lam), d["j"], d["mode"])
+    out += _count_vs_exact("SO-NEWTON-CG", inst, p, NewtonCG(k, lam, D=D, P=P), d["j"], d["mode"])
     return out
 
 
@@ -325,12 +403,15 @@ def _spd2(rng: Any) -> fmpq_mat:
 
 @entry("so_shampoo", ["SO-SHAMPOO"], st.fixed_dictionaries({
     "seed": st.integers(0, 2**32 - 1), "pk": st.integers(0, 2), "e": st.integers(0, 2), "u": st.integers(1, 10),
-    "c": st.integers(2, 9), "n": st.integers(2, 4)}), cost=2)
+    "c": st.integers(2, 9), "n": st.integers(2, 4), "j": st.integers(1, 4),
+    "mode": st.integers(0, 1)}), cost=2)
 def check_shampoo(d: dict) -> list[CheckResult]:
     """SO-SHAMPOO in arb balls (256 bits): (i) W' = Q1 W Q2^T (rational orthogonal): Shampoo(p, eps)
     on L' mapped back == Shampoo on L, 4 steps; (ii) W' = c Q W, eps = 0: mapped back == Shampoo on L
     with step eta c^(4p-2); (iii) row-aligned diagonal instance, A = diag(s): mapped back == Shampoo
-    on L with per-row steps eta s_i^(4p-2); and bounds_second_order.shampoo_step_scale == c^(4p-2)."""
+    on L with per-row steps eta s_i^(4p-2); and bounds_second_order.shampoo_step_scale == c^(4p-2);
+    (iv) on the diagonal instance at p = 1/2 (commuting factors: L^-1/2 G R^-1/2 = G / (eps + sum G^2)
+    entrywise, rational) steps_to's certified count == the exact scalar recurrence's."""
     rng = _rng(d["seed"])
     pq = [fmpq(1, 4), fmpq(1, 2), fmpq(1)][d["pk"]]
     eps = [0, fmpq(1, 10), fmpq(1, 1000)][d["e"]]
@@ -370,17 +451,30 @@ def check_shampoo(d: dict) -> list[CheckResult]:
     gap, err, where = _mat_gap(back, ball_iterates(aligned, Shampoo(per_row, pq, 0), 4))
     out.append(_cmp("SO-SHAMPOO", inst + f" s={[str(x) for x in s]}", gap, "==", 0, precision=BALL, err=err,
                     detail=f"row-aligned, A = diag(s): mapped back == per-row steps eta s_i^(4p-2), worst {where}"))
+    m_, e_ = [Mdiag[i, i] for i in range(n)], [Ediag[i, i] for i in range(n)]
+    acc = [fmpq(eps)] * n
+    qs = [sum((m_[i] * e_[i] ** 2 for i in range(n)), fmpq(0)) / 2]
+    for _ in range(d["j"] + 1):
+        g = [m_[i] * e_[i] for i in range(n)]
+        acc = [acc[i] + g[i] ** 2 for i in range(n)]
+        e_ = [e_[i] - eta * g[i] / acc[i] if g[i] != 0 else e_[i] for i in range(n)]
+        qs.append(sum((m_[i] * e_[i] ** 2 for i in range(n)), fmpq(0)) / 2)
+    out += _diag_count_vs_exact("SO-SHAMPOO", inst, aligned, Shampoo(eta, fmpq(1, 2), eps), qs, d["mode"], None)
     return out
 
 
 @entry("so_muon", ["SO-MUON"], st.fixed_dictionaries({
     "seed": st.integers(0, 2**32 - 1), "b": st.integers(0, 9), "u": st.integers(1, 10), "c": st.integers(2, 9),
-    "aT": st.integers(3, 30)}), cost=2)
+    "aT": st.integers(3, 30), "n": st.integers(2, 4), "j": st.integers(1, 40),
+    "mode": st.integers(0, 1)}), cost=2)
 def check_muon(d: dict) -> list[CheckResult]:
     """SO-MUON in arb balls: (i) orthogonal maps on both sides commute with Muon (exact polar
     factor), 4 steps; (ii) W' = c Q W: mapped back == Muon with step eta/c; (iii) one-sided A with
     exact singular values: the first mapped-back update A^-1 polar(A^-T G) has singular values in
-    muon_step_singular_interval(sigma_min(A), sigma_max(A))."""
+    muon_step_singular_interval(sigma_min(A), sigma_max(A)); (iv) diagonal M and E_0: every
+    singular direction moves by exactly eta per step (e_i -= eta sign(m_i), m_i = beta m_i + M_ii e_i,
+    exact rationals), and steps_to's certified count == that recurrence's (an exactly zero m_i, where
+    the polar factor is undefined, must be refused)."""
     rng = _rng(d["seed"])
     beta, eta = fmpq(d["b"], 10), fmpq(d["u"], 20)
     inst = f"beta={beta} eta={eta} seed={d['seed']}"
@@ -417,4 +511,18 @@ def check_muon(d: dict) -> list[CheckResult]:
                     detail="sigma_min(A^-1 polar(A^-T G)) >= 1/sigma_max(A)"))
     out.append(_cmp("SO-MUON", inst + f" kappa(A)={kT}", m_hi, "<=", hi, precision=prec, err=r_hi + bound_err,
                     detail="sigma_max(A^-1 polar(A^-T G)) <= 1/sigma_min(A)"))
+    n = d["n"]
+    m_ = [fmpq(int(x), int(y)) for x, y in zip(rng.integers(1, 9, n), rng.integers(1, 4, n))]
+    e_ = [fmpq(int(x) * int(s), int(y)) for x, s, y in zip(rng.integers(1, 7, n), rng.choice([-1, 1], n), rng.integers(1, 4, n))]
+    diag = MatrixQuadratic(_diag(m_), _diag(e_))
+    mom, singular = [fmpq(0)] * n, None
+    qs = [sum((m_[i] * e_[i] ** 2 for i in range(n)), fmpq(0)) / 2]
+    for t in range(d["j"] + 1):
+        mom = [beta * mom[i] + m_[i] * e_[i] for i in range(n)]
+        if singular is None and any(x == 0 for x in mom):
+            singular = t
+        e_ = [e_[i] - eta * ((mom[i] > 0) - (mom[i] < 0)) for i in range(n)]
+        qs.append(sum((m_[i] * e_[i] ** 2 for i in range(n)), fmpq(0)) / 2)
+    out += _diag_count_vs_exact("SO-MUON", inst + f" M={[str(x) for x in m_]} E0={[str(x) for x in e_]}", diag,
+                                Muon(eta, beta), qs, d["mode"], singular)
     return out

@@ -39,7 +39,7 @@ from convrate.numerics.quadratic import Quadratic, arb_prec, fmpq_matrix, requir
 
 __all__ = ["GD", "PreconditionedGD", "HeavyBall", "Nesterov", "GDSchedule", "CG", "Newton", "LM",
            "Adam", "RMSprop", "Adagrad", "CubicNewton", "Optimizer", "LINEAR", "ADAPTIVE",
-           "run_exact", "run_ball", "iter_ball"]
+           "run_exact", "run_ball", "iter_ball", "at_prec"]
 
 
 def _positive(x: Any, what: str) -> fmpq:
@@ -423,6 +423,11 @@ def iter_ball(problem: Quadratic, opt: Any, prec: int = 256) -> Iterator[arb_mat
         gen = _linear_iter(problem, opt, _Ball())
     else:
         raise InvalidInputError(f"{type(opt).__name__} has no ball iteration (CG runs exactly: use run_exact)")
+    return at_prec(gen, prec)
+
+
+def at_prec(gen: Iterator[Any], prec: int) -> Iterator[Any]:
+    """Run each step of a ball generator at ``prec`` bits (flint's precision is global state)."""
     while True:
         with arb_prec(prec):
             try:

@@ -4,8 +4,7 @@ On the quadratic q(e) = 1/2 e^T H e (``Quadratic``, g = H e), in exact rationals
   LBFGS(m, step=None, P=None)  two-loop L-BFGS with memory m and H_0 = gamma_k P (P = I unless
         given; gamma_k = s^T y / y^T P y), exact line search t = -g^T d / d^T H d when ``step`` is
         None, else torch's fixed-step rule (t = min(1, 1/||g||_1) step at the first iteration,
-        t = step after; a pair is stored when y^T s > 1e-10, as torch.optim.LBFGS does) in arb
-        balls (its exact rationals grow exponentially with the step)
+        t = step after; a pair is stored when y^T s > 1e-10, as torch.optim.LBFGS does)
   NewtonCG(k, damping, D=None, P=None)   e+ = e + x, x = k steps of CG preconditioned by P on
         (H + damping D) x = -g (``models.attacks.second_order.truncated_cg``'s rule, exactly)
   Sophia(step, ...)   the published rule with the exact diagonal Hessian diag(H) as the
@@ -20,6 +19,9 @@ Matrix powers and polar factors are exact closed forms for diagonal matrices (an
 2x2 matrices (sqrt(M) = (M + sqrt(det M) I) / sqrt(tr M + 2 sqrt(det M)); polar(M) =
 (M + sgn(det M) cof(M)) / sqrt(||M||_F^2 + 2 |det M|)), evaluated in arb balls: every iterate is
 a ball containing the exact one. Other sizes raise.
+L-BFGS and Newton-CG also run in arb balls (``ball_iterator``): with a fixed step, a preconditioner
+or a truncated inner solve their exact rationals grow exponentially with the step, so
+``steps_to_second_order`` counts them (and Shampoo, Muon) by a certified ball scan.
 """
 from __future__ import annotations
 
@@ -31,12 +33,14 @@ from flint import arb, arb_mat, fmpq, fmpq_mat
 
 from convrate.errors import InvalidInputError, NoConvergenceError, PrecisionError
 from convrate.numerics.krylov import inner
+from convrate.numerics.optimizers import at_prec
 from convrate.numerics.quadratic import Quadratic, arb_prec, fmpq_matrix, to_fmpq
 
 __all__ = ["LBFGS", "NewtonCG", "Sophia", "Shampoo", "Muon", "MatrixQuadratic", "SECOND_ORDER", "exact_iterates",
-           "ball_iterates", "steps_to_second_order", "exact_iterator", "pcg_exact", "spd_power", "polar"]
+           "ball_iterates", "ball_iterator", "MATRIX", "steps_to_second_order", "exact_iterator", "pcg_exact", "spd_power", "polar"]
 
 _TORCH_YS = fmpq(1, 10**10)  # torch.optim.LBFGS stores a pair only when y^T s > 1e-10
+_EXACT_FALLBACK_BITS = 10**6  # an undecided ball count falls back to exact rationals up to this iterate size
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ class Muon:
     beta: Any = 0
 
 
-SECOND_ORDER = (LBFGS, NewtonCG, Sophia)
+SECOND_ORDER = (LBFGS, NewtonCG, Sophia)  # on a Quadratic (exact rational iterations)
+MATRIX = (Shampoo, Muon)  # on a MatrixQuadratic (ball iterations)
 
 
 def _I(n: int) -> fmpq_mat:
@@ -106,23 +111,40 @@ def _vec(xs: Sequence[Any], n: int, what: str) -> list[fmpq]:
 
 
 # ---------------------------------------------------------------- exact PCG and Newton-CG
-def pcg_exact(A: fmpq_mat, b: fmpq_mat, iters: int, P: fmpq_mat | None = None) -> fmpq_mat:
-    """k steps of CG preconditioned by P on A x = b from 0, exactly; stops at r = 0, at
-    nonpositive curvature (returning x so far, or at the first step b |b|^2 / |b^T A b|), as
-    ``models.attacks.second_order.truncated_cg`` (which also stops at a relative P-norm 1e-12)."""
+def _sign(x: Any, what: str) -> int:
+    """Sign of an fmpq (exact) or of an arb ball (decided on the enclosure: 0 only for the exact
+    point 0; PrecisionError when the ball straddles 0)."""
+    if isinstance(x, arb):
+        if x > 0:
+            return 1
+        if x < 0:
+            return -1
+        if x == 0:
+            return 0
+        raise PrecisionError(f"sign of {what} undecided at this precision")
+    return (x > 0) - (x < 0)
+
+
+def pcg_exact(A: Any, b: Any, iters: int, P: Any = None) -> Any:
+    """k steps of CG preconditioned by P on A x = b from 0: exactly for fmpq_mat input, as a ball
+    enclosure for arb_mat input (every branch decided on the enclosure, else PrecisionError);
+    stops at r = 0, at nonpositive curvature (returning x so far, or at the first step
+    b |b|^2 / |b^T A b|), as ``models.attacks.second_order.truncated_cg`` (which also stops at a
+    relative P-norm 1e-12)."""
     x = b * 0
     r = b
     z = r if P is None else P * r
     rz = inner(r, z)
     d = z
     for j in range(iters):
-        if rz == 0:
+        if _sign(rz, f"r^T P r at inner step {j}") == 0:
             break
         Ad = A * d
         curv = inner(d, Ad)
-        if curv <= 0:
+        s = _sign(curv, f"d^T A d at inner step {j}")
+        if s <= 0:
             if j == 0:
-                return b * (inner(b, b) / abs(curv)) if curv != 0 else b
+                return b * (inner(b, b) / abs(curv)) if s != 0 else b
             return x
         alpha = rz / curv
         x = x + d * alpha
@@ -135,13 +157,14 @@ def pcg_exact(A: fmpq_mat, b: fmpq_mat, iters: int, P: fmpq_mat | None = None) -
 
 
 # ---------------------------------------------------------------- exact iterations
-def _lbfgs_iter(p: Quadratic, opt: LBFGS) -> Iterator[Any]:
-    """Exact rationals with the exact line search; arb balls (current precision) with a fixed step,
-    whose rationals would grow exponentially."""
+def _lbfgs_iter(p: Quadratic, opt: LBFGS, ball: bool = False) -> Iterator[Any]:
+    """Exact rationals (ball False; with a fixed step their size grows exponentially with the step,
+    so only a few steps are practical) or arb balls at the current precision (every branch decided
+    on the enclosure, else PrecisionError)."""
     n, H = p.n, p.H
     P = _I(n) if opt.P is None else fmpq_matrix(opt.P, "P")
     e = p.e0
-    ball = opt.step is not None
+    threshold = fmpq(0) if opt.step is None else _TORCH_YS
     if ball:
         H, P, e = arb_mat(H), arb_mat(P), arb_mat(e)
     yield e
@@ -159,9 +182,9 @@ def _lbfgs_iter(p: Quadratic, opt: LBFGS) -> Iterator[Any]:
         else:
             y, s = g - prev_g, d * t
             ys = inner(y, s)
-            if ball and not (ys > _TORCH_YS or ys <= _TORCH_YS):
-                raise PrecisionError(f"L-BFGS step {k}: y^T s vs 1e-10 undecided at this precision")
-            if ys > (_TORCH_YS if ball else 0):
+            if ball and not (ys > threshold or ys <= threshold):
+                raise PrecisionError(f"L-BFGS step {k}: y^T s vs {threshold} undecided at this precision")
+            if ys > threshold:
                 pairs.append((s, y, 1 / ys))
                 pairs = pairs[-opt.memory:]
                 gamma = ys / inner(y, P * y)
@@ -180,25 +203,32 @@ def _lbfgs_iter(p: Quadratic, opt: LBFGS) -> Iterator[Any]:
         if opt.step is None:
             t = -inner(g, d) / inner(d, H * d)
         elif k == 0:
-            l1 = sum((abs(g[i, 0]) for i in range(n)), arb(0))
-            if not (l1 > 1 or l1 <= 1):
+            l1 = sum((abs(g[i, 0]) for i in range(n)), arb(0) if ball else fmpq(0))
+            if ball and not (l1 > 1 or l1 <= 1):
                 raise PrecisionError("L-BFGS first step: ||g||_1 vs 1 undecided at this precision")
-            t = (1 / l1 if l1 > 1 else arb(1)) * arb(to_fmpq(opt.step))
+            step = to_fmpq(opt.step)
+            t = (1 / l1 if l1 > 1 else 1) * (arb(step) if ball else step)
         else:
-            t = arb(to_fmpq(opt.step))
+            t = arb(to_fmpq(opt.step)) if ball else to_fmpq(opt.step)
         e = e + d * t
         yield e
 
 
-def _newton_cg_iter(p: Quadratic, opt: NewtonCG) -> Iterator[fmpq_mat]:
+def _newton_cg_iter(p: Quadratic, opt: NewtonCG, ball: bool = False) -> Iterator[Any]:
+    """Exact rationals (ball False) or arb balls at the current precision (``pcg_exact`` decides
+    every inner branch on the enclosure)."""
     n = p.n
     D = _I(n) if opt.D is None else fmpq_matrix(opt.D, "D")
-    A = p.H + D * to_fmpq(opt.damping, "damping")
+    H = p.H
+    A = H + D * to_fmpq(opt.damping, "damping")
     P = None if opt.P is None else fmpq_matrix(opt.P, "P")
     e = p.e0
+    if ball:
+        H, A, e = arb_mat(H), arb_mat(A), arb_mat(e)
+        P = None if P is None else arb_mat(P)
     yield e
     while True:
-        e = e + pcg_exact(A, -(p.H * e), opt.inner, P)
+        e = e + pcg_exact(A, -(H * e), opt.inner, P)
         yield e
 
 
@@ -230,14 +260,30 @@ def exact_iterates(p: Quadratic, opt: Any, steps: int, prec: int = 256) -> list[
     if gen is None:
         raise InvalidInputError(f"{type(opt).__name__} has no exact iteration here")
     with arb_prec(prec):
-        return list(itertools.islice(gen(p, opt), steps + 1))
+        it = _lbfgs_iter(p, opt, ball=True) if isinstance(opt, LBFGS) and opt.step is not None else gen(p, opt)
+        return list(itertools.islice(it, steps + 1))
 
 
 def exact_iterator(p: Quadratic, opt: Any) -> Iterator[fmpq_mat]:
-    """The endless exact iteration e_0, e_1, ... (``numerics.steps.brute_force_steps`` scans it)."""
-    if isinstance(opt, LBFGS) and opt.step is not None:
-        raise InvalidInputError("fixed-step L-BFGS iterates are balls: no exact brute-force count")
+    """The endless exact rational iteration e_0, e_1, ... (``numerics.steps.brute_force_steps``
+    scans it; fixed-step L-BFGS and truncated Newton-CG are exact too, but their rationals grow
+    exponentially with the step: a few steps only)."""
     return {LBFGS: _lbfgs_iter, NewtonCG: _newton_cg_iter, Sophia: _sophia_iter}[type(opt)](p, opt)
+
+
+def ball_iterator(p: Any, opt: Any, prec: int) -> Iterator[Any]:
+    """The endless arb-ball iteration at ``prec`` bits: fixed-step / preconditioned L-BFGS and
+    Newton-CG on a ``Quadratic`` (e_t), Shampoo / Muon on a ``MatrixQuadratic`` (E_t). Every
+    iterate encloses the exact one; PrecisionError where a branch of the update is undecided."""
+    if isinstance(p, MatrixQuadratic) and isinstance(opt, (Shampoo, Muon)):
+        gen = _shampoo_iter(p, opt) if isinstance(opt, Shampoo) else _muon_iter(p, opt)
+    elif isinstance(p, Quadratic) and isinstance(opt, LBFGS):
+        gen = _lbfgs_iter(p, opt, ball=True)
+    elif isinstance(p, Quadratic) and isinstance(opt, NewtonCG):
+        gen = _newton_cg_iter(p, opt, ball=True)
+    else:
+        raise InvalidInputError(f"{type(opt).__name__} has no ball iteration on a {type(p).__name__}")
+    return at_prec(gen, prec)
 
 
 def _sophia_scalar_steps(p: Quadratic, opt: Sophia, tol: fmpq, horizon: int) -> int:
@@ -263,35 +309,73 @@ def _sophia_scalar_steps(p: Quadratic, opt: Sophia, tol: fmpq, horizon: int) -> 
     raise NoConvergenceError(f"Sophia does not reach the target within {horizon} steps")
 
 
-def steps_to_second_order(p: Quadratic, opt: Any, tol: Any, max_steps: int = 10_000) -> int:
-    """Exact smallest t with q_t <= tol q_0 (called by ``numerics.steps.steps_to``):
-    - LBFGS with exact line search (P = I): the CG count (statement SO-LBFGS: the same iterates);
-    - NewtonCG with inner >= n: the closed-form LM count with damping matrix D (the inner PCG
-      solves exactly), 1 when damping = 0 (Newton); otherwise the exact iteration;
-    - Sophia on a diagonal H: decoupled scalar recurrences; otherwise the exact iteration
-      (fixed-step or preconditioned L-BFGS, truncated Newton-CG: refused, their rationals grow
-      exponentially with the step).
-    ``numerics.steps.brute_force_steps`` (the exact vector iteration) is what these are checked against."""
-    from convrate.numerics.optimizers import CG, LM
-    from convrate.numerics.steps import brute_force_steps, steps_to
+def steps_to_second_order(p: Any, opt: Any, tol: Any, max_steps: int = 10_000) -> int:
+    """Certified smallest t <= max_steps with q_t <= tol q_0 (called by ``numerics.steps.steps_to``):
+    - LBFGS with exact line search and P = I: the CG count (statement SO-LBFGS: the same iterates);
+    - NewtonCG whose inner PCG solves exactly (inner >= n, or D = P = I and inner >= r, the number
+      of active eigenvalues of H at e_0: every iterate stays in the r-dimensional H-invariant
+      subspace K(H, e_0), where CG terminates within r steps): the closed-form LM count with damping
+      matrix D, 1 when damping = 0 (Newton);
+    - Sophia on a diagonal H: decoupled scalar recurrences; other Sophia: the exact iteration;
+    - LBFGS with a fixed step (torch's rule) or a preconditioner P, truncated NewtonCG, and Shampoo
+      / Muon on a ``MatrixQuadratic`` (L(W) = 1/2 tr(E^T M E)): the arb-ball iteration
+      (``ball_iterator``) scanned by ``numerics.steps.scan_ball_count``. Every iterate is a ball
+      enclosing the exact iterate, and "q_t <= tol q_0" is accepted or rejected only when the
+      whole ball of q_t lies on one side of tol q_0 (branches inside the update, such as torch's
+      y^T s > 1e-10, ||g||_1 > 1, the inner CG's r^T P r = 0 and curvature sign, the signs in the
+      polar factor, are decided on enclosures too); an undecided comparison or a blown-up ball
+      restarts the scan at twice the precision (256 bits up to 2^16). So rounding cannot flip a
+      verdict: the returned t has q_t <= tol q_0 and q_s > tol q_0 for s < t, both proved.
+    An exact tie q_t = tol q_0 or an exact singularity of the update (an inner CG that terminates
+    exactly before ``inner`` steps outside the case above) stays undecided at every precision: on
+    a Quadratic (rational iterates) the exact rational iteration then decides, while its iterates
+    stay under 10^6 bits; past that, and for Shampoo / Muon (irrational iterates; also a singular
+    factor with eps = 0, a singular Muon momentum), PrecisionError.
+    ``numerics.steps.brute_force_steps`` (the exact rational iteration) is what these are checked
+    against."""
+    from convrate.numerics.steps import brute_force_steps, scan_ball_count
 
     tolq = to_fmpq(tol, "tol")
+    name = type(opt).__name__
+    if isinstance(p, MatrixQuadratic) or isinstance(opt, (Shampoo, Muon)):
+        if not (isinstance(p, MatrixQuadratic) and isinstance(opt, (Shampoo, Muon))):
+            raise InvalidInputError(f"{name} on a {type(p).__name__}: Shampoo and Muon (only) act on a MatrixQuadratic")
+        q0 = p.loss(p.E0)
+        if q0 == 0:
+            return 0
+        return scan_ball_count(lambda prec: ball_iterator(p, opt, prec), p.loss, tolq * q0, max_steps, name)
     if p.q0 == 0:
         return 0
+    try:
+        return _count_on_quadratic(p, opt, tolq, max_steps)
+    except PrecisionError as exc:  # an exact tie, or an exact inner termination: decide in rationals while small
+        try:
+            return brute_force_steps(p, opt, tolq, max_steps, max_bits=_EXACT_FALLBACK_BITS)
+        except PrecisionError as exact_exc:
+            raise PrecisionError(f"{exc}; {exact_exc}") from exc
+
+
+def _count_on_quadratic(p: Quadratic, opt: Any, tolq: fmpq, max_steps: int) -> int:
+    """The dispatch of ``steps_to_second_order`` on a Quadratic (q_0 > 0), before any exact fallback."""
+    from convrate.numerics.optimizers import CG, GD, LM
+    from convrate.numerics.steps import brute_force_steps, measure_for, scan_ball_count, steps_to
+
     if isinstance(opt, LBFGS) and opt.step is None and opt.P is None:
-        return steps_to(p, CG(), tol, max_steps)
-    if isinstance(opt, NewtonCG) and opt.inner >= p.n:
+        return steps_to(p, CG(), tolq, max_steps)
+    if isinstance(opt, NewtonCG) and (opt.inner >= p.n or (
+            opt.D is None and opt.P is None and opt.inner >= measure_for(p, GD(1)).size)):
         lam = to_fmpq(opt.damping, "damping")
         if lam == 0:
             return 1
-        return steps_to(p, LM(lam, D=opt.D), tol, max_steps)
-    if isinstance(opt, Sophia) and p.is_diagonal:
-        return _sophia_scalar_steps(p, opt, tolq, max_steps)
+        return steps_to(p, LM(lam, D=opt.D), tolq, max_steps)
+    if isinstance(opt, Sophia):
+        if p.is_diagonal:
+            return _sophia_scalar_steps(p, opt, tolq, max_steps)
+        return brute_force_steps(p, opt, tolq, max_steps)
     if isinstance(opt, (LBFGS, NewtonCG)):
-        raise InvalidInputError(f"{type(opt).__name__} here (fixed step, preconditioned, or truncated inner solve) has "
-                                "no count: its exact rationals grow exponentially with the step; compare iterates "
-                                "with exact_iterates over a few steps")
-    return brute_force_steps(p, opt, tolq, max_steps)
+        return scan_ball_count(lambda prec: ball_iterator(p, opt, prec), p.loss, tolq * p.q0, max_steps,
+                               type(opt).__name__)
+    raise InvalidInputError(f"unsupported optimizer {opt!r}")
 
 
 # ---------------------------------------------------------------- matrix problems (balls)
@@ -387,31 +471,34 @@ def polar(M: arb_mat) -> arb_mat:
     return out
 
 
+def _shampoo_iter(p: MatrixQuadratic, opt: Shampoo) -> Iterator[arb_mat]:
+    M, E = arb_mat(p.M), arb_mat(p.E0)
+    m, n = E.nrows(), E.ncols()
+    eps = arb(to_fmpq(opt.eps, "eps"))
+    L, R = arb_mat(_I(m)) * eps, arb_mat(_I(n)) * eps
+    rows = _vec(opt.step, m, "step")
+    yield E
+    while True:
+        G = M * E
+        L, R = L + G * G.transpose(), R + G.transpose() * G
+        D = spd_power(L, opt.p) * G * spd_power(R, opt.p)
+        E = E - arb_mat([[arb(rows[i]) * D[i, j] for j in range(n)] for i in range(m)])
+        yield E
+
+
+def _muon_iter(p: MatrixQuadratic, opt: Muon) -> Iterator[arb_mat]:
+    M, E = arb_mat(p.M), arb_mat(p.E0)
+    beta, eta = arb(to_fmpq(opt.beta, "beta")), arb(to_fmpq(opt.step, "step"))
+    mom = E * 0
+    yield E
+    while True:
+        mom = mom * beta + M * E
+        E = E - polar(mom) * eta
+        yield E
+
+
 def ball_iterates(p: MatrixQuadratic, opt: Any, steps: int, prec: int = 256) -> list[arb_mat]:
     """E_0 .. E_steps of Shampoo / Muon on a matrix quadratic as arb balls at ``prec`` bits."""
-    with arb_prec(prec):
-        M = arb_mat(p.M)
-        E = arb_mat(p.E0)
-        m, n = E.nrows(), E.ncols()
-        out = [E]
-        if isinstance(opt, Shampoo):
-            eps = arb(to_fmpq(opt.eps, "eps"))
-            L = arb_mat(_I(m)) * eps
-            R = arb_mat(_I(n)) * eps
-            rows = _vec(opt.step, m, "step")
-            for _ in range(steps):
-                G = M * E
-                L, R = L + G * G.transpose(), R + G.transpose() * G
-                D = spd_power(L, opt.p) * G * spd_power(R, opt.p)
-                E = E - arb_mat([[arb(rows[i]) * D[i, j] for j in range(n)] for i in range(m)])
-                out.append(E)
-            return out
-        if isinstance(opt, Muon):
-            beta, eta = arb(to_fmpq(opt.beta, "beta")), arb(to_fmpq(opt.step, "step"))
-            mom = E * 0
-            for _ in range(steps):
-                mom = mom * beta + M * E
-                E = E - polar(mom) * eta
-                out.append(E)
-            return out
-    raise InvalidInputError(f"{type(opt).__name__} has no ball iteration on a matrix quadratic")
+    if not isinstance(opt, (Shampoo, Muon)):
+        raise InvalidInputError(f"{type(opt).__name__} has no ball iteration on a matrix quadratic")
+    return list(itertools.islice(ball_iterator(p, opt, prec), steps + 1))

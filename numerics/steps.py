@@ -24,6 +24,9 @@ What is exact, and how (every count returned is a certified integer):
 - Adam, RMSprop, Adagrad, CubicNewton: no closed form; the iteration is run in arb ball
   arithmetic (every iterate a rigorous enclosure) up to ``max_steps`` and scanned with
   certified comparisons.
+- L-BFGS, Newton-CG, Sophia (on a Quadratic) and Shampoo, Muon (on a ``MatrixQuadratic``):
+  ``optimizers_second_order.steps_to_second_order`` (closed forms where the statements give one,
+  else the exact or arb-ball iteration scanned by ``scan_ball_count``).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from convrate.numerics.quadratic import Quadratic, arb_prec, arb_to_mpf, fmpq_to
 from convrate.theory import bounds
 
 __all__ = ["steps_to", "best_fixed_step", "iterate", "trajectory", "closed_form_loss", "measure_for",
-           "brute_force_steps",
+           "brute_force_steps", "scan_ball_count",
            "DEFAULT_SCAN_STEPS", "DEFAULT_BALL_STEPS"]
 
 #: default horizon of the scanned methods (heavy ball, Nesterov) and of ball iterations (Adam, cubic)
@@ -344,28 +347,42 @@ def _scan(meas: SpectralMeasure, opt: Any, tolq: fmpq, horizon: int, what: str) 
     raise PrecisionError(f"{what}: cannot decide q_t <= tol q_0 at {_MAX_PREC} bits")
 
 
-def _scan_ball(problem: Quadratic, opt: Any, tolq: fmpq, horizon: int, what: str) -> int:
-    """First t <= horizon with q(e_t) <= tol q_0 along the arb-ball iteration of ``opt``."""
-    target = tolq * problem.q0
-    prec = 256
+def scan_ball_count(iterates: Callable[[int], Iterable[Any]], loss: Callable[[Any], arb], target: fmpq,
+                    horizon: int, what: str, prec0: int = 256) -> int:
+    """First t <= horizon with loss(x_t) <= target, x_0, x_1, ... = ``iterates(prec)``: arb-ball
+    enclosures of an exact iteration computed at ``prec`` bits (``loss`` evaluated at the flint
+    precision ``prec``). Each comparison is decided on the enclosure: "reached" only when the
+    whole ball of q_t lies <= target, "not yet" only when it lies > target. A ball that straddles
+    the target, a ball that has blown up (non-finite, also undecided), or a PrecisionError raised by
+    the iteration (an undecided branch inside the update) restarts the scan from t = 0 at twice the
+    precision; so rounding cannot flip the verdict, it can only force a restart. PrecisionError
+    past 2^16 bits (an exact tie q_t = target, or an exact singularity of the update);
+    NoConvergenceError when no t <= horizon reaches the target."""
+    prec = prec0
     last: Exception | None = None
     while prec <= _MAX_PREC:
         try:
             with arb_prec(prec):
                 T = arb(target)
-            for t, e in enumerate(iter_ball(problem, opt, prec)):
+            for t, x in enumerate(iterates(prec)):
                 if t > horizon:
                     raise NoConvergenceError(f"{what} does not reach the target within {horizon} steps")
                 with arb_prec(prec):
-                    q = problem.loss(e)
+                    q = loss(x)
                     if q <= T:
                         return t
                     if not q > T:
-                        raise PrecisionError(f"undecided at step {t}")
+                        raise PrecisionError(f"q_{t} <= tol q_0 undecided at step {t}")
+            raise NoConvergenceError(f"{what}: the iteration stopped before reaching the target")
         except PrecisionError as exc:
             last = exc
         prec *= 2
     raise PrecisionError(f"{what}: {last} even at {_MAX_PREC} bits")
+
+
+def _scan_ball(problem: Quadratic, opt: Any, tolq: fmpq, horizon: int, what: str) -> int:
+    """First t <= horizon with q(e_t) <= tol q_0 along the arb-ball iteration of ``opt``."""
+    return scan_ball_count(lambda prec: iter_ball(problem, opt, prec), problem.loss, tolq * problem.q0, horizon, what)
 
 
 # ---------------------------------------------------------------- public API
@@ -378,15 +395,19 @@ def _gd_describe(eta: fmpq) -> Callable[[Any, Any], str]:
 
 def steps_to(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int | None = None) -> int:
     """Exact smallest t >= 0 with q(e_t) <= tol * q(e_0), tol in (0, 1) (see module doc for how
-    each optimizer is counted and what is certified).
+    each optimizer is counted and what is certified); ``problem`` a Quadratic, or a
+    MatrixQuadratic for Shampoo and Muon.
 
     Raises ToleranceError (tol not in (0, 1)), DivergenceError (an active mode grows; carries
     ``eigenvalue`` and ``factor``), NoConvergenceError (a mode never decays and holds too much
     loss, or the target is not reached within ``max_steps`` / the horizon of an iterated
     method), PrecisionError (a comparison undecidable at 2^16 bits)."""
     tolq = _tol(tol)
+    from convrate.numerics.optimizers_second_order import MATRIX, SECOND_ORDER, MatrixQuadratic, steps_to_second_order
+    if isinstance(problem, MatrixQuadratic):  # Shampoo, Muon (statements SO-SHAMPOO, SO-MUON)
+        return steps_to_second_order(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS))
     if not isinstance(problem, Quadratic):
-        raise InvalidInputError(f"problem must be a Quadratic, got {type(problem).__name__}")
+        raise InvalidInputError(f"problem must be a Quadratic or a MatrixQuadratic, got {type(problem).__name__}")
     name = type(optimizer).__name__
     if problem.q0 == 0:
         return 0
@@ -417,8 +438,7 @@ def steps_to(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int | None
         return _scan(measure_for(problem, optimizer), optimizer, tolq, horizon, name)
     if isinstance(optimizer, ADAPTIVE + (CubicNewton,)):
         return _scan_ball(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS), name)
-    from convrate.numerics.optimizers_second_order import SECOND_ORDER, steps_to_second_order
-    if isinstance(optimizer, SECOND_ORDER):  # L-BFGS, Newton-CG, Sophia (statements SO-*)
+    if isinstance(optimizer, SECOND_ORDER + MATRIX):  # L-BFGS, Newton-CG, Sophia (statements SO-*)
         return steps_to_second_order(problem, optimizer, tolq, _max_steps(max_steps, DEFAULT_BALL_STEPS))
     raise InvalidInputError(f"unsupported optimizer {optimizer!r}")
 
@@ -463,10 +483,11 @@ def iterate(problem: Quadratic, optimizer: Any, steps: int, prec: int = 256) -> 
     return out
 
 
-def brute_force_steps(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int) -> int:
+def brute_force_steps(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int, max_bits: int | None = None) -> int:
     """Smallest t <= max_steps with q_t <= tol q_0 by exact rational iteration (rational methods
     only, the SO-* ones of ``optimizers_second_order`` included): the independent cross-check of
-    ``steps_to``. NoConvergenceError past max_steps."""
+    ``steps_to``. NoConvergenceError past max_steps; PrecisionError when an iterate's entries
+    together exceed ``max_bits`` bits (numerators and denominators; None: no cap) before that."""
     tolq = _tol(tol)
     target = tolq * problem.q0
     from convrate.numerics.optimizers import LINEAR, _Exact, _linear_iter
@@ -482,6 +503,10 @@ def brute_force_steps(problem: Quadratic, optimizer: Any, tol: Any, max_steps: i
     for t, e in enumerate(it):
         if t > max_steps:
             break
+        if max_bits is not None:
+            bits = sum(e[i, 0].p.bit_length() + e[i, 0].q.bit_length() for i in range(e.nrows()))
+            if bits > max_bits:
+                raise PrecisionError(f"{type(optimizer).__name__}: exact iterate {t} has {bits} bits > {max_bits}")
         if problem.loss(e) <= target:
             return t
     raise NoConvergenceError(f"{type(optimizer).__name__} does not reach the target within {max_steps} steps")

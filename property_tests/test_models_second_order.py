@@ -12,10 +12,12 @@ import copy
 import math
 from fractions import Fraction
 
+import mpmath
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from flint import fmpq
 from torch import nn
 
 from convrate.models.attacks import OPTIMIZERS, REGISTRY, Attack, make_attack
@@ -25,8 +27,9 @@ from convrate.models.attacks.registry import StepContext, flat, unflat
 from convrate.models.attacks.second_order import truncated_cg
 from convrate.models.tasks import tensor_task
 from convrate.models.testing import mlp_arch, random_zoo
-from convrate.numerics.optimizers_second_order import LBFGS, MatrixQuadratic, Shampoo, ball_iterates, exact_iterates
-from convrate.numerics.quadratic import Quadratic
+from convrate.numerics.optimizers_second_order import LBFGS, MatrixQuadratic, Muon, Shampoo, ball_iterates, exact_iterates
+from convrate.numerics.quadratic import Quadratic, fmpq_to_fraction
+from convrate.numerics.steps import steps_to
 from convrate.theory.statements import REGISTRY as STATEMENTS
 
 NEW = ("lbfgs", "lbfgs-wolfe", "newton-cg", "gauss-newton", "kfac", "shampoo", "soap", "sophia", "muon")
@@ -344,6 +347,142 @@ def test_muon_orthogonally_equivariant_on_real_net() -> None:
     rot = max(abs(x - y) / abs(x) for x, y in zip(base, a.run(moved(Q), task).losses))
     skew = max(abs(x - y) / abs(x) for x, y in zip(base, a.run(moved(A), task).losses))
     assert rot < 2e-3 and skew > 10 * rot, (rot, skew)
+
+
+# ---------------------------------------------------------------- certified counts vs independent iterations
+def _mp(x) -> mpmath.mpf:
+    f = fmpq_to_fraction(x) if isinstance(x, fmpq) else Fraction(x)
+    return mpmath.mpf(f.numerator) / f.denominator
+
+
+def _mp_count(prob: MatrixQuadratic, update, tol: Fraction, horizon: int) -> tuple[int | None, mpmath.mpf]:
+    """First t <= horizon with q_t <= tol q_0 along an independent mpmath iteration at 200 digits
+    (eigsy / svd_r, not the closed forms of ``numerics``), and min_s |q_s - tol q_0| / q_0 over
+    s <= t: a gap above 1e-100 makes each comparison immune to the iteration's ~1e-190 error."""
+    with mpmath.workdps(200):
+        M = mpmath.matrix([[_mp(prob.M[i, j]) for j in range(prob.M.ncols())] for i in range(prob.M.nrows())])
+        E = mpmath.matrix([[_mp(prob.E0[i, j]) for j in range(prob.E0.ncols())] for i in range(prob.E0.nrows())])
+        q = lambda E: sum((E.T * M * E)[i, i] for i in range(E.cols)) / 2  # noqa: E731
+        q0, state, gap = q(E), {}, mpmath.inf
+        target = _mp(tol) * q0
+        for t in range(horizon + 1):
+            gap = min(gap, abs(q(E) - target) / q0)
+            if q(E) <= target:
+                return t, gap
+            E = update(M, E, state)
+    return None, gap
+
+
+def _mp_power(A: mpmath.matrix, p) -> mpmath.matrix:
+    """A^-p of a symmetric positive definite A by its eigendecomposition."""
+    ev, Q = mpmath.eigsy(A)
+    return Q * mpmath.diag([x ** -p for x in ev]) * Q.T
+
+
+def _mp_shampoo(lr, p, eps, swapped: bool = False):
+    """W -= lr L^-p G R^-p (L = eps I + sum G G^T, R = eps I + sum G^T G); swapped: R^-p G L^-p."""
+    def step(M, E, st):
+        G = M * E
+        st["L"] = st.get("L", _mp(eps) * mpmath.eye(E.rows)) + G * G.T
+        st["R"] = st.get("R", _mp(eps) * mpmath.eye(E.cols)) + G.T * G
+        left, right = (st["R"], st["L"]) if swapped else (st["L"], st["R"])
+        return E - _mp(lr) * _mp_power(left, _mp(p)) * G * _mp_power(right, _mp(p))
+    return step
+
+
+def _mp_muon(lr, beta, transposed: bool = False):
+    """m = beta m + G, W -= lr U V^T (m = U S V^T); transposed: W -= lr (U V^T)^T."""
+    def step(M, E, st):
+        st["m"] = _mp(beta) * st.get("m", 0 * E) + M * E
+        U, _, V = mpmath.svd_r(st["m"])
+        O = U * V
+        return E - _mp(lr) * (O.T if transposed else O)
+    return step
+
+
+def _float_count(losses: list[float], tol: float) -> int | None:
+    return next((t for t, q in enumerate(losses) if q <= tol * losses[0]), None)
+
+
+def _check_counts(prob: MatrixQuadratic, opt, reference, mutants: dict, tol: Fraction, float_losses: list[float]) -> None:
+    """certified count == the independent 200-digit count; every mutant reference (wrong exponent,
+    side, transpose) gives another count on this instance; the float64 library count agrees where
+    its losses are within 1e-9 relative of the certified balls and every q_t (t <= count) is more
+    than 1e-6 q_0 from the target, so float rounding cannot move a crossing."""
+    N = steps_to(prob, opt, tol, 500)
+    ref, gap = _mp_count(prob, reference, tol, 500)
+    assert ref == N and gap > mpmath.mpf(10) ** -100, (N, ref, gap)
+    for name, mutant in mutants.items():
+        assert _mp_count(prob, mutant, tol, N + 20)[0] != N, name
+    balls = ball_iterates(prob, opt, N)
+    exact = [float(prob.loss(E).mid()) for E in balls]
+    assert len(float_losses) > N
+    assert max(abs(a - b) / b for a, b in zip(float_losses, exact)) < 1e-9, (float_losses[:N + 1], exact)
+    assert min(abs(q - float(tol) * exact[0]) for q in exact) > 1e-6 * exact[0]
+    assert _float_count(float_losses, float(tol)) == N
+
+
+@pytest.mark.parametrize("p, lr", [(Fraction(1, 4), Fraction(1, 10)), (Fraction(1, 2), Fraction(2))])
+def test_shampoo_certified_count_equals_independent_and_library_counts(p: Fraction, lr: Fraction) -> None:
+    """SO-SHAMPOO count (steps_to's arb-ball scan) on the non-symmetric matrix task, tol 1/2: equals
+    a 200-digit mpmath iteration built on eigendecompositions, and pytorch-optimizer's Shampoo
+    with the exponent override in float64; with the other exponent, or L and R swapped (the
+    preconditioner on the wrong sides), the reference count differs, so a wrong exponent or side
+    in the certified iteration fails this test."""
+    lin, task, prob, _ = _matrix_task()
+    eps, tol = Fraction(1, 10**6), Fraction(1, 2)
+    N = steps_to(prob, Shampoo(lr, p, eps), tol, 500)
+    traj = Attack("shampoo", float(lr), N + 2, seed=0, device="cpu", exponent=float(p), stop_at_target=False).run(lin, task)
+    _check_counts(prob, Shampoo(lr, p, eps), _mp_shampoo(lr, p, eps), {
+        "other exponent": _mp_shampoo(lr, Fraction(3, 4) - p, eps), "sides swapped": _mp_shampoo(lr, p, eps, True)},
+        tol, traj.losses)
+
+
+@pytest.mark.parametrize("beta", [Fraction(0), Fraction(9, 10)])
+def test_muon_certified_count_equals_independent_and_torch_counts(beta: Fraction, monkeypatch) -> None:
+    """SO-MUON count on the non-symmetric matrix task (lr 1/20, tol 1/10): equals a 200-digit
+    mpmath iteration with the polar factor from svd_r, and torch.optim.Muon in float64 with its
+    Newton-Schulz orthogonalization replaced by the float64 SVD polar factor U V^T (unpatched,
+    torch runs five quintic Newton-Schulz steps in bfloat16, whose output singular values spread
+    over about [0.35, 1.21] for 2x2 inputs with kappa <= 1e3 rather than sitting at 1: another
+    iteration, so its count is not comparable).
+    torch's EMA momentum (1 - beta) sum beta^s G has the polar factor of sum beta^s G (the polar
+    factor ignores positive scale). A transposed update (U V^T)^T gives another reference count."""
+    import torch.optim._muon as tmuon
+
+    def polar64(grad, *args):
+        U, _, Vh = torch.linalg.svd(grad.double(), full_matrices=False)
+        return U @ Vh
+
+    monkeypatch.setattr(tmuon, "_zeropower_via_newtonschulz", polar64)
+    _, _, prob, _ = _matrix_task()
+    lr, tol = Fraction(1, 20), Fraction(1, 10)
+    N = steps_to(prob, Muon(lr, beta), tol, 500)
+    M = torch.tensor([[float(_mp(prob.M[i, j])) for j in range(2)] for i in range(2)], dtype=torch.float64)
+    W = nn.Parameter(torch.tensor([[float(_mp(prob.E0[i, j])) for j in range(2)] for i in range(2)], dtype=torch.float64))
+    opt = torch.optim.Muon([W], lr=float(lr), weight_decay=0.0, momentum=float(beta), nesterov=False)
+    losses = []
+    for _ in range(N + 2):
+        opt.zero_grad()
+        loss = 0.5 * torch.trace(W.T @ M @ W)
+        losses.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    _check_counts(prob, Muon(lr, beta), _mp_muon(lr, beta), {"transposed update": _mp_muon(lr, beta, True)}, tol, losses)
+
+
+def test_second_order_counts_refuse_mismatched_problems() -> None:
+    """steps_to counts Shampoo and Muon on a MatrixQuadratic only, and nothing else there: an
+    InvalidInputError naming both sides, not a count."""
+    from convrate.errors import InvalidInputError
+    from convrate.numerics.optimizers import GD
+
+    _, _, prob, _ = _matrix_task()
+    vec = Quadratic([[2, 0], [0, 3]], [1, 1])
+    for p, o in ((vec, Shampoo(Fraction(1, 10))), (vec, Muon(Fraction(1, 10))), (prob, GD(Fraction(1, 10))),
+                 (prob, LBFGS(2, step=Fraction(1, 2)))):
+        with pytest.raises(InvalidInputError, match="MatrixQuadratic"):
+            steps_to(p, o, Fraction(1, 2))
 
 
 # ---------------------------------------------------------------- CLI

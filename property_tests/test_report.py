@@ -106,3 +106,26 @@ def test_cli_exit_codes(tmp_path, stand_in):
     (tmp_path / "foreign" / "x.csv").write_text("1")
     r = runner.invoke(app, ["report", "--quick", "--out", str(tmp_path / "foreign")])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_report_profiles_and_their_default_outputs(tmp_path):
+    """--profile picks quick / full / extended; an unknown name, or --quick with another profile,
+    is one line and exit 2 with nothing written. EXTENDED holds every strength, optimizer and
+    defense of FULL (it is FULL with the sweeps that do not fit the 20-minute budget)."""
+    from dataclasses import fields
+
+    from convrate.reports.profiles import EXTENDED, FULL, PROFILES, NetSweep
+
+    assert {k: v.name for k, v in PROFILES.items()} == {"quick": "quick", "full": "full", "extended": "extended"}
+    assert builder.default_out(False, "extended").name == "reference-extended"
+    assert builder.default_out(True) == builder.DEFAULT_OUT_QUICK and builder.default_out(False, "full") == builder.DEFAULT_OUT
+    for f in fields(FULL):
+        small, big = getattr(FULL, f.name), getattr(EXTENDED, f.name)
+        if isinstance(small, NetSweep):
+            assert set(small.Ks) <= set(big.Ks) and set(small.optimizers) <= set(big.optimizers), f.name
+            assert set(small.defenses) <= set(big.defenses), f.name
+    runner = CliRunner()
+    for argv in (["--profile", "bogus"], ["--quick", "--profile", "full"]):
+        r = runner.invoke(app, ["report", *argv, "--out", str(tmp_path / "r")])
+        assert r.exit_code == 2 and "--profile" in r.stdout + r.stderr
+        assert not (tmp_path / "r").exists()

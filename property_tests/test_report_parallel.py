@@ -28,3 +28,31 @@ def test_parallel_build_equals_serial(tmp_path):
     # the same files (the Markdown's cells include wall seconds, so its text is not compared)
     assert sorted(x.name for x in (tmp_path / "serial").iterdir()) == sorted(x.name for x in (tmp_path / "parallel").iterdir())
     assert json.loads((tmp_path / "parallel" / "results.json").read_text())["Provenance"]["jobs"] == 2
+
+
+def test_inserted_section_jobs_equal_serial(tmp_path):
+    """The inserted-layer section as one job per search (and per precision curve): the 2-worker
+    build gives the serial numbers; every (alpha, variant, optimizer) search ran, the absorbed
+    pair the slowdown sweep lacked (the spike profile) was filled in, and statement M's check
+    (merged steps = undefended steps, float64) was recorded and holds."""
+    from dataclasses import replace
+
+    from convrate.reports.profiles import InsertedProfile
+
+    prof = replace(TINY, inserted=InsertedProfile(k=2, mlp_alphas=(10.0,), mlp_optimizers=("sgd",), minilm_alphas=(),
+                                                  minilm_layers="*.attention.self.value", precision_alphas=(1.0, 1e4),
+                                                  minilm_precision=False))
+    only = ("slowdown", "inserted")
+    serial = builder.build_report(tmp_path / "serial", seed=1, jobs=1, report_profile=prof, only=only)
+    parallel = builder.build_report(tmp_path / "parallel", seed=1, jobs=2, report_profile=prof, only=only)
+    a, b = builder.without_timings(serial), builder.without_timings(parallel)
+    assert a == b
+    (sec,) = [v for k, v in a.items() if k.startswith("SpecDef with an inserted layer")]
+    runs = sec["networks"]["digits MLP"]["runs"]
+    assert [(r["defense"], r["K"]) for r in runs] == [("none", 1.0), ("specdef", 10.0), ("specdef:spike", 10.0),
+                                                      ("inserted", 10.0), ("inserted:C-frozen", 10.0),
+                                                      ("inserted:merge", 10.0)]
+    assert all(r["slowdown"] is not None for r in runs)
+    (m,) = sec["checks"]
+    assert m["statement"] == "M" and m["holds"]
+    assert set(sec["precision"]["real"]) == {"digits MLP"} and sec["precision"]["exact"]["table"]

@@ -39,9 +39,12 @@ DEFAULT_OUT_QUICK = Path(__file__).resolve().parent / "reference-quick"
 TITLE = "convrate bound-checking report"
 
 
-def default_out(quick: bool) -> Path:
-    """Where a profile's report goes when no ``--out`` is given."""
-    return DEFAULT_OUT_QUICK if quick else DEFAULT_OUT
+def default_out(quick: bool, name: str | None = None) -> Path:
+    """Where a profile's report goes when no ``--out`` is given: ``reference-quick/`` (committed),
+    ``reference/`` (full, committed), ``reference-<name>/`` for another profile (not committed)."""
+    if name not in (None, "quick", "full"):
+        return DEFAULT_OUT.parent / f"reference-{name}"
+    return DEFAULT_OUT_QUICK if (quick or name == "quick") else DEFAULT_OUT
 
 
 @dataclass
@@ -340,14 +343,14 @@ def build_report(out_dir: Path | None = None, quick: bool = False, seed: int = 0
     Files are first written to a temporary directory beside ``out_dir`` and moved in only
     when every section succeeded, so a failed run never leaves a half-written report.
     """
-    out_dir = Path(out_dir) if out_dir is not None else default_out(quick)
+    prof = report_profile if report_profile is not None else profile(quick)
+    out_dir = Path(out_dir) if out_dir is not None else default_out(quick, prof.name)
     check_out_dir(out_dir, "report", REPORT_FILES)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         from convrate.errors import InvalidInputError
 
         raise InvalidInputError(f"jobs must be a positive integer, got {jobs!r}")
     t0, c0 = time.perf_counter(), time.process_time()
-    prof = report_profile if report_profile is not None else profile(quick)
     todo = _entries(sections(), requirements())
     if only is not None:
         keep = set(only)

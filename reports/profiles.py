@@ -1,19 +1,17 @@
 """Report profiles: what each section measures, at which size.
 
-``QUICK`` fits in 10 minutes on a 2-core CPU (``convrate report --quick``: 460 s measured);
-``FULL`` is the default profile (T1/T2 on all six MiniLM layers and their heads, the sweeps and
-recoveries on two layers; more strengths, optimizers and defenses, larger budgets and finer
-learning-rate grids; 2907 and 3050 s measured on 2 cores, two thirds of it the slowdown sweeps).
-The second-order section (``*_so``: L-BFGS, Newton-CG, Gauss-Newton, K-FAC, Shampoo, SOAP,
-Sophia, Muon) adds, estimated from searches timed on a loaded 2-core machine (about 2 minutes
-per defended model for all nine attackers on the digits MLP): QUICK 74 s measured (MLP, K = 100,
-geometric SpecDef, six attackers, and the real-loss SO checks); FULL about 25-35 minutes (MLP: 7 models x 9 attackers; CNN: 2
-x 9; MiniLM: Sophia and Muon on 2 models, about 1-3 s per MiniLM step). Newton-CG and
-Gauss-Newton (k products per step) get smaller step budgets; K-FAC and Shampoo are too dear on
-MiniLM (about 17 and 68 s per step measured) and Gauss-Newton is for small models.
-The decoder-LLM sections (``llm``, ``llm-recovery`` on the zoo Llama) add, measured alone on a
-loaded 2-core machine (so upper bounds): QUICK 51 CPU-seconds, FULL 173, plus about 45 s in FULL's
-inserted section (the zoo Llama's precision curve).
+``QUICK`` fits in 10 minutes on a 2-core CPU (``convrate report --quick``); ``FULL`` is the
+default profile, sized for the main command's budget of 20 minutes on 2 cores with two worker
+processes (T1/T2 on all six MiniLM layers and their heads, the sweeps and recoveries on two
+layers; more strengths and defenses on the MLP, larger budgets and finer learning-rate grids, the
+second-order attackers on the MLP and the zoo Llama; 1208 s wall and 32.4 CPU-minutes measured,
+see README "Report wall time"); ``EXTENDED`` (``--profile extended``) is FULL with the complete
+sweeps that do not fit that budget: LoRA-SGD on the MLP, the CNN at K = 10 and 1000, the inserted
+form at alpha = 100, 10^4 and on MiniLM, the second-order attackers at K = 10^4 and with the spike
+profile on the MLP, on the CNN (nine attackers) and on MiniLM (Sophia, Muon; about 1-3 s per
+MiniLM step), 3 sensitivity runs per count. Newton-CG and Gauss-Newton (k products per step) get
+smaller step budgets; K-FAC and Shampoo are too dear on MiniLM (about 17 and 68 s per step
+measured) and Gauss-Newton is for small models.
 Targets are losses of the attacker's task (cross-entropy, nats per example); the digits task
 starts near 18 nats (the released model is confident in the original labels), the text task
 near ln 4 = 1.39 (a fresh 4-way head).
@@ -52,6 +50,8 @@ class InsertedProfile:
     precision_alphas: tuple[float, ...]
     #: the zoo Llama's layers in the precision curve (None: not run)
     llm_layers: str | None = None
+    #: MiniLM (``minilm_sweep_layers`` layers, ``minilm_layers``) in the precision curve
+    minilm_precision: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,35 @@ QUICK = ReportProfile(
 FULL = ReportProfile(
     name="full", battery="full", minilm_layers=6, minilm_heads=None, minilm_sweep_layers=2,
     text_per_class=16, text_tokens=32, W_Ks=(1, 10, 100, 1000),
+    mlp=NetSweep((10, 100, 1000, 10000), ("sgd", "momentum", "adam"), ("specdef", "specdef:spike", "diagonal"), 0.02,
+                 SearchProfile(3000, tuple(log_grid(1e-4, 10, 2)), refine=1)),
+    cnn=NetSweep((100,), ("sgd", "adam"), ("specdef",), 0.2,
+                 SearchProfile(1000, tuple(log_grid(1e-3, 1, 1)), refine=1)),
+    minilm=NetSweep((100,), ("sgd", "adam"), ("specdef",), 0.1,
+                    SearchProfile(60, tuple(log_grid(1e-4, 1, 1)), refine=0)),
+    precision_Ks=tuple(10.0 ** (e / 2) for e in range(0, 33)),
+    spectra_lanczos_steps=80, spectra_probes=32,
+    inserted=InsertedProfile(k=4, mlp_alphas=(10, 1000), mlp_optimizers=("sgd", "momentum", "adam"),
+                             minilm_alphas=(), minilm_layers="*.attention.self.query,*.attention.self.value",
+                             precision_alphas=tuple(10.0 ** e for e in range(0, 17)), llm_layers="*.self_attn.v_proj"),
+    mlp_so=NetSweep((100,), _SO_ALL, ("specdef", "diagonal"), 0.02,
+                    _so_search(1000, tuple(log_grid(1e-3, 10, 1)), _DAMPING, 1, _SO_ALL, hvp_budget=300)),
+    llm=LLMProfile(sequences=32, tokens=32,
+                   sweep=NetSweep((10, 100, 1000), ("sgd", "momentum", "adam", "lora-adam"), ("specdef",), 3.0,
+                                  SearchProfile(150, tuple(log_grid(1e-4, 1, 1)), refine=1)),
+                   recovery_optimizers=("sgd", "momentum", "adam", "lora-adam"), law_sequences=8, law_tokens=16,
+                   spectra_steps=40, spectra_probes=16, rotations=8, rotation_steps=8,
+                   so=NetSweep((100,), ("lbfgs-wolfe", "soap", "sophia", "muon"), ("specdef",), 3.0,
+                               _so_search(100, tuple(log_grid(1e-4, 1, 1)), (), 0, ("lbfgs-wolfe",)))),
+)
+
+#: the complete sweeps (``convrate report --profile extended``): FULL plus LoRA-SGD and K = 10, 1000 on
+#: the CNN, the inserted form at alpha = 100, 10000 and on MiniLM, the second-order attackers at
+#: K = 10^4 and the spike profile on the MLP, on the CNN and on MiniLM; too large for the 20-minute
+#: budget of the main command on 2 cores (its size is documented in README)
+EXTENDED = ReportProfile(
+    name="extended", battery="full", minilm_layers=6, minilm_heads=None, minilm_sweep_layers=2,
+    text_per_class=16, text_tokens=32, W_Ks=(1, 10, 100, 1000),
     mlp=NetSweep((10, 100, 1000, 10000), ("sgd", "momentum", "adam", "lora-sgd"),
                  ("specdef", "specdef:spike", "diagonal"), 0.02,
                  SearchProfile(3000, tuple(log_grid(1e-4, 10, 2)), refine=1)),
@@ -183,7 +212,7 @@ FULL = ReportProfile(
 #: perturbed starts per reported step count, per profile (``models.sensitivity``: each count of the
 #: sweeps and recoveries carries the range over them and the unperturbed run, at its best learning
 #: rate only; the cost is that many extra attacks per count)
-STEP_SENSITIVITY_RUNS = {"quick": 2, "full": 3}
+STEP_SENSITIVITY_RUNS = {"quick": 2, "full": 2, "extended": 3}
 
 
 def _with_sensitivity(p: ReportProfile, runs: int) -> ReportProfile:
@@ -194,6 +223,9 @@ def _with_sensitivity(p: ReportProfile, runs: int) -> ReportProfile:
 
 QUICK = _with_sensitivity(QUICK, STEP_SENSITIVITY_RUNS["quick"])
 FULL = _with_sensitivity(FULL, STEP_SENSITIVITY_RUNS["full"])
+EXTENDED = _with_sensitivity(EXTENDED, STEP_SENSITIVITY_RUNS["extended"])
+#: ``convrate report --profile NAME``
+PROFILES = {"quick": QUICK, "full": FULL, "extended": EXTENDED}
 
 
 def profile(quick: bool) -> ReportProfile:

@@ -1,10 +1,10 @@
 """SpecDef as the paper builds it: an inserted compensation layer (THEORY.md I, PREC-ALPHA, M).
 
 On the digits MLP and MiniLM (the precision curve also on the zoo Llama when the profile names its layers):
-slowdown vs alpha per optimizer for the grown release with C
-trainable, with C frozen and after the merge (``models.experiments_inserted.inserted_sweep``), next
-to the absorbed SpecDef pair (geometric and spike profiles) at K = alpha (from the slowdown
-section's sweeps when it ran with the same settings, else run here); the function error vs alpha per
+slowdown vs alpha per optimizer for the grown release with C trainable, with C frozen and after
+the merge (``models.experiments_inserted.inserted_release``; one job per search), next to the
+absorbed SpecDef pair (geometric and spike profiles) at K = alpha (from the slowdown section's
+sweeps; what they lack is run here); the function error vs alpha per
 dtype with the largest safe alpha marked (real networks: ``error_vs_alpha``; an exact layer:
 ``numerics.inserted.InsertedProblem`` with the rigorous PREC-ALPHA bound and the measured and
 certified safe alpha at the dtype's preservation tolerance).
@@ -12,39 +12,108 @@ certified safe alpha at the dtype's preservation tolerance).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 from convrate.reports.document import Figure, Section
 
 if TYPE_CHECKING:
+    from convrate.models.experiments import SweepRun
     from convrate.reports.builder import Context
+    from convrate.reports.profiles import NetSweep, ReportProfile
 
 #: the preservation tolerance per dtype (``models.defense.PRESERVATION_TOLERANCE``), by PREC dtype name
 _TOL = {"fp64": 1e-8, "fp32": 1e-3, "bf16": 5e-2, "fp16": 1e-2}
 
 
-def _absorbed(ctx: "Context", label: str, model: Any, task: Any, cfg: Any, alphas: Sequence[float], wrap: Any,
-              optimizers: Sequence[str], fill: bool) -> list[Any]:
-    """The absorbed SpecDef runs (geometric, spike) and K = 1 at K in alphas: taken from the slowdown
-    section's sweep when it used this task, target and search; what it lacks is run here when
-    ``fill`` (the small networks), else left out (MiniLM: the slowdown section's defenses only)."""
-    from convrate.models.experiments import slowdown_sweep
+def _nets(p: "ReportProfile") -> list[tuple[str, "NetSweep", tuple[float, ...], str | None, tuple[str, ...]]]:
+    """(label, sweep settings, alphas, layer pattern, optimizers) of the swept networks: the digits
+    MLP and, when the profile has MiniLM alphas, MiniLM (the slowdown section's labels and settings)."""
+    ip = p.inserted
+    nets = [("digits MLP", p.mlp, tuple(ip.mlp_alphas), None, tuple(ip.mlp_optimizers))]
+    if ip.minilm_alphas:
+        nets.append((f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, tuple(ip.minilm_alphas), ip.minilm_layers,
+                     tuple(p.minilm.optimizers)))
+    return nets
 
-    wanted = ("specdef", "specdef:spike")
+
+@lru_cache(maxsize=4)
+def _grown(p: "ReportProfile", seed: int, label: str, alpha: float, variant: str) -> tuple[Any, float]:
+    """The attacked module of one (alpha, variant) and kappa(C) (``experiments_inserted.inserted_release``)."""
+    from convrate.models.experiments_inserted import inserted_release
+    from convrate.reports.sections_slowdown import network
+
+    layers = dict((n[0], n[3]) for n in _nets(p))[label]
+    model, _, wrap = network(p, seed, label)
+    module, kappa = inserted_release(model, alpha, variant, k=p.inserted.k, layers=layers)
+    return (module if wrap is None else wrap(module)), kappa
+
+
+def inserted_job(p: "ReportProfile", seed: int, label: str, alpha: float, variant: str, optimizer: str
+                 ) -> tuple[str, "SweepRun"]:
+    """One learning-rate search on a grown release (one job of the report builder); slowdown unset."""
+    from convrate.models.experiments import sweep_run
+    from convrate.models.runtime import single_thread
+    from convrate.reports.sections_slowdown import network
+
+    cfg = dict((n[0], n[1]) for n in _nets(p))[label]
+    model, task, _ = network(p, seed, label)
+    with single_thread():
+        attacked, kappa = _grown(p, seed, label, alpha, variant)
+        return label, sweep_run(attacked, task, model.kind, variant, alpha, kappa, optimizer, cfg.target, cfg.search,
+                                seed, device="cpu")
+
+
+def precision_job(p: "ReportProfile", name: str) -> tuple[str, dict[str, Any]]:
+    """``error_vs_alpha`` on one network (digits MLP, MiniLM truncated to the sweep layers, zoo Llama)."""
+    from convrate.models import zoo
+    from convrate.models.experiments_inserted import error_vs_alpha
+    from convrate.models.runtime import single_thread
+
+    ip = p.inserted
+    with single_thread():
+        if name == "digits MLP":
+            return name, error_vs_alpha(zoo.digits_mlp(), ip.precision_alphas, k=ip.k)
+        if name == "zoo Llama":  # decoder releases: float32 rotary frequencies in every dtype
+            return name, error_vs_alpha(zoo.llama_tiny(), ip.precision_alphas, k=ip.k, layers=ip.llm_layers)
+        return name, error_vs_alpha(zoo.minilm(n_layers=p.minilm_sweep_layers), ip.precision_alphas, k=ip.k,
+                                    layers=ip.minilm_layers)
+
+
+def _absorbed_have(ctx: "Context", label: str, alphas: Sequence[float], optimizers: Sequence[str]) -> list[Any]:
+    """The slowdown section's runs this section shows: K = 1 and the absorbed SpecDef pair
+    (geometric, spike) at K in alphas, for these optimizers."""
     rec = ctx.shared.get("sweeps", {}).get(label)
-    keep: list[Any] = []
-    if rec is not None and rec.cfg.target == cfg.target and rec.cfg.search == cfg.search:
-        keep = [r for r in rec.runs if r.optimizer in optimizers and (r.defense == "none" or (
-            r.defense in wanted and r.K in alphas))]
-    have_base = {r.optimizer for r in keep if r.defense == "none"} >= set(optimizers)
-    missing = [d for d in wanted if not any(r.defense == d for r in keep)]
-    if have_base and (not missing or not fill):
-        return keep
-    kw = {} if wrap is None else {"wrap": wrap}
-    run = slowdown_sweep(model, task, defenses=missing if (fill and have_base) else wanted, Ks=alphas,
-                         optimizers=optimizers, target=cfg.target, search=cfg.search, seed=ctx.seed, device="cpu",
-                         progress=lambda w, d, t: ctx.step(f"inserted: absorbed {w}", d, t), **kw)
-    return keep + [r for r in run if not (have_base and r.defense == "none")] if have_base else run
+    if rec is None:
+        return []
+    return [r for r in rec.runs if r.optimizer in optimizers and (r.defense == "none" or (
+        r.defense in _ABSORBED and r.K in alphas))]
+
+
+#: the absorbed pair shown next to the inserted form (zoo networks; MiniLM: what its sweep ran)
+_ABSORBED = ("specdef", "specdef:spike")
+
+
+def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
+    """One job per search: the inserted variants x alpha x optimizer, and what the slowdown
+    section did not run of K = 1 and (zoo networks) the absorbed pair at K = alpha; one job per
+    precision curve, and the exact layer's table."""
+    from convrate.models.experiments_inserted import VARIANTS
+    from convrate.reports.sections_slowdown import sweep_job
+
+    p = ctx.profile
+    parts: list[tuple[Any, tuple]] = []
+    for label, _, alphas, _, opts in _nets(p):
+        have = {(r.defense, r.K, r.optimizer) for r in _absorbed_have(ctx, label, alphas, opts)}
+        wanted = [("none", 1.0)] + ([(d, float(a)) for d in _ABSORBED for a in alphas] if label == "digits MLP" else [])
+        parts += [(sweep_job, (p, ctx.seed, "first-order", label, d, K, o))
+                  for d, K in wanted for o in opts if (d, K, o) not in have]
+        parts += [(inserted_job, (p, ctx.seed, label, float(a), v, o)) for a in alphas for v in VARIANTS for o in opts]
+    names = ["digits MLP"] + ([f"MiniLM ({p.minilm_sweep_layers} layer(s))"] if p.inserted.minilm_precision else []) \
+        + (["zoo Llama"] if p.inserted.llm_layers is not None else [])
+    parts += [(precision_job, (p, n)) for n in names]
+    parts.append((_exact_table, (ctx.seed, tuple(p.inserted.precision_alphas), p.inserted.k)))
+    return parts
 
 
 def _row(r: Any) -> dict[str, Any]:
@@ -59,24 +128,24 @@ def _slow(d: dict[str, Any]) -> str:
     return (">= " if d["slowdown_is_lower_bound"] else "") + f"{d['slowdown']:.3g}"
 
 
-def inserted_section(ctx: "Context") -> Section:
+def _assemble(ctx: "Context", results: list[Any]) -> Section:
+    """The tables and figures from the jobs of ``_parts`` (slowdowns against the K = 1 runs)."""
     import torch
 
-    from convrate.models import zoo
-    from convrate.models.experiments import encoder_wrap
-    from convrate.models.experiments_inserted import error_vs_alpha, inserted_sweep
-    from convrate.models.runtime import single_thread
-    from convrate.models.tasks import digits_relabel_task, minilm_tokenizer, text_task
+    from convrate.models.experiments import set_slowdowns
+    from convrate.models.experiments_inserted import VARIANTS
+    from convrate.reports.sections_slowdown import network
     from convrate.theory.core import compare
 
     p, ip = ctx.profile, ctx.profile.inserted
-    digits = digits_relabel_task(ctx.seed, standardize=False)
-    text = text_task(minilm_tokenizer(), max_length=p.text_tokens, per_class=p.text_per_class, seed=ctx.seed) \
-        if ip.minilm_alphas else None
-    nets = [("digits MLP", p.mlp, zoo.digits_mlp(), digits, None, ip.mlp_alphas, None, ip.mlp_optimizers)]
-    if ip.minilm_alphas:
-        nets.append((f"MiniLM ({p.minilm_sweep_layers} layer(s))", p.minilm, zoo.minilm(n_layers=p.minilm_sweep_layers),
-                     text, encoder_wrap(text, ctx.seed), ip.minilm_alphas, ip.minilm_layers, p.minilm.optimizers))
+    searched: dict[str, list[Any]] = {}
+    real: dict[str, Any] = {}
+    for r in results[:-1]:
+        if isinstance(r[1], dict):  # a precision curve
+            real[r[0]] = r[1]
+        else:
+            searched.setdefault(r[0], []).append(r[1])
+    exact = results[-1]
     s = Section("SpecDef with an inserted layer: slowdown, frozen vs trained C, merge, precision (I, PREC-ALPHA, M)")
     s.para(f"The paper's construction: each chosen Linear W = U Sigma V^T is released as W' (top-{ip.k} singular "
            "values x alpha) followed by a new layer C = U diag(1/d) U^T, C W' = W (output side). 'inserted' trains "
@@ -87,38 +156,31 @@ def inserted_section(ctx: "Context") -> Section:
            "each one's best learning rate ('>=' when the budget was hit).")
     data: dict[str, Any] = {"networks": {}, "k": ip.k}
     checks = []
-    with single_thread():
-        for label, cfg, model, task, wrap, alphas, layers, opts in nets:
-            absorbed = _absorbed(ctx, label, model, task, cfg, alphas, wrap, opts, fill=model.fmt == "zoo")
-            base = {r.optimizer: r for r in absorbed if r.defense == "none"}
-            kw = {} if wrap is None else {"wrap": wrap}
-            runs = inserted_sweep(model, task, alphas=alphas, k=ip.k, optimizers=opts, target=cfg.target,
-                                  search=cfg.search, layers=layers, seed=ctx.seed, baseline=base, device="cpu",
-                                  progress=lambda w, d, t: ctx.step(f"inserted: {w}", d, t), **kw)
-            rows = [_row(r) for r in absorbed] + [_row(r) for r in runs]
-            data["networks"][label] = {"alphas": list(alphas), "layers": layers or "all Linear", "target": cfg.target,
-                                       "budget": cfg.search.budget, "runs": rows}
-            s.para(f"**{label}** (layers: {layers or 'every Linear'}; target {cfg.target:g}, budget "
-                   f"{cfg.search.budget} steps).")
-            s.table(["variant", "alpha / K", "kappa(C) / kappa(T)", "optimizer", "best lr", "steps", "slowdown"],
-                    [[d["defense"], f"{d['K']:g}", f"{d['kappa_T']:.4g}", d["optimizer"], f"{d['best_lr']:.3g}",
-                      str(d["steps"]) if d["reached"] else f">{d['budget']}", _slow(d)] for d in rows])
-            s.figure(_slowdown_figure(label, rows))
-            if model.dtype == torch.float64:  # M in float64: the merged run is the undefended one
-                for r in runs:
-                    b = base.get(r.optimizer)
-                    if r.defense == "inserted:merge" and b is not None and b.search.best_steps is not None:
-                        checks.append(compare("M", f"{label}, alpha={r.K:g}, {r.optimizer}: steps after the merge vs "
-                                                   "the undefended model", r.search.best_steps or -1, "==",
-                                              b.search.best_steps, precision="exact (integer step counts)"))
-        ctx.step("inserted: precision", 0, 1)
-        real = {"digits MLP": error_vs_alpha(zoo.digits_mlp(), ip.precision_alphas, k=ip.k)}
-        real[f"MiniLM ({p.minilm_sweep_layers} layer(s))"] = error_vs_alpha(zoo.minilm(n_layers=p.minilm_sweep_layers),
-                                                                            ip.precision_alphas, k=ip.k,
-                                                                            layers=ip.minilm_layers)
-        if ip.llm_layers is not None:  # the zoo Llama (decoder releases: float32 rotary frequencies in every dtype)
-            real["zoo Llama"] = error_vs_alpha(zoo.llama_tiny(), ip.precision_alphas, k=ip.k, layers=ip.llm_layers)
-    exact = _exact_table(ctx.seed, ip.precision_alphas, ip.k)
+    for label, cfg, alphas, layers, opts in _nets(p):
+        model = network(p, ctx.seed, label)[0]
+        mine = searched.get(label, [])
+        runs_all = _absorbed_have(ctx, label, alphas, opts) + [r for r in mine if r.defense not in VARIANTS]
+        grown = [r for r in mine if r.defense in VARIANTS]
+        set_slowdowns(runs_all + grown)
+        absorbed = sorted(runs_all, key=lambda r: (r.defense != "none", r.defense, r.K, opts.index(r.optimizer)))
+        runs = sorted(grown, key=lambda r: (r.K, VARIANTS.index(r.defense), opts.index(r.optimizer)))
+        base = {r.optimizer: r for r in absorbed if r.defense == "none"}
+        rows = [_row(r) for r in absorbed] + [_row(r) for r in runs]
+        data["networks"][label] = {"alphas": list(alphas), "layers": layers or "all Linear", "target": cfg.target,
+                                   "budget": cfg.search.budget, "runs": rows}
+        s.para(f"**{label}** (layers: {layers or 'every Linear'}; target {cfg.target:g}, budget "
+               f"{cfg.search.budget} steps).")
+        s.table(["variant", "alpha / K", "kappa(C) / kappa(T)", "optimizer", "best lr", "steps", "slowdown"],
+                [[d["defense"], f"{d['K']:g}", f"{d['kappa_T']:.4g}", d["optimizer"], f"{d['best_lr']:.3g}",
+                  str(d["steps"]) if d["reached"] else f">{d['budget']}", _slow(d)] for d in rows])
+        s.figure(_slowdown_figure(label, rows))
+        if model.dtype == torch.float64:  # M in float64: the merged run is the undefended one
+            for r in runs:
+                b = base.get(r.optimizer)
+                if r.defense == "inserted:merge" and b is not None and b.search.best_steps is not None:
+                    checks.append(compare("M", f"{label}, alpha={r.K:g}, {r.optimizer}: steps after the merge vs "
+                                               "the undefended model", r.search.best_steps or -1, "==",
+                                          b.search.best_steps, precision="exact (integer step counts)"))
     data["precision"] = {"real": real, "exact": exact}
     s.para("Precision (PREC-ALPHA, corrected): the chain's rounding error grows like u rho with rho = "
            "||C||_2 ||W'||_2 / ||W||_2 = alpha (k below the side's width), not like u alpha sigma_1 / sigma_k. "
@@ -217,4 +279,12 @@ def _precision_figure(real: dict[str, Any], exact: dict[str, Any]) -> Figure:
 
 
 #: reads the slowdown section's sweeps (Context.shared["sweeps"]): built after it
+def _planned() -> Any:
+    from convrate.reports.builder import Planned
+
+    return Planned(_parts, _assemble)
+
+
+inserted_section = _planned()
+#: the absorbed pair and K = 1 come from the slowdown section's sweeps (Context.shared["sweeps"])
 SECTIONS: list[tuple[Any, ...]] = [("inserted", inserted_section, ("slowdown",))]
