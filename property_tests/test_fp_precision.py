@@ -378,3 +378,13 @@ def test_no_overflow_guaranteed_at_the_hidden_and_output_thresholds(dtype):
         for Y, want in ((omega - d, True), (omega + d, False)):
             RQ = rowsum_for_Y(Y, Hm)
             assert bp.no_overflow_guaranteed(dtype, n, r, x, small, small, Fraction(8), RQ) is want, (Y, want)
+
+
+@pytest.mark.parametrize("negative", range(5))
+def test_bound_refuses_each_negative_norm(negative):
+    """Each of the five norms (||x||, ||P~||, ||Q~||, ||Q~P~||, ||Delta||) is an upper bound of a
+    norm, so a negative value is refused, whichever argument carries it."""
+    norms = [Fraction(1)] * 5
+    norms[negative] = Fraction(-1, 10**6)
+    with pytest.raises(InvalidInputError, match="norms must be nonnegative"):
+        bp.forward_error_bound("fp32", 2, 2, 2, *norms)
