@@ -263,3 +263,128 @@ def test_kappa_form_and_leading_order_are_the_documented_instances():
             got = bp.leading_order_model(dtype, n, r, kappa, nWa, nWb, nWbWa, x)
             w = mpmath.mpf(want.numerator) / want.denominator
             assert abs(got - w) <= w * mpmath.mpf(10) ** -50
+
+
+def _exact(v) -> "mpmath.mpf":
+    import mpmath
+
+    return mpmath.mpf(v.numerator) / v.denominator
+
+
+def test_forward_error_bound_is_step_4_in_exact_rationals():
+    """forward_error_bound = T_res + T_x + T_P + T_1 + T_Q + T_2 of the module doc (step 4),
+    recomputed term by term in exact rationals. n, r, m are squares (every sqrt is rational) and
+    all different; fp16 with norms ~ 1e-3, so the underflow terms (eta_c ~ 1e-4, c_k) weigh as
+    much as the rounding terms and every term of every sum is visible at 1e-40 relative."""
+    import mpmath
+
+    fx = Fraction
+    n, r, m = 4, 9, 16
+    sq = {1: 1, 4: 2, 9: 3, 16: 4, 36: 6, 144: 12}
+    fmt = bp.float_format("fp16")
+    uc, ec = bp.cast_roundoff("fp16")
+    gn, gr = bp.gamma(n, fmt.u), bp.gamma(r, fmt.u)
+    cn, cr = bp.underflow_slack(n, fmt), bp.underflow_slack(r, fmt)
+    x, p, q, g, d = fx(3, 1000), fx(5, 1000), fx(7, 1000), fx(2, 1000), fx(11, 10**6)
+    X1 = (1 + uc) * x + ec * sq[n]
+    P1 = (1 + uc) * p + ec * sq[r * n]
+    Q1 = (1 + uc) * q + ec * sq[m * r]
+    E1 = gn * P1 * X1 + cn * sq[r]
+    H1 = P1 * X1 + E1
+    terms = [d * x, g * (uc * x + ec * sq[n]), q * (uc * p + ec * sq[r * n]) * X1, q * E1,
+             (uc * q + ec * sq[m * r]) * H1, gr * Q1 * H1 + cr * sq[m]]
+    with mpmath.workdps(80):
+        want = _exact(sum(terms))
+        got = bp.forward_error_bound("fp16", n, r, m, x, p, q, g, d)
+        assert abs(got - want) <= want * mpmath.mpf(10) ** -60
+        assert bp.forward_error_bound("fp16", n, r, m, x, p, q, g) < got  # residual 0 by default
+    smallest = min(t for t in terms if t) / sum(terms)
+    assert smallest > Fraction(1, 10**20)  # each term matters far above the comparison's 1e-60
+
+
+def test_cast_roundoff_is_the_closed_form_of_the_chain():
+    """(M2) solved: along a chain of roundings (u_i, eta_i), u_c = prod (1 + u_i) - 1 and
+    eta_c = sum_j 2 eta_j prod_{i > j} (1 + u_i) (the recurrence of ``cast_roundoff`` unrolled)."""
+    for name, chain in bp.CAST_CHAIN.items():
+        fmts = [bp.FORMATS[s] for s in chain]
+        a, b = Fraction(1), Fraction(0)
+        for j, f in enumerate(fmts):
+            a *= 1 + f.u
+            later = Fraction(1)
+            for g in fmts[j + 1:]:
+                later *= 1 + g.u
+            b += 2 * f.eta * later
+        assert bp.cast_roundoff(name) == (a - 1, b), name
+    assert len(bp.CAST_CHAIN["bf16"]) == 3  # the closed form is exercised on a chain of three
+
+
+def test_gamma_and_underflow_slack_values_and_edges():
+    """gamma_k = k u / (1 - k u) (Higham (3.5)): 0 for the empty product k = 0, 1 at k u = 1/2,
+    undefined (PrecisionError) from k u = 1 on, refused for k < 0; c_k = 2 (2k + 1)(1 + gamma_k) eta."""
+    u = Fraction(1, 8)
+    assert bp.gamma(0, u) == 0 and bp.gamma(4, u) == 1 and bp.gamma(1, u) == Fraction(1, 7)
+    for k in (8, 9):
+        with pytest.raises(PrecisionError):
+            bp.gamma(k, u)
+    with pytest.raises(InvalidInputError):
+        bp.gamma(-1, u)
+    fmt = bp.float_format("fp16")
+    for k in (1, 5):
+        g = Fraction(k, 2**11 - k)
+        assert bp.underflow_slack(k, fmt) == 2 * (2 * k + 1) * (1 + g) * Fraction(1, 2**14)
+
+
+@pytest.mark.parametrize("dims, bad", [((0, 2, 3), "n"), ((2, 0, 3), "r"), ((2, 3, 0), "m"), ((Fraction(5, 2), 2, 3), "n")])
+def test_bound_refuses_dimensions_naming_them(dims, bad):
+    """A dimension that is not a positive integer (0, or 5/2 >= 1) is refused, naming it."""
+    with pytest.raises(InvalidInputError, match=f"dimension {bad} must be a positive integer"):
+        bp.forward_error_bound("fp32", *dims, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_no_overflow_guaranteed_at_the_hidden_and_output_thresholds(dtype):
+    """The hidden and output bounds of the module doc, H_inf = (1 + gamma_n)((1 + u_c) rowsum_P +
+    n eta_c)((1 + u_c) max|x| + eta_c) + c_n and Y_inf = (1 + gamma_r)((1 + u_c) rowsum_Q +
+    r eta_c) H_inf + c_r, are accepted up to Omega and refused above: row sums solved in exact
+    rationals to put H_inf (then Y_inf) a quarter of the smallest of its additive terms (c_n, n
+    eta_c, ...) inside and outside Omega, so every term and factor decides the answer."""
+    import mpmath
+
+    fmt = bp.float_format(dtype)
+    uc, ec = bp.cast_roundoff(dtype)
+    n, r, omega = 3, 2, fmt.max_finite
+    gn, gr = bp.gamma(n, fmt.u), bp.gamma(r, fmt.u)
+    cn, cr = bp.underflow_slack(n, fmt), bp.underflow_slack(r, fmt)
+    x = Fraction(1)
+    xs = (1 + uc) * x + ec
+
+    def rowsum_for_H(H):  # solve H_inf(rowsum_P) = H
+        return ((H - cn) / ((1 + gn) * xs) - n * ec) / (1 + uc)
+
+    def H_of(R):
+        return (1 + gn) * ((1 + uc) * R + n * ec) * xs + cn
+
+    def rowsum_for_Y(Y, H):  # solve Y_inf(rowsum_Q) = Y at hidden bound H
+        return ((Y - cr) / ((1 + gr) * H) - r * ec) / (1 + uc)
+
+    small = Fraction(1, 4)
+    with mpmath.workdps(120):  # bf16: the margins are ~1e-77 of Omega
+        d = min(cn, n * ec * (1 + gn) * xs, ec) / 4
+        for H, want in ((omega - d, True), (omega + d, False)):
+            R = rowsum_for_H(H)
+            assert bp.no_overflow_guaranteed(dtype, n, r, x, small, small, R, small) is want, (H, want)
+        Hm = H_of(Fraction(8))  # a moderate hidden bound
+        d = min(cr, r * ec * (1 + gr) * Hm, ec) / 4
+        for Y, want in ((omega - d, True), (omega + d, False)):
+            RQ = rowsum_for_Y(Y, Hm)
+            assert bp.no_overflow_guaranteed(dtype, n, r, x, small, small, Fraction(8), RQ) is want, (Y, want)
+
+
+@pytest.mark.parametrize("negative", range(5))
+def test_bound_refuses_each_negative_norm(negative):
+    """Each of the five norms (||x||, ||P~||, ||Q~||, ||Q~P~||, ||Delta||) is an upper bound of a
+    norm, so a negative value is refused, whichever argument carries it."""
+    norms = [Fraction(1)] * 5
+    norms[negative] = Fraction(-1, 10**6)
+    with pytest.raises(InvalidInputError, match="norms must be nonnegative"):
+        bp.forward_error_bound("fp32", 2, 2, 2, *norms)

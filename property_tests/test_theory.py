@@ -14,7 +14,7 @@ import mpmath
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from convrate.numerics.linalg import sym_eig
@@ -483,16 +483,20 @@ def test_bound_functions_refuse_mismatched_lengths() -> None:
 @given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100),
                                                                                     max_denominator=10**6),
        const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]))
+@example(rho=Fraction(0), tol=Fraction(1, 4), const=Fraction(1))  # rho = 0: one step
+@example(rho=Fraction(0), tol=Fraction(1, 2), const=Fraction(1, 3))  # rho = 0, const < tol: none
+@example(rho=Fraction(0), tol=Fraction(1, 3), const=Fraction(1, 3))  # rho = 0, const = tol: none
+@example(rho=Fraction(1, 2), tol=Fraction(1, 2), const=Fraction(1, 3))  # const < tol: none
+@example(rho=Fraction(1, 2), tol=Fraction(1, 3), const=Fraction(1, 3))  # const = tol: none
 def test_steps_from_rate_is_the_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> None:
     """steps_from_rate(rho, tol, const) = min { t >= 0 : const rho^(2t) <= tol }, found by exact
-    rational iteration (rho = 0 and const <= tol included; exact ties const rho^(2t) = tol, where
-    the closed form's logarithms decide at rounding level, are left out)."""
+    rational iteration (rho = 0 and const <= tol included, as explicit examples too; exact ties
+    const rho^(2t) = tol at t >= 1, where the closed form's logarithms decide at rounding level,
+    are left out -- at t = 0 the tie const = tol is decided by an exact comparison)."""
     t, val = 0, const
     while val > tol:
         t, val = t + 1, val * rho * rho
-    from hypothesis import assume
-
-    assume(val != tol)
+    assume(t == 0 or val != tol)
     with mpmath.workdps(DPS):
         assert bounds.steps_from_rate(rho, tol, const) == t
 
@@ -531,9 +535,14 @@ def _exact_smallest_t(rho: Fraction, tol: Fraction, const: Fraction) -> int:
 @given(rho=st.fractions(0, Fraction(15, 16), max_denominator=16), k=st.integers(0, 12),
        const=st.sampled_from([Fraction(1), Fraction(4), Fraction(1, 3)]), tie=st.booleans(),
        tol=st.fractions(Fraction(1, 10**6), Fraction(99, 100), max_denominator=10**6))
+@example(rho=Fraction(0), k=0, const=Fraction(1, 3), tie=False, tol=Fraction(1, 3))  # rho = 0, const = tol: none
+@example(rho=Fraction(0), k=0, const=Fraction(1, 3), tie=False, tol=Fraction(1, 2))  # rho = 0, const < tol: none
+@example(rho=Fraction(1, 2), k=0, const=Fraction(1, 3), tie=False, tol=Fraction(1, 2))  # const < tol: none
+@example(rho=Fraction(0), k=0, const=Fraction(1), tie=False, tol=Fraction(1, 2))  # rho = 0: one step
 def test_certified_steps_from_rate_is_exact_ties_included(rho, k, const, tie, tol):
     """bounds_optim.steps_from_rate_certified(rho, tol, const) = min { t : const rho^(2t) <= tol },
-    decided exactly even at ties (tol = const rho^(2k) exactly, drawn on purpose)."""
+    decided exactly even at ties (tol = const rho^(2k) exactly, drawn on purpose; rho = 0 and
+    const <= tol as explicit examples)."""
     from convrate.theory import bounds_optim
 
     if tie and rho > 0 and 0 < const * rho ** (2 * k) < 1:
@@ -610,3 +619,66 @@ def test_certified_count_at_and_around_ties(rho, const, k):
     assert bounds_optim.steps_from_rate_certified(rho, at, const) == k
     assert bounds_optim.steps_from_rate_certified(rho, at * (1 + eps), const) == k
     assert bounds_optim.steps_from_rate_certified(rho, at * (1 - eps), const) == k + 1
+
+
+def test_certified_ties_at_and_beyond_the_exact_power_limit():
+    """A tie at t = _EXACT_POWER_LIMIT (rho = 2/3: the balls straddle tol) is decided by the exact
+    power; beyond it (t = limit + 1) a tie with dyadic rho = 1/2 is decided by the ball, which is
+    then exact (tol = 2^-(2t) is representable): both give t, and one part in 1e30 less tol gives
+    t + 1."""
+    from convrate.theory import bounds_optim
+
+    k = bounds_optim._EXACT_POWER_LIMIT
+    for rho, t in ((Fraction(2, 3), k), (Fraction(1, 2), k + 1)):
+        at = rho ** (2 * t)
+        assert bounds_optim.steps_from_rate_certified(rho, at) == t
+        assert bounds_optim.steps_from_rate_certified(rho, at * (1 - Fraction(1, 10**30))) == t + 1
+
+
+@pytest.mark.parametrize("e", [10000, 16000, 16500])
+def test_certified_counts_up_to_the_precision_cap(e):
+    """kappa = 2^e: rho = (kappa - 1)/(kappa + 1) is within 2^(1-e) of 1 and the count is ~ kappa/4
+    ln(1/tol), so deciding needs about 2e bits. e = 10000 and 16000 are decided within the
+    2^15-bit cap (the doubling from 128 bits reaches 32768) and agree with the closed form at
+    3e + 2000 bits (a fractional part away from an integer); e = 16500 needs more than the cap
+    and raises PrecisionError rather than returning a count."""
+    from convrate.errors import PrecisionError
+    from convrate.theory import bounds_optim
+
+    tol = Fraction(1, 10**6)
+    if e > 16000:
+        with pytest.raises(PrecisionError):
+            bounds_optim.gd_worst_case_steps_certified(2**e, tol)
+        return
+    with mpmath.workprec(3 * e + 2000):
+        K = mpmath.mpf(2) ** e
+        x = mpmath.log(mpmath.mpf(tol.numerator) / tol.denominator) / (2 * mpmath.log((K - 1) / (K + 1)))
+        frac = x - mpmath.floor(x)
+        assert 0.01 < frac < 0.99
+        want = int(mpmath.ceil(x))
+    assert bounds_optim.gd_worst_case_steps_certified(2**e, tol) == want
+
+
+@pytest.mark.parametrize("const, k", [(1, 7), (4, 7), (1, 28), (4, 28)])
+def test_certified_count_when_the_estimate_overshoots(const, k):
+    """rho = 7/8: at these ties tol = const rho^(2k) the 128-bit estimate ceil(ln(tol/const) /
+    (2 ln rho)) lands on k + 1 (checked first), so the downward walk must bring it back to k. At
+    k = 7 the tie value is an exact dyadic ball; at k = 28 (7^56 needs more than 128 bits) the
+    balls straddle tol and the exact power decides. One part in 1e40 more tol still gives k,
+    one part less k + 1."""
+    from flint import arb, ctx, fmpq
+
+    from convrate.theory import bounds_optim
+
+    rho, c = Fraction(7, 8), Fraction(const)
+    at = c * rho ** (2 * k)
+    old, ctx.prec = ctx.prec, 128
+    try:
+        est = ((arb(fmpq(at.numerator, at.denominator)) / const).log() / (2 * arb(fmpq(7, 8)).log())).mid().ceil()
+    finally:
+        ctx.prec = old
+    assert int(est.unique_fmpz()) == k + 1
+    eps = Fraction(1, 10**40)
+    assert bounds_optim.steps_from_rate_certified(rho, at, c) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 + eps), c) == k
+    assert bounds_optim.steps_from_rate_certified(rho, at * (1 - eps), c) == k + 1

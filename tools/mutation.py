@@ -16,7 +16,9 @@ shrinking, so a mutant counts as killed only if CI would catch it. Results go to
 mutants not killed, with their diffs) and ``tools/mutation/RESULTS.md``; a survivor is
 *accounted for* when ``tools/mutation/equivalent.json`` explains it (matched by module,
 function and the changed lines, so the explanation survives renumbering); ``--render``
-re-applies the explanations without running mutmut.
+re-applies the explanations without running mutmut; ``--resume`` keeps a module's mutants and
+results under ``build/mutation/`` and tests again only what was not killed and the mutants of
+functions whose code changed (after strengthening tests).
 
 Score = (killed + timeout) / (mutants - equivalent); "no tests" and unexplained survivors count
 against it.
@@ -71,17 +73,43 @@ def _slug(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".")
 
 
-def stage(module: str) -> Path:
-    """A fresh src-layout copy of the repository for ``module`` (see the module docstring)."""
+def _paths(module: str) -> tuple[Path, str, Path]:
+    """(stage folder, the module's path in the staged source, its mutmut results file)."""
     where = STAGE / _slug(module)
-    if where.exists():
+    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
+    return where, target, where / "mutants" / f"{target}.meta"
+
+
+def stage(module: str, resume: bool = False) -> Path:
+    """A fresh src-layout copy of the repository for ``module`` (see the module docstring).
+
+    ``resume``: keep the mutants and their results from the previous run of ``module`` and refresh
+    everything else (sources, tests, settings); the mutants that were not killed, and every mutant
+    of a function whose code changed (mutmut compares each function's hash), are tested again."""
+    where, target, meta = _paths(module)
+    if resume and meta.exists():
+        staged = where / target
+        if not staged.exists() or staged.read_bytes() != (ROOT / module).read_bytes():
+            # the module changed: which tests call which function is collected afresh (new functions)
+            (where / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        for sub in ("src", "property_tests"):
+            shutil.rmtree(where / sub, ignore_errors=True)
+        keep = {f"{target}{suffix}" for suffix in ("", ".meta", ".spans")}
+        for f in (where / "mutants" / "src").rglob("*"):  # mutmut copies only what is missing
+            if f.is_file() and str(f.relative_to(where / "mutants")) not in keep:
+                f.unlink()
+        shutil.rmtree(where / "mutants" / "property_tests", ignore_errors=True)
+        data = json.loads(meta.read_text())
+        data["exit_code_by_key"] = {k: (c if _status(c) in KILLED else None)
+                                    for k, c in data["exit_code_by_key"].items()}
+        meta.write_text(json.dumps(data))
+    elif where.exists():
         shutil.rmtree(where)
     src = where / "src" / "convrate"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "reference", "reference-quick")
     for folder, sub in PACKAGES.items():
         shutil.copytree(ROOT / folder, src / sub if sub else src, ignore=ignore, dirs_exist_ok=True)
     shutil.copytree(ROOT / "property_tests", where / "property_tests", ignore=ignore)
-    target = f"src/convrate/{module}" if module.split("/")[0] != "convrate" else f"src/{module}"
     tests = [f"property_tests/{t}" for t in TESTS[module]]
     cfg = [
         "[tool.mutmut]",
@@ -92,8 +120,10 @@ def stage(module: str) -> Path:
         f'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-k", "{DESELECT}"]',
         f"do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}",
         'process_isolation = "forkserver"',
-        "timeout_multiplier = 5.0",
-        "timeout_constant = 20.0",
+        # CPU-second limit per mutant = (tests' time + 5) * 3 * 2: a mutant that makes its tests
+        # several times slower (an endless loop) counts as a timeout, i.e. killed
+        "timeout_multiplier = 3.0",
+        "timeout_constant = 5.0",
         "use_git_change_detection = false",
         "",
         "[tool.pytest.ini_options]",
@@ -151,11 +181,14 @@ def _explain(module: str, function: str, lines: list[str], table: list[dict]) ->
     return None
 
 
-def run_module(module: str, jobs: int) -> dict:
+def run_module(module: str, jobs: int, resume: bool = False) -> dict:
     """Stage, run mutmut, and record one module: the counts per status and every mutant that was
-    not killed, with its diff (explanations are applied when the results are summarized)."""
+    not killed, with its diff (explanations are applied when the results are summarized).
+    ``resume``: see ``stage``; ``seconds`` then adds this run's time to the previous record's."""
     t0 = time.time()
-    where = stage(module)
+    resume = resume and _paths(module)[2].exists()  # nothing to resume: a full run
+    before = _load_record(module) if resume else None
+    where = stage(module, resume)
     proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
     codes = _statuses(where)
     if proc.returncode != 0 or not codes:
@@ -171,7 +204,9 @@ def run_module(module: str, jobs: int) -> dict:
         diff = _mutmut(where, "show", name, check=False).stdout
         unkilled.append({"mutant": name, "function": _function(name), "status": status, "lines": _changed_lines(diff)})
     return {"module": module, "tests": list(TESTS[module]), "deselect": DESELECT, "mutants": len(codes),
-            "counts": counts, "unkilled": unkilled, "seconds": round(time.time() - t0, 1), "mutmut": _version()}
+            "counts": counts, "unkilled": unkilled, "mutmut": _version(),
+            "seconds": round(time.time() - t0 + (before or {}).get("seconds", 0.0), 1),
+            "resumed": (before or {}).get("resumed", 0) + (1 if resume else 0)}
 
 
 #: statuses that count as killed (a timeout: the tests did not finish, CI would fail)
@@ -240,6 +275,9 @@ def render(results: dict) -> str:
             continue
         lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['timeouts']} | {r['equivalent']} | {r['accepted']} | "
                      f"{r['unexplained']} | {r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
+    notes = [f"- {m}: {mods[m]['note']}" for m in MODULES if m in mods and mods[m].get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
     for m in MODULES:
         r = mods.get(m)
         if r is None or not (r["survivors"] or r["equivalent_mutants"] or r["accepted_mutants"]):
@@ -255,6 +293,11 @@ def render(results: dict) -> str:
 
 
 RECORDS = STAGE / "records"  # one file per module: concurrent runs of different modules do not clobber each other
+
+
+def _load_record(module: str) -> dict | None:
+    f = RECORDS / f"{_slug(module)}.json"
+    return json.loads(f.read_text()) if f.exists() else _load()["modules"].get(module)
 
 
 def _merge_records(results: dict) -> dict:
@@ -286,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modules", nargs="*", default=list(MODULES),
                     help="repository paths, e.g. models/recovery.py (default: every core module)")
     ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep each module's mutants and results from its last run (build/mutation/) and test "
+                         "again only the survivors and the mutants of changed functions: after strengthening tests")
     ap.add_argument("--render", action="store_true",
                     help="only re-apply equivalent.json to the recorded results and rewrite RESULTS.md")
     ap.add_argument("--explain", nargs=2, metavar=("MUTANT", "REASON"),
@@ -321,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for m in mods:
         print(f"mutation: {m} ...", flush=True)
-        rec = run_module(m, args.jobs)
+        rec = run_module(m, args.jobs, args.resume)
         RECORDS.mkdir(parents=True, exist_ok=True)
         (RECORDS / f"{_slug(m)}.json").write_text(json.dumps(rec))
         results["modules"][m] = rec
