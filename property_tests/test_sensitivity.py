@@ -116,6 +116,11 @@ def test_recovery_rows_judge_r1_and_r2_against_ranges():
     for k in ("undefended_steps", "r2_canonical_undefended_steps", "defended_best_steps"):  # their own runs' ranges
         assert within(row[k], row[f"{k}_range"]), k
     assert len(row["undefended_sensitivity"]["perturbed"]) == 2
+    # the float64 release's undefended range is the sweep's own: the same as computing it afresh
+    base = next(r for r in runs if r.defense == "none")
+    fresh = step_sensitivity(m.module, task, "sgd", base.search.best_lr, cfg.target, cfg.search.budget, runs=2,
+                             seed=0, device="cpu")
+    assert row["undefended_sensitivity"] == fresh.to_dict()
 
 
 # ---------------------------------------------------------------- comparison of reports

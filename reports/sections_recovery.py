@@ -126,7 +126,7 @@ def _network(seed: int, rec: "SweepRecord") -> tuple[list[dict[str, Any]], list[
     und_runs = {opt: (_attack(wrap(model.module), rec.task, opt, b.search.best_lr, rec.cfg.search.budget,
                               rec.cfg.target, seed) if converted else _known_run(rec, opt, b.search.best_lr, b.losses))
                 for opt, b in base.items()}
-    ranges = _sensitivity_ranges(seed, rec, wrap(model.module), attacked0, base, r2_lr, und_runs, r2_base)
+    ranges = _sensitivity_ranges(seed, rec, wrap(model.module), attacked0, base, r2_lr, und_runs, r2_base, converted)
     rows, checks = [], []
     released: dict[tuple[str, float], Any] = {}
     defended_runs = [r for r in rec.runs if r.defense != "none"]
@@ -194,11 +194,14 @@ def _cost_rows() -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- sensitivity of the counts
 def _sensitivity_ranges(seed: int, rec: "SweepRecord", undefended: Any, canonical: Any, base: dict[str, Any],
-                        r2_lr: dict[str, float], und_runs: dict[str, Any], r2_base: dict[str, Any]) -> dict[str, Any]:
+                        r2_lr: dict[str, float], und_runs: dict[str, Any], r2_base: dict[str, Any],
+                        converted: bool) -> dict[str, Any]:
     """Per optimizer, the sensitivity range (``models.sensitivity``) of the undefended count at its
     best lr and of the canonical (R2, K = 1) count at R2's lr. R1 replays the undefended run up to
     rounding, and R2's canonical weights agree with the K = 1 ones to rounding, so their counts are
-    judged against these two ranges (the perturbations they model are of that size)."""
+    judged against these two ranges (the perturbations they model are of that size). A release
+    attacked as the sweep did (not ``converted`` to float64) reuses the sweep's own range of that
+    run (the same attack, lr, budget and seed)."""
     from convrate.models.sensitivity import step_sensitivity
 
     runs = rec.cfg.search.sensitivity
@@ -207,8 +210,12 @@ def _sensitivity_ranges(seed: int, rec: "SweepRecord", undefended: Any, canonica
     budget, target = rec.cfg.search.budget, rec.cfg.target
     out = {}
     for opt, b in base.items():
-        und = step_sensitivity(undefended, rec.task, opt, b.search.best_lr, target, budget, runs=runs, seed=seed,
-                               nominal=und_runs[opt].steps_to(), device="cpu")
+        known = b.sensitivity
+        if not converted and known is not None and known.budget == budget and len(known.perturbed) == runs:
+            und = known
+        else:
+            und = step_sensitivity(undefended, rec.task, opt, b.search.best_lr, target, budget, runs=runs, seed=seed,
+                                   nominal=und_runs[opt].steps_to(), device="cpu")
         can = step_sensitivity(canonical, rec.task, opt, r2_lr[opt], target, budget, runs=runs, seed=seed,
                                nominal=r2_base[opt].steps_to(), device="cpu")
         out[opt] = (und, can)
