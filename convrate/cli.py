@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -91,27 +90,6 @@ def derive(
         raise typer.Exit(1)
 
 
-def summarize(results: list) -> list[dict[str, Any]]:
-    """Aggregate CheckResults per statement: instances, holds, worst margin, precisions."""
-    by: dict[str, list] = defaultdict(list)
-    for r in results:
-        by[r.statement].append(r)
-    rows = []
-    for sid in sorted(by):
-        rs = by[sid]
-        worst = min(rs, key=lambda r: r.margin)
-        rows.append({
-            "id": sid,
-            "instances": len(rs),
-            "holds": all(r.holds for r in rs),
-            "worst_margin": worst.margin,
-            "worst_instance": worst.instance,
-            "precision": sorted({r.precision for r in rs}),
-            "violations": [r.to_dict() for r in rs if not r.holds],
-        })
-    return rows
-
-
 @app.command()
 def check(
     profile: str = typer.Option("quick", "--profile", help="quick | full"),
@@ -133,7 +111,7 @@ def check(
     Exit code 1 on any violation, 2 on bad input (also a defense that raises, returns another
     architecture or NaN weights, or cannot be imported).
     """
-    from convrate.numerics.battery import PROFILES, load_entries, run_entry
+    from convrate.numerics.battery import PROFILES, load_entries, run_entry, summarize
 
     if profile not in PROFILES:
         _fail(ConvrateError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"))

@@ -9,6 +9,7 @@ can never disagree about what is checked.
 from __future__ import annotations
 
 import importlib
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -102,3 +103,24 @@ def run_battery(profile: str = "quick", seed: int = 0, only: Iterable[str] | Non
         if progress is not None:
             progress(e.name)
     return out
+
+
+def summarize(results: Iterable[CheckResult]) -> list[dict[str, Any]]:
+    """Aggregate CheckResults per statement: instances, holds, worst margin, precisions."""
+    by: dict[str, list] = defaultdict(list)
+    for r in results:
+        by[r.statement].append(r)
+    rows = []
+    for sid in sorted(by):
+        rs = by[sid]
+        worst = min(rs, key=lambda r: r.margin)
+        rows.append({
+            "id": sid,
+            "instances": len(rs),
+            "holds": all(r.holds for r in rs),
+            "worst_margin": worst.margin,
+            "worst_instance": worst.instance,
+            "precision": sorted({r.precision for r in rs}),
+            "violations": [r.to_dict() for r in rs if not r.holds],
+        })
+    return rows

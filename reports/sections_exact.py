@@ -38,8 +38,7 @@ def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
 
 def _assemble(ctx: "Context", results: list[Any]) -> Section:
     """Every statement: derivation status, the exact battery's verdict, real-network checks."""
-    from convrate.cli import summarize
-    from convrate.numerics.battery import PROFILES
+    from convrate.numerics.battery import PROFILES, summarize
     from convrate.numerics.coverage import SLACK_THRESHOLD, coverage, flag_text
 
     battery = ctx.profile.battery
