@@ -421,6 +421,16 @@ def check_lm(d: dict) -> list[CheckResult]:
         bf = N_def + 2
     out.append(_cmp("LM", inst, N_def, "==", bf, precision=COUNT + " vs exact rational iteration",
                     detail="closed-form count == iterated count"))
+    # exact ties: tol q'_0 = q'_j, on L' (whose spectrum is in general irrational, so no ball of
+    # q'_j decides q'_j <= tol q'_0): the count must still be the exact iteration's
+    qs = [q.loss(e) for e in run_exact(q, LM(damping), 2)]
+    for j in (1, 2):
+        tie = qs[j] / qs[0]
+        if 0 < tie < 1:
+            tie_f = fmpq_to_fraction(tie)
+            out.append(_cmp("LM", inst + f" tie at q'_{j}", steps_to(q, LM(damping), tie_f), "==",
+                            brute_force_steps(q, LM(damping), tie_f, j), precision=COUNT + " vs exact rational iteration",
+                            detail=f"closed-form count at tol = q'_{j} / q'_0 exactly == iterated count"))
     return out
 
 

@@ -10,8 +10,9 @@ What is exact, and how (every count returned is a certified integer):
   Otherwise q_t is nonincreasing, and t is found by exponential search + bisection on t from
   the bracket ``bounds.gd_steps_upper_bound(rho, tol)``: O(n log t) work. Each comparison
   "q_t <= tol q_0" is decided by an arb ball of q_t that lies entirely on one side (precision
-  doubled until it does), falling back to the exact rational sum for a rational spectrum whose
-  ball keeps straddling the target (an exact tie); PrecisionError past 2^16 bits. So the
+  doubled until it does), falling back, when the ball keeps straddling the target (an exact tie
+  is possible: q_t and tol q_0 are rational), to the exact rational sum for a rational spectrum
+  and to the loss of the exact rational iterate e_t otherwise; PrecisionError past 2^16 bits. So the
   answer t is proved by q_t <= tol q_0 and q_{t-1} > tol q_0 (arb balls are the rigorous error
   bound on the evaluation; mpmath is not used for the decisions).
 - CG: exact rational CG (at most n steps; the rationals grow with the step, so this is for
@@ -136,11 +137,15 @@ def measure_for(problem: Quadratic, opt: Any) -> SpectralMeasure:
 
 # ---------------------------------------------------------------- certified comparisons
 class _Modes:
-    """Per-mode factors of a linear iteration, exact where rational and as balls otherwise."""
+    """Per-mode factors of a linear iteration, exact where rational and as balls otherwise;
+    ``exact_sum(t)``, when given, is sum_j m_j f_j^(2t) = 2 q_t computed exactly another way
+    (the rational iterate e_t: see ``_exact_losses``), for a tie no ball decides."""
 
-    def __init__(self, meas: SpectralMeasure, factor: Callable[[Any], Any]) -> None:
+    def __init__(self, meas: SpectralMeasure, factor: Callable[[Any], Any],
+                 exact_sum: Callable[[int], fmpq] | None = None) -> None:
         self.meas = meas
         self.factor = factor
+        self.exact_sum = exact_sum
         self.exact = [(mu, m, factor(mu)) for mu, m in meas.exact]
         self._balls: dict[int, list[tuple[arb, arb]]] = {}
 
@@ -160,10 +165,38 @@ class _Modes:
             return [(mu, self.factor(mu)) for mu, _ in self.meas.balls(prec)[len(self.exact):]]
 
 
+def _exact_losses(problem: Quadratic, opt: Any) -> Callable[[int], fmpq]:
+    """t -> 2 q_t = e_t^T H e_t exactly, e_t the rational iterate of the linear method ``opt``
+    (GD, PreconditionedGD, LM: e_(t+1) = M e_t with M rational, so q_t is rational even when the
+    spectrum of M is not); iterates forward from the last t asked (restarting for a smaller t).
+    PrecisionError when an iterate's entries together exceed ``_EXACT_BITS`` bits."""
+    from convrate.numerics.optimizers import _Exact, _linear_iter
+
+    state: dict[str, Any] = {}
+
+    def restart() -> None:
+        state["it"], state["t"] = _linear_iter(problem, opt, _Exact()), -1
+
+    def two_q(t: int) -> fmpq:
+        if "it" not in state or t < state["t"]:
+            restart()
+        while state["t"] < t:
+            state["e"], state["t"] = next(state["it"]), state["t"] + 1
+            e = state["e"]
+            bits = sum(e[i, 0].p.bit_length() + e[i, 0].q.bit_length() for i in range(e.nrows()))
+            if bits > _EXACT_BITS:
+                restart()
+                raise PrecisionError(f"exact iterate {t} of {type(opt).__name__} has more than {_EXACT_BITS} bits")
+        return 2 * problem.loss(state["e"])
+
+    return two_q
+
+
 def _reached_linear(modes: _Modes, t: int, target: fmpq) -> bool:
     """Certified decision of sum_j m_j f_j^(2t) <= target: an arb ball of the sum that lies on
-    one side of the target (precision doubled while it straddles it), or, for a rational measure
-    whose ball keeps straddling (an exact tie is possible), the exact rational sum."""
+    one side of the target (precision doubled while it straddles it), or, when the ball keeps
+    straddling (an exact tie is possible: the sum and the target are both rational), the exact
+    rational sum: over the modes for a rational measure, else ``modes.exact_sum``."""
     if t == 0:
         return modes.meas.total <= target
     bits = max((max(f.p.bit_length(), f.q.bit_length()) for _, _, f in modes.exact), default=1)
@@ -178,6 +211,8 @@ def _reached_linear(modes: _Modes, t: int, target: fmpq) -> bool:
                 return False
         if modes.meas.is_exact and 2 * t * bits <= _EXACT_BITS:
             return sum((m * f ** (2 * t) for _, m, f in modes.exact), fmpq(0)) <= target
+        if not modes.meas.is_exact and modes.exact_sum is not None and prec >= 1024:
+            return modes.exact_sum(t) <= target
         prec *= 2
     raise PrecisionError(f"cannot decide q_{t} <= tol q_0 at {_MAX_PREC} bits (the two are equal or too close)")
 
@@ -413,11 +448,11 @@ def steps_to(problem: Quadratic, optimizer: Any, tol: Any, max_steps: int | None
         return 0
     if isinstance(optimizer, (GD, PreconditionedGD)):
         eta = to_fmpq(optimizer.step)
-        modes = _Modes(measure_for(problem, optimizer), lambda mu: 1 - eta * mu)
+        modes = _Modes(measure_for(problem, optimizer), lambda mu: 1 - eta * mu, _exact_losses(problem, optimizer))
         return _count_monotone(modes, tolq, name, _gd_describe(eta), _max_steps(max_steps, None))
     if isinstance(optimizer, LM):
         lam = to_fmpq(optimizer.damping)
-        modes = _Modes(measure_for(problem, optimizer), lambda mu: lam / (mu + lam))
+        modes = _Modes(measure_for(problem, optimizer), lambda mu: lam / (mu + lam), _exact_losses(problem, optimizer))
         return _count_monotone(modes, tolq, name, lambda mu, f: f"factor {_show(f)}", _max_steps(max_steps, None))
     if isinstance(optimizer, Newton):
         if max_steps is not None and max_steps < 1:

@@ -18,7 +18,7 @@ from convrate.errors import (DivergenceError, InvalidInputError, NoConvergenceEr
                              NotSymmetricError, SingularReparameterizationError, ToleranceError)
 from convrate.numerics.krylov import cg_losses, cg_polynomial_minimum
 from convrate.numerics.optimizers import (CG, GD, LM, Adam, CubicNewton, GDSchedule, HeavyBall, Nesterov, Newton,
-                                          PreconditionedGD, RMSprop, run_ball)
+                                          PreconditionedGD, RMSprop, run_ball, run_exact)
 from convrate.numerics.quadratic import Quadratic, arb_prec
 from convrate.numerics.steps import (best_fixed_step, brute_force_steps, closed_form_loss, iterate, measure_for,
                                      steps_to, trajectory)
@@ -168,6 +168,34 @@ def test_exact_tie_is_decided_exactly() -> None:
     one = Quadratic.from_spectrum([1], [1])
     assert steps_to(one, GDSchedule((F(2, 3),) * 10), F(1, 3**6)) == 3
     assert steps_to(one, HeavyBall(F(2, 3), 0), F(1, 3**6)) == 3
+
+
+@pytest.mark.parametrize("opt", [GD(F(1, 4)), LM(F(1, 2)), LM(F(1, 3), D=[[1, 0], [0, 2]]),
+                                 PreconditionedGD(F(1, 5), [[1, 0], [0, 3]])])
+@pytest.mark.parametrize("t", [1, 3])
+def test_exact_tie_on_an_irrational_spectrum(opt, t) -> None:
+    """H = [[2, 1], [1, 1]] has eigenvalues (3 +- sqrt 5)/2: the spectral measure holds balls, yet
+    q_t is rational, so tol = q_t / q_0 is an exact tie no ball decides; the count must be t,
+    decided by the exact rational iterate (it raised PrecisionError before)."""
+    p = Quadratic(fmpq_mat([[2, 1], [1, 1]]), fmpq_mat([[1], [0]]))
+    assert not measure_for(p, opt).is_exact
+    qs = [p.loss(e) for e in run_exact(p, opt, t)]
+    tol = F(int((qs[t] / qs[0]).p), int((qs[t] / qs[0]).q))
+    assert steps_to(p, opt, tol) == t == brute_force_steps(p, opt, tol, t + 1)
+    # one ulp-sized step either side of the tie moves the count by one or not at all, as exact iteration says
+    below = tol * (1 - F(1, 2**200))
+    assert steps_to(p, opt, below) == t + 1 == brute_force_steps(p, opt, below, t + 2)
+
+
+def test_lm_tie_counterexample_from_the_battery() -> None:
+    """The recorded counterexample (SO battery instance seed 0, n 2, kappa(H) = kappa(T) = 3,
+    reparameterized by its T; LM damping 1/32; tol = q_1 / q_0 exactly): the count is 1."""
+    from convrate.numerics.checks_second_order import _instance
+
+    p, T, *_ = _instance({"seed": 0, "n": 2, "a": 3, "aT": 3, "tm": 1, "tk": 1})
+    q = p.reparameterize(T)
+    tol = F(18993329, 53358155217)
+    assert steps_to(q, LM(F(1, 32)), tol) == 1 == brute_force_steps(q, LM(F(1, 32)), tol, 5)
 
 
 def test_max_steps_exceeded() -> None:
