@@ -6,7 +6,8 @@ What is exact, and how (every count returned is a certified integer):
       q_t = 1/2 sum_j m_j f(mu_j)^(2t),   f(mu) = 1 - eta mu (GD, P GD),  lam / (mu + lam) (LM).
   Divergence iff some active |f(mu_j)| > 1 (DivergenceError naming mu_j and f, decided exactly
   or by certified balls; raised even where q_t would pass below the target transiently);
-  modes with |f| = 1 never decay (NoConvergenceError when their loss is >= tol q_0).
+  modes with |f| = 1 never decay (NoConvergenceError when their loss is > tol q_0, or = tol q_0
+  while another active mode decays without vanishing).
   Otherwise q_t is nonincreasing, and t is found by exponential search + bisection on t from
   the bracket ``bounds.gd_steps_upper_bound(rho, tol)``: O(n log t) work. Each comparison
   "q_t <= tol q_0" is decided by an arb ball of q_t that lies entirely on one side (precision
@@ -264,7 +265,9 @@ def _count_monotone(modes: _Modes, tolq: fmpq, what: str, describe: Callable[[An
         return 0
     target = tolq * total
     stalled, rho = _classify(modes, what, describe)
-    if stalled >= target:
+    # q_t decreases to the stalled loss: strictly above it for every t when some decaying mode has
+    # f != 0 (rho > 0); when every decaying mode has f = 0 (rho = 0), q_1 equals it, a tie included
+    if stalled > target or (stalled == target and rho != 0):
         mu = next(mu for mu, m, f in modes.exact if abs(f) == 1)
         raise NoConvergenceError(
             f"{what} never reaches the target: the component at eigenvalue {_show(mu)} has |factor| = 1 "

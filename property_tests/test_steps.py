@@ -1,0 +1,278 @@
+"""Contract tests of ``numerics.steps`` beyond "the count equals exact iteration": ``max_steps``
+as a cap on every method's count, input validation, the helpers that render numbers in messages,
+the spectral measure of each operator (non-diagonal preconditioners, the cache), the closed
+form, the brute-force iterates, and divergence / stall classification. Every expected value is
+derived by hand in the docstring or computed independently (exact rational iteration)."""
+from __future__ import annotations
+
+from fractions import Fraction as F
+
+import mpmath
+import pytest
+from flint import arb, fmpq, fmpq_mat
+
+from convrate.errors import DivergenceError, InvalidInputError, NoConvergenceError, PrecisionError, ToleranceError
+from convrate.numerics.optimizers import (CG, GD, LM, Adagrad, Adam, CubicNewton, GDSchedule, HeavyBall, Nesterov,
+                                          Newton, PreconditionedGD, RMSprop, run_exact)
+from convrate.numerics.optimizers_second_order import LBFGS, NewtonCG, Sophia
+from convrate.numerics.quadratic import Quadratic, arb_prec
+from convrate.numerics.steps import (brute_force_steps, closed_form_loss, iterate, measure_for, steps_to,
+                                     trajectory)
+
+SPEC = Quadratic.from_spectrum([1, 4], [1, 1])  # q_0 = (1 + 4) / 2 = 5/2
+TOL = F(1, 100)
+
+_ALL = [GD(F(1, 4)), PreconditionedGD(F(1, 4), [[1, 0], [0, F(1, 2)]]), LM(1), CG(), Newton(),
+        HeavyBall(F(1, 4), F(1, 4)), Nesterov(F(1, 4), F(1, 4)), GDSchedule((F(1, 4),) * 30),
+        Adam(F(1, 10)), RMSprop(F(1, 20)), Adagrad(F(1, 2)), CubicNewton(1)]
+
+
+def _first_certified(p: Quadratic, opt, tol: F, horizon: int) -> int:
+    """First t whose certified loss ball (arb iterates at 256 bits) lies wholly <= tol q_0; every
+    earlier ball lies wholly above (no tie on these instances)."""
+    target = fmpq(tol.numerator, tol.denominator) * p.q0
+    with arb_prec(256):
+        for t, q in enumerate(iterate(p, opt, horizon)):
+            if isinstance(q, fmpq):
+                if q <= target:
+                    return t
+                continue
+            if q <= arb(target):
+                return t
+            assert q > arb(target)
+    raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize("opt", _ALL, ids=lambda o: type(o).__name__)
+def test_max_steps_caps_the_count_of_every_method(opt) -> None:
+    """The count N is independent of the iteration (exact rational iteration for the rational
+    methods, certified arb iterates for Adam / RMSprop / Adagrad / cubic Newton); max_steps = N
+    returns N, max_steps = N - 1 raises NoConvergenceError, and an integral float is accepted."""
+    N = steps_to(SPEC, opt, TOL)
+    assert N >= 1
+    assert N == _first_certified(SPEC, opt, TOL, N + 2)
+    assert steps_to(SPEC, opt, TOL, max_steps=N) == N
+    assert steps_to(SPEC, opt, TOL, max_steps=float(N)) == N
+    assert steps_to(SPEC, opt, TOL, max_steps=N + 7) == N
+    with pytest.raises(NoConvergenceError):
+        steps_to(SPEC, opt, TOL, max_steps=N - 1)
+
+
+@pytest.mark.parametrize("opt", [GD(F(1, 4)), LM(1), HeavyBall(F(1, 4), F(1, 4)), GDSchedule((F(1, 4),) * 30),
+                                 Adam(F(1, 10))], ids=lambda o: type(o).__name__)
+@pytest.mark.parametrize("bad", [-1, F(3, 2), 2.5])
+def test_bad_max_steps_is_refused(opt, bad) -> None:
+    with pytest.raises(InvalidInputError, match="max_steps must be a nonnegative integer"):
+        steps_to(SPEC, opt, TOL, max_steps=bad)
+
+
+def test_schedule_shorter_than_the_count() -> None:
+    """Steps 1/4 on lambda = 1, 4 (masses m = lambda c^2 = 1, 4; q_0 = 5/2): the lambda = 4 mode
+    is gone after one step, so q_t = (3/4)^(2t) / 2 and q_t <= q_0 / 100 iff (3/4)^(2t) <= 1/20:
+    (3/4)^10 = 0.056 > 0.05 >= (3/4)^12 = 0.032, N = 6. A schedule of 5 steps stops short whatever
+    max_steps says (the horizon is the schedule's length)."""
+    assert steps_to(SPEC, GDSchedule((F(1, 4),) * 30), TOL) == 6
+    for ms in (None, 100):
+        with pytest.raises(NoConvergenceError, match="within 5 steps"):
+            steps_to(SPEC, GDSchedule((F(1, 4),) * 5), TOL, max_steps=ms)
+    assert steps_to(SPEC, GDSchedule((F(1, 4),) * 6), TOL, max_steps=100) == 6
+
+
+def test_newton_and_cg_max_steps() -> None:
+    """Newton reaches e = 0 in one step (max_steps = 0 is too few); CG on two distinct
+    eigenvalues reaches 0 in two steps and not in one (the CG polynomial of degree 1 cannot
+    vanish at both 1 and 4), so tol = 1/100 needs exactly 2."""
+    assert steps_to(SPEC, Newton(), TOL, max_steps=1) == 1
+    with pytest.raises(NoConvergenceError, match="max_steps = 0"):
+        steps_to(SPEC, Newton(), TOL, max_steps=0)
+    assert steps_to(SPEC, CG(), TOL) == 2 == steps_to(SPEC, CG(), TOL, max_steps=2)
+    with pytest.raises(NoConvergenceError, match="max_steps = 1"):
+        steps_to(SPEC, CG(), TOL, max_steps=1)
+
+
+# ---------------------------------------------------------------- tolerance and bad input
+def test_tolerance_as_fmpq_and_the_error_wording() -> None:
+    """tol may be given as an fmpq (it is converted exactly); a non-number says so, an out-of-range
+    number is refused by ``bounds.check_tol`` with its own wording."""
+    assert steps_to(SPEC, GD(F(1, 4)), fmpq(1, 100)) == steps_to(SPEC, GD(F(1, 4)), F(1, 100))
+    with pytest.raises(ToleranceError, match="must be a number in"):
+        steps_to(SPEC, GD(F(1, 4)), "abc")
+    with pytest.raises(ToleranceError, match=r"must lie in \(0, 1\), got 2$"):
+        steps_to(SPEC, GD(F(1, 4)), 2)
+    with pytest.raises(ToleranceError, match=r"must lie in \(0, 1\), got 2$"):
+        steps_to(SPEC, GD(F(1, 4)), fmpq(2))
+
+
+def test_unsupported_problem_and_optimizer() -> None:
+    with pytest.raises(InvalidInputError, match="must be a Quadratic or a MatrixQuadratic, got str"):
+        steps_to("p", GD(1), TOL)
+    with pytest.raises(InvalidInputError, match="unsupported optimizer"):
+        steps_to(SPEC, "sgd", TOL)
+    with pytest.raises(InvalidInputError, match="Adam has no spectral measure"):
+        measure_for(SPEC, Adam(1))
+    with pytest.raises(InvalidInputError, match="no closed form for CG"):
+        closed_form_loss(SPEC, CG(), 1)
+    with pytest.raises(InvalidInputError, match="Adam has no exact rational iteration"):
+        brute_force_steps(SPEC, Adam(1), TOL, 5)
+
+
+@pytest.mark.parametrize("opt", [LBFGS(2), NewtonCG(1, F(1, 2)), Sophia(F(1, 4))],
+                         ids=lambda o: repr(o)[:24])
+def test_max_steps_caps_the_second_order_counts(opt) -> None:
+    """L-BFGS, Newton-CG, Sophia on a Quadratic: the count equals exact rational iteration
+    (``brute_force_steps``), max_steps = N returns it and N - 1 raises NoConvergenceError."""
+    N = steps_to(SPEC, opt, TOL)
+    assert N == brute_force_steps(SPEC, opt, TOL, N + 1)
+    assert steps_to(SPEC, opt, TOL, max_steps=N) == N
+    with pytest.raises(NoConvergenceError):
+        steps_to(SPEC, opt, TOL, max_steps=N - 1)
+
+
+# ---------------------------------------------------------------- stalled modes, divergence messages
+def test_stalled_mode_exactly_at_the_target() -> None:
+    """GD(1/2) on lambda = 2, 4 (masses 2, 4; q_0 = 3): f(2) = 0, f(4) = -1, so q_t = 2 for every
+    t >= 1. tol = 2/3 makes tol q_0 = 2 = q_1: reached at t = 1 (not 'never'); tol = 1/10 < 2/3
+    never. With lambda = 1, 4 (masses 1, 4, q_0 = 5/2) f(1) = 1/2 and q_t = 2 + (1/4)^t / 2 > 2 =
+    (4/5) q_0 for all t: never; tol = 81/100 (target 2.025) needs (1/4)^t <= 1/20: t = 3."""
+    p = Quadratic.from_spectrum([2, 4], [1, 1])
+    assert steps_to(p, GD(F(1, 2)), F(2, 3)) == 1 == brute_force_steps(p, GD(F(1, 2)), F(2, 3), 3)
+    with pytest.raises(NoConvergenceError, match=r"eigenvalue 4 has \|factor\| = 1 .* loss 2 >= tol \* q0 = 0\.3$"):
+        steps_to(p, GD(F(1, 2)), F(1, 10))
+    p = Quadratic.from_spectrum([1, 4], [1, 1])
+    with pytest.raises(NoConvergenceError, match="never decays"):
+        steps_to(p, GD(F(1, 2)), F(4, 5))
+    with pytest.raises(NoConvergenceError):
+        brute_force_steps(p, GD(F(1, 2)), F(4, 5), 60)
+    assert steps_to(p, GD(F(1, 2)), F(81, 100)) == 3 == brute_force_steps(p, GD(F(1, 2)), F(81, 100), 4)
+
+
+def test_exact_kill_in_one_step() -> None:
+    """GD(1/lambda) on one eigenvalue (or on a repeated one) zeroes e in one step: 1 step for any
+    tol, however small."""
+    for p in (Quadratic.from_spectrum([1], [3]), Quadratic.from_spectrum([F(5, 2), F(5, 2)], [1, -7])):
+        lam = p.H[0, 0]
+        for tol in (F(1, 2), F(1, 10**60)):
+            assert steps_to(p, GD(1 / F(int(lam.p), int(lam.q))), tol) == 1
+
+
+def test_gd_divergence_message() -> None:
+    """1 - (1/4) 10 = -3/2: the message names the step, eigenvalue, |factor| and the stable limit
+    2 / lambda = 1/5 (rationals to 8 significant digits, integers as integers)."""
+    p = Quadratic.from_spectrum([1, 3, 10], [1, 1, 1])
+    with pytest.raises(DivergenceError, match=r"^GD diverges: step 0\.25 on eigenvalue 10 gives "
+                                              r"\|1 - eta\*lambda\| = 1\.5 > 1 \(needs eta < 2/lambda = 0\.2\)$"):
+        steps_to(p, GD(F(1, 4)), F(1, 100))
+    with pytest.raises(DivergenceError, match=r"^PreconditionedGD diverges: step 1 on eigenvalue 3 gives "
+                                              r"\|1 - eta\*lambda\| = 2 > 1 \(needs eta < 2/lambda = 0\.66666667\)$"):
+        steps_to(Quadratic.from_spectrum([1, 3], [1, 1]), PreconditionedGD(1, [[1, 0], [0, 1]]), F(1, 100))
+
+
+def test_number_rendering_helpers() -> None:
+    """_num: fmpq -> the same Fraction, arb -> its midpoint with every bit kept, anything else as is;
+    _show: an integer as digits, other values to 8 significant digits."""
+    from convrate.numerics.steps import _num, _show
+
+    assert _num(fmpq(7, 2)) == F(7, 2) and isinstance(_num(fmpq(7, 2)), F)
+    assert _num(None) is None and _num(F(1, 3)) == F(1, 3)
+    with arb_prec(400):
+        third = arb(1) / 3
+    v = _num(third)
+    assert isinstance(v, mpmath.mpf)
+    with mpmath.workprec(600):
+        assert abs(v - mpmath.mpf(1) / 3) < mpmath.mpf(2) ** -390
+    assert _num(arb(0)) == 0
+    with arb_prec(128):
+        assert _num(arb(-5) / 4) == mpmath.mpf(-1.25)
+    assert _show(fmpq(3)) == "3" and _show(fmpq(-12)) == "-12"
+    assert _show(fmpq(7, 2)) == "3.5" and _show(fmpq(1, 3)) == "0.33333333" and _show(fmpq(-2, 3)) == "-0.66666667"
+    with arb_prec(256):
+        assert _show(arb(2).sqrt()) == "1.4142136"
+
+
+# ---------------------------------------------------------------- spectral measures, closed form, iterates
+P2 = [[2, 1], [1, 2]]
+
+
+@pytest.mark.parametrize("opt", [PreconditionedGD(F(1, 8), P2), LM(F(1, 2), D=P2), HeavyBall(F(1, 8), F(1, 4), P=P2),
+                                 Nesterov(F(1, 8), F(1, 4), P=P2)], ids=lambda o: type(o).__name__)
+def test_non_diagonal_preconditioner(opt) -> None:
+    """A non-diagonal P (or LM's D) on a diagonal H: the operator P H (D^-1 H) is not diagonal, its
+    eigenvalues are irrational (P H = [[2, 4], [1, 8]] for H = diag(1, 4): x^2 - 10 x + 12, and
+    D^-1 H = (P H) / 3), the measure comes from Lanczos with total 2 q_0; the count equals exact
+    iteration."""
+    m = measure_for(SPEC, opt)
+    assert m.exact == () and m.total == 2 * SPEC.q0
+    c = [int(m.irrational.coeffs()[k] * (3 if isinstance(opt, LM) else 1) ** (2 - k)) for k in range(3)]
+    assert c == [12, -10, 1]
+    N = steps_to(SPEC, opt, TOL)
+    assert N == brute_force_steps(SPEC, opt, TOL, N + 1)
+
+
+def test_diagonal_preconditioner_measure_and_cache() -> None:
+    """Diagonal P = diag(1, 1/2) on H = diag(1, 4), e_0 = (1, 1): P H = diag(1, 2) with masses
+    lambda_i e_i^2 = 1, 4; LM's D = diag(1, 2) gives D^-1 H = the same. The measure is cached per
+    operator: a second preconditioner on the same problem gets its own measure."""
+    p = Quadratic.from_spectrum([1, 4], [1, 1])
+    P = [[1, 0], [0, F(1, 2)]]
+    assert measure_for(p, PreconditionedGD(1, P)).exact == ((fmpq(1), fmpq(1)), (fmpq(2), fmpq(4)))
+    assert measure_for(p, LM(1, D=[[1, 0], [0, 2]])).exact == ((fmpq(1), fmpq(1)), (fmpq(2), fmpq(4)))
+    assert measure_for(p, GD(1)).exact == ((fmpq(1), fmpq(1)), (fmpq(4), fmpq(4)))
+    assert measure_for(p, LM(1)).exact == measure_for(p, GD(1)).exact
+    assert measure_for(p, PreconditionedGD(1, [[F(1, 4), 0], [0, 1]])).exact == ((fmpq(1, 4), fmpq(1)), (fmpq(4), fmpq(4)))
+    for P in ([[1, 0], [0, F(1, 2)]], [[F(1, 4), 0], [0, 1]], P2, [[3, 1], [1, 1]]):
+        opt = PreconditionedGD(F(1, 16), P)
+        N = steps_to(p, opt, TOL)
+        assert N == brute_force_steps(p, opt, TOL, N + 1)
+
+
+@pytest.mark.parametrize("opt", [PreconditionedGD(F(1, 8), P2), LM(F(1, 2), D=P2), GD(F(1, 5)), LM(F(1, 3))],
+                         ids=lambda o: repr(o)[:20])
+def test_closed_form_loss_against_iteration(opt) -> None:
+    """closed_form_loss = the loss of the exact rational iterate: exactly on a rational spectrum, a
+    ball containing it (of relative radius ~2^-prec) on an irrational one."""
+    for p in (SPEC, Quadratic([[2, 1], [1, 3]], [1, -2])):
+        exact = iterate(p, opt, 4)
+        for t in range(5):
+            got = closed_form_loss(p, opt, t)
+            if measure_for(p, opt).is_exact:
+                assert isinstance(got, fmpq) and got == exact[t]
+                continue
+            for prec in (128, 512):
+                got = closed_form_loss(p, opt, t, prec=prec)
+                with arb_prec(prec):
+                    assert got.contains(exact[t])
+                    assert got.rad() <= abs(got.mid()) * mpmath.mpf(2) ** (30 - prec)
+
+
+def test_trajectory_and_iterate_are_the_exact_iteration() -> None:
+    """trajectory of a linear method is run_exact's list of exact iterates; iterate is their
+    losses; for Adam the balls contain the exact-precision iterates of a finer run."""
+    for opt in (GD(F(1, 4)), HeavyBall(F(1, 4), F(1, 3)), CG()):
+        tr = trajectory(SPEC, opt, 3)
+        assert len(tr) == 4 and all(isinstance(e, fmpq_mat) for e in tr)
+        assert tr == run_exact(SPEC, opt, 3)
+        assert iterate(SPEC, opt, 3) == [SPEC.loss(e) for e in tr]
+    coarse, fine = trajectory(SPEC, Adam(F(1, 10)), 4, 64), trajectory(SPEC, Adam(F(1, 10)), 4, 300)
+    assert len(coarse) == 5
+    for a, b in zip(coarse, fine):
+        for i in range(2):
+            assert a[i, 0].contains(b[i, 0])
+    qs = iterate(SPEC, Adam(F(1, 10)), 4, 300)
+    assert all(q.rad() < mpmath.mpf(2) ** -250 for q in qs[1:])
+
+
+def test_brute_force_steps_caps() -> None:
+    """max_steps: t = max_steps is still tried; max_bits: an iterate over the cap raises
+    PrecisionError (GD(1/7) on H = [[2, 1], [1, 3]] doubles its denominators' size each step),
+    a cap it stays under changes nothing."""
+    assert brute_force_steps(SPEC, GD(F(1, 4)), TOL, 6) == 6
+    with pytest.raises(NoConvergenceError, match="within 5 steps"):
+        brute_force_steps(SPEC, GD(F(1, 4)), TOL, 5)
+    assert brute_force_steps(SPEC, CG(), TOL, 2) == 2
+    with pytest.raises(NoConvergenceError):
+        brute_force_steps(SPEC, CG(), TOL, 1)
+    q = Quadratic([[2, 1], [1, 3]], [1, 1])
+    N = brute_force_steps(q, GD(F(1, 7)), F(1, 10**30), 500)
+    assert brute_force_steps(q, GD(F(1, 7)), F(1, 10**30), 500, max_bits=10**6) == N
+    with pytest.raises(PrecisionError, match="bits > 200"):
+        brute_force_steps(q, GD(F(1, 7)), F(1, 10**30), 500, max_bits=200)
