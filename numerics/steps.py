@@ -239,7 +239,8 @@ def _classify(modes: _Modes, what: str, describe: Callable[[Any, Any], str]) -> 
     while pending:
         left = []
         for mu, f in pending:
-            a = abs(f)
+            with arb_prec(prec):  # abs rounds to the context precision: at 53 bits |f| ~ 1 stays undecided
+                a = abs(f)
             if a > 1:
                 raise DivergenceError(f"{what} diverges: {describe(mu, f)}", eigenvalue=_num(mu), factor=_num(f))
             if a < 1:

@@ -276,3 +276,28 @@ def test_brute_force_steps_caps() -> None:
     assert brute_force_steps(q, GD(F(1, 7)), F(1, 10**30), 500, max_bits=10**6) == N
     with pytest.raises(PrecisionError, match="bits > 200"):
         brute_force_steps(q, GD(F(1, 7)), F(1, 10**30), 500, max_bits=200)
+
+
+def test_nearly_neutral_irrational_mode_is_decided_at_higher_precision() -> None:
+    """H = [[2, 1], [1, 3]], e_0 = (1, 1): eigenvalues (5 -+ sqrt 5)/2, masses m = lambda (v . e_0)^2
+    with v ~ (1, lambda - 2); 2 q_0 = 7. A step eta within 2^-140 (relative) of 2 / lambda_max
+    makes |1 - eta lambda_max| = 1 +- ~2^-139: undecided against 1 at 128 bits, decided at 256.
+    Above: DivergenceError at lambda_max. Below: the count is the first t with
+    m_1 f_1^(2t) + m_2 f_2^(2t) <= 7 tol, computed independently in mpmath at 300 digits (f_1^(2t)
+    is below 10^-(10^40) there; the real root is checked to be far from an integer)."""
+    p = Quadratic([[2, 1], [1, 3]], [1, 1])
+    tol = F(1, 10)
+    with mpmath.workdps(300):
+        lam = [(5 - mpmath.sqrt(5)) / 2, (5 + mpmath.sqrt(5)) / 2]
+        m = [x * (x - 1) ** 2 / (1 + (x - 2) ** 2) for x in lam]
+        assert abs(m[0] + m[1] - 7) < mpmath.mpf(10) ** -290
+        up, down = (F(mpmath.nstr(2 / lam[1] * (1 + s * mpmath.mpf(2) ** -140), 200)) for s in (1, -1))
+        f = [1 - mpmath.mpf(down.numerator) / down.denominator * x for x in lam]
+        t_real = mpmath.log(7 * mpmath.mpf(1) / 10 / m[1]) / (2 * mpmath.log(abs(f[1])))
+        want = int(mpmath.ceil(t_real))
+        assert want > 10**40 and min(t_real - (want - 1), want - t_real) > mpmath.mpf(10) ** -100
+        assert m[0] * f[0] ** (2 * (want - 1)) < mpmath.mpf(10) ** -(10**40)
+    with pytest.raises(DivergenceError) as exc:
+        steps_to(p, GD(up), tol)
+    assert abs(exc.value.eigenvalue - lam[1]) < 1e-30 and exc.value.factor < -1
+    assert steps_to(p, GD(down), tol) == want
