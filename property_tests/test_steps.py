@@ -16,7 +16,7 @@ from convrate.numerics.optimizers import (CG, GD, LM, Adagrad, Adam, CubicNewton
                                           Newton, PreconditionedGD, RMSprop, run_exact)
 from convrate.numerics.optimizers_second_order import LBFGS, NewtonCG, Sophia
 from convrate.numerics.quadratic import Quadratic, arb_prec
-from convrate.numerics.steps import (brute_force_steps, closed_form_loss, iterate, measure_for, steps_to,
+from convrate.numerics.steps import (best_fixed_step, brute_force_steps, closed_form_loss, iterate, measure_for, steps_to,
                                      trajectory)
 
 SPEC = Quadratic.from_spectrum([1, 4], [1, 1])  # q_0 = (1 + 4) / 2 = 5/2
@@ -301,3 +301,59 @@ def test_nearly_neutral_irrational_mode_is_decided_at_higher_precision() -> None
         steps_to(p, GD(up), tol)
     assert abs(exc.value.eigenvalue - lam[1]) < 1e-30 and exc.value.factor < -1
     assert steps_to(p, GD(down), tol) == want
+
+
+@pytest.mark.parametrize("opt", [HeavyBall(F(1, 4), F(1, 3)), Nesterov(F(1, 4), F(1, 3)), GDSchedule((F(1, 4),) * 5)],
+                         ids=lambda o: type(o).__name__)
+def test_scanned_tie_on_an_irrational_spectrum(opt) -> None:
+    """H = [[2, 1], [1, 1]] (eigenvalues (3 +- sqrt 5)/2): q_2 is rational, so tol = q_2 / q_0 is an
+    exact tie that no ball decides and the scanned methods have no exact fallback on an irrational
+    measure: PrecisionError (documented); 10^-30 (relative) either side the counts equal exact
+    rational iteration."""
+    p = Quadratic(fmpq_mat([[2, 1], [1, 1]]), fmpq_mat([[1], [0]]))
+    qs = [p.loss(e) for e in run_exact(p, opt, 2)]
+    tie = F(int((qs[2] / qs[0]).p), int((qs[2] / qs[0]).q))
+    with pytest.raises(PrecisionError, match="65536 bits"):
+        steps_to(p, opt, tie)
+    for tol in (tie * (1 + F(1, 10**30)), tie * (1 - F(1, 10**30))):
+        N = steps_to(p, opt, tol)
+        assert N == brute_force_steps(p, opt, tol, N + 1)
+        assert (N == 2) == (tol > tie)
+
+
+def _optimal_fixed_step_count(lams: list[int], cs: list[int], tol: F) -> int:
+    """min over eta of N(eta), independently: 2 q_t(eta) = sum_i m_i (1 - eta lambda_i)^(2t) (m_i =
+    lambda_i c_i^2) is convex in eta (even powers of affine functions), so its minimum over
+    (0, 2/lambda_max) is where the derivative changes sign (bisection, mpmath at 60 digits, the
+    verdict checked to have a relative margin > 10^-30); the answer is the first t with that
+    minimum <= tol * 2 q_0 (q_t(eta) decreases in t for every stable eta)."""
+    with mpmath.workdps(60):
+        m = [mpmath.mpf(lam) * c * c for lam, c in zip(lams, cs)]
+        target = mpmath.mpf(tol.numerator) / tol.denominator * sum(m)
+        for t in range(1, 200):
+            lo, hi = mpmath.mpf(0), mpmath.mpf(2) / max(lams)
+            for _ in range(180):
+                mid = (lo + hi) / 2
+                if sum(-mi * lam * (1 - mid * lam) ** (2 * t - 1) for mi, lam in zip(m, lams)) < 0:
+                    lo = mid
+                else:
+                    hi = mid
+            q = sum(mi * (1 - lo * lam) ** (2 * t) for mi, lam in zip(m, lams))
+            assert abs(q - target) > target * mpmath.mpf(10) ** -30
+            if q <= target:
+                return t
+    raise AssertionError("no t < 200")
+
+
+@pytest.mark.parametrize("lams, cs, tol", [([1, 10], [1, 1], F(1, 10**6)), ([1, 20], [1, 3], F(1, 10**3))])
+@pytest.mark.parametrize("grid", [2, 3])
+def test_best_fixed_step_refinement_finds_the_optimum(lams, cs, tol, grid) -> None:
+    """With a grid too coarse to contain a best step (grid = 2: the candidates are eta*, 1/lambda_max
+    and u = 1/2 of 2/lambda_max), the golden-section refinement on the unimodal N(eta) (q_t convex
+    in eta, so {eta: N(eta) <= t} is an interval) finds the optimal count, computed independently;
+    here it is strictly below N(eta*) (the masses are unequal), and N(returned eta) is that count."""
+    p = Quadratic.from_spectrum(lams, cs)
+    eta, N = best_fixed_step(p, tol, grid=grid)
+    assert N == _optimal_fixed_step_count(lams, cs, tol) == steps_to(p, GD(eta), tol)
+    assert N < steps_to(p, GD(F(2, lams[0] + lams[-1])), tol)
+    assert 0 < eta < F(2, lams[-1])
