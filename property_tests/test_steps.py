@@ -357,3 +357,12 @@ def test_best_fixed_step_refinement_finds_the_optimum(lams, cs, tol, grid) -> No
     assert N == _optimal_fixed_step_count(lams, cs, tol) == steps_to(p, GD(eta), tol)
     assert N < steps_to(p, GD(F(2, lams[0] + lams[-1])), tol)
     assert 0 < eta < F(2, lams[-1])
+
+
+def test_default_horizon_of_the_ball_iterations() -> None:
+    """Adam with step eta = 10^-7 on q = x^2 / 2 from x = 1 moves x by at most eta (1 - beta1) /
+    sqrt(1 - beta2) ~ 3.2 eta per step, so q_t / q_0 >= (1 - 3.2 10^-7 t)^2 > 1/10 for t <= 10^6:
+    the default horizon of 10^4 steps is exhausted first."""
+    p = Quadratic.from_spectrum([1], [1])
+    with pytest.raises(NoConvergenceError, match="within 10000 steps"):
+        steps_to(p, Adam(F(1, 10**7)), F(1, 10))
