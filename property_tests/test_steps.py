@@ -180,7 +180,7 @@ def test_number_rendering_helpers() -> None:
     assert isinstance(v, mpmath.mpf)
     with mpmath.workprec(600):
         assert abs(v - mpmath.mpf(1) / 3) < mpmath.mpf(2) ** -390
-    assert _num(arb(0)) == 0
+    assert _num(arb(0)) == 0 and _num(arb(4)) == 4 and _num(arb(0.5)) == 0.5  # mantissa 1: 2^2, 2^-1
     with arb_prec(128):
         assert _num(arb(-5) / 4) == mpmath.mpf(-1.25)
     assert _show(fmpq(3)) == "3" and _show(fmpq(-12)) == "-12"
@@ -366,3 +366,44 @@ def test_default_horizon_of_the_ball_iterations() -> None:
     p = Quadratic.from_spectrum([1], [1])
     with pytest.raises(NoConvergenceError, match="within 10000 steps"):
         steps_to(p, Adam(F(1, 10**7)), F(1, 10))
+
+
+@pytest.mark.parametrize("opt, msg", [
+    (PreconditionedGD(1, [[1, 0], [0, -1]]), r"^P must be positive definite"),
+    (PreconditionedGD(1, [[1]]), r"^P must be 2x2, got 1x1$"),
+    (HeavyBall(F(1, 4), F(1, 4), P=[[1]]), r"^P must be 2x2, got 1x1$"),
+    (Nesterov(F(1, 4), F(1, 4), P=[[1, 0], [0, -1]]), r"^P must be positive definite"),
+    (LM(1, D=[[1, 0], [0, -1]]), r"^D must be positive definite"),
+    (LM(1, D=[[1]]), r"^D must be 2x2, got 1x1$")], ids=lambda x: str(x)[:30])
+def test_bad_preconditioner_is_named(opt, msg) -> None:
+    """A preconditioner that is not SPD or of the wrong size: the error names it (P or D)."""
+    from convrate.errors import NotPositiveDefiniteError
+
+    with pytest.raises((InvalidInputError, NotPositiveDefiniteError), match=msg):
+        steps_to(Quadratic.from_spectrum([1, 2], [1, 1]), opt, TOL)
+
+
+def test_brute_force_bit_cap_is_inclusive() -> None:
+    """max_bits caps the iterates' total bits: an iterate with exactly max_bits bits is allowed."""
+    q = Quadratic([[2, 1], [1, 3]], [1, 1])
+    tol = F(1, 10**6)
+    N = brute_force_steps(q, GD(F(1, 7)), tol, 200)
+    bits = [sum(e[i, 0].p.bit_length() + e[i, 0].q.bit_length() for i in range(2)) for e in run_exact(q, GD(F(1, 7)), N)]
+    assert bits[-1] == max(bits) > bits[0]
+    assert brute_force_steps(q, GD(F(1, 7)), tol, 200, max_bits=bits[-1]) == N
+    with pytest.raises(PrecisionError, match=f"iterate {N} has {bits[-1]} bits > {bits[-1] - 1}"):
+        brute_force_steps(q, GD(F(1, 7)), tol, 200, max_bits=bits[-1] - 1)
+
+
+def test_default_precision_is_256_bits() -> None:
+    """closed_form_loss, trajectory and iterate default to 256-bit balls (the same balls as prec=256);
+    on a zero start the closed form is the exact rational 0."""
+    q = Quadratic([[2, 1], [1, 3]], [1, -2])
+    same = lambda a, b: a.mid() == b.mid() and a.rad() == b.rad()  # noqa: E731
+    assert same(closed_form_loss(q, GD(F(1, 5)), 3), closed_form_loss(q, GD(F(1, 5)), 3, prec=256))
+    assert not same(closed_form_loss(q, GD(F(1, 5)), 3, prec=257), closed_form_loss(q, GD(F(1, 5)), 3, prec=256))
+    a, b = trajectory(q, Adam(F(1, 10)), 3), trajectory(q, Adam(F(1, 10)), 3, 256)
+    assert all(same(x[i, 0], y[i, 0]) for x, y in zip(a, b) for i in range(2))
+    assert all(same(x, y) for x, y in zip(iterate(q, Adam(F(1, 10)), 3), iterate(q, Adam(F(1, 10)), 3, 256)))
+    zero = closed_form_loss(Quadratic.from_spectrum([1, 2], [0, 0]), GD(1), 3)
+    assert isinstance(zero, fmpq) and zero == 0
