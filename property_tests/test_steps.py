@@ -56,6 +56,8 @@ def test_max_steps_caps_the_count_of_every_method(opt) -> None:
     assert steps_to(SPEC, opt, TOL, max_steps=N + 7) == N
     with pytest.raises(NoConvergenceError):
         steps_to(SPEC, opt, TOL, max_steps=N - 1)
+    with pytest.raises(NoConvergenceError):  # 0 is a valid cap (q_0 > tol q_0 always)
+        steps_to(SPEC, opt, TOL, max_steps=0)
 
 
 @pytest.mark.parametrize("opt", [GD(F(1, 4)), LM(1), HeavyBall(F(1, 4), F(1, 4)), GDSchedule((F(1, 4),) * 30),
@@ -101,6 +103,9 @@ def test_tolerance_as_fmpq_and_the_error_wording() -> None:
         steps_to(SPEC, GD(F(1, 4)), 2)
     with pytest.raises(ToleranceError, match=r"must lie in \(0, 1\), got 2$"):
         steps_to(SPEC, GD(F(1, 4)), fmpq(2))
+    # mpmath reads (1, -1) as 1 * 2^-1, which is in (0, 1); it is still no rational tolerance
+    with pytest.raises(InvalidInputError, match=r"^tol \(1, -1\) is not a real number$"):
+        steps_to(SPEC, GD(F(1, 4)), (1, -1))
 
 
 def test_unsupported_problem_and_optimizer() -> None:
