@@ -558,7 +558,7 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
     N(eta) = steps_to(problem, GD(eta), tol) is exact (certified) for every eta tried; N is
     piecewise constant in eta. The minimum over eta in (0, 2/lambda_max) is a SEARCH, not a
     proof: candidates are eta* = 2/(lambda_min + lambda_max) (``bounds.best_fixed_step``, over
-    the active eigenvalues; a rational within 2^-80 relative of it when they are irrational),
+    the active eigenvalues; a rational within ~2^-79 relative of it when they are irrational),
     1/lambda_max, a grid of ``grid`` points u * 2/lambda_max, u in (0, 1), and a golden-section
     refinement around the best of those. Hence N(returned eta) <= N(eta*) always."""
     tolq = _tol(tol)
@@ -566,18 +566,12 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
         return Fraction(0), 0
     meas = measure_for(problem, GD(1))
     lo, hi = meas.lambda_range(256)
-
-    def rat(b: arb) -> fmpq:
-        man, exp = b.mid().man_exp()
-        return fmpq(int(man)) * (fmpq(2) ** int(exp) if exp >= 0 else fmpq(1, 2 ** int(-exp)))
-
-    lmin = meas.exact[0][0] if meas.is_exact else rat(lo)
-    lmax = meas.exact[-1][0] if meas.is_exact else rat(hi)
+    # the midpoints of the extreme eigenvalue balls, exactly (``_num`` keeps every bit)
+    lmin = meas.exact[0][0] if meas.is_exact else to_fmpq(_num(lo))
+    lmax = meas.exact[-1][0] if meas.is_exact else to_fmpq(_num(hi))
     cache: dict[fmpq, float] = {}
 
     def N(eta: fmpq) -> float:
-        if eta <= 0:
-            return math.inf
         if eta not in cache:
             try:
                 cache[eta] = steps_to(problem, GD(eta), tolq)
@@ -586,8 +580,12 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
         return cache[eta]
 
     def limit(x: fmpq, bits: int = 80) -> fmpq:
-        """A rational of ~``bits`` bits close to x (keeps the exact arithmetic cheap)."""
-        f = fmpq_to_fraction(x).limit_denominator(1 << bits)
+        """A rational within 2^(1 - bits) relative of x > 0 and of ~``bits`` significant bits (keeps
+        the exact arithmetic cheap): x = s y with s a power of 2 and y in (1/2, 2), y rounded to a
+        denominator <= 2^bits. Relative, so that a step of any scale (lambda_max > 2^80) stays > 0."""
+        f = fmpq_to_fraction(x)
+        s = Fraction(2) ** (f.numerator.bit_length() - f.denominator.bit_length())
+        f = (f / s).limit_denominator(1 << bits) * s
         return fmpq(f.numerator, f.denominator)
 
     scale = 2 / lmax

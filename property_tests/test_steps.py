@@ -412,3 +412,21 @@ def test_default_precision_is_256_bits() -> None:
     assert all(same(x, y) for x, y in zip(iterate(q, Adam(F(1, 10)), 3), iterate(q, Adam(F(1, 10)), 3, 256)))
     zero = closed_form_loss(Quadratic.from_spectrum([1, 2], [0, 0]), GD(1), 3)
     assert isinstance(zero, fmpq) and zero == 0
+
+
+@pytest.mark.parametrize("k", [100, -100])
+def test_best_fixed_step_at_any_scale(k) -> None:
+    """Scaling H by s = 2^k scales every GD step by 1/s and leaves every count unchanged
+    (e_(t+1) = (I - (eta/s) s H) e_t). best_fixed_step must follow: the same count, the step divided
+    by s exactly (its candidates are rounded relative to their size: lambda_max = 6 * 2^100 made
+    the old absolute rounding to denominators <= 2^80 turn every step into 0, and the search
+    crashed). On an irrational spectrum (H = s [[2, 1], [1, 3]]), the count is that of the
+    returned step and no worse than eta* = 2 / (s trace H)."""
+    s = F(2) ** k
+    tol = F(1, 1000)
+    eta, N = best_fixed_step(Quadratic.from_spectrum([1, 6], [1, 1]), tol, grid=8)
+    assert best_fixed_step(Quadratic.from_spectrum([s, 6 * s], [1, 1]), tol, grid=8) == (eta / s, N)
+    p = Quadratic([[2 * s, s], [s, 3 * s]], [1, 1])
+    eta_s, N_s = best_fixed_step(p, tol, grid=8)
+    assert N_s == steps_to(p, GD(eta_s), tol) <= steps_to(p, GD(2 / (5 * s)), tol)
+    assert N_s == best_fixed_step(Quadratic([[2, 1], [1, 3]], [1, 1]), tol, grid=8)[1]
