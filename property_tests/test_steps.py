@@ -430,3 +430,18 @@ def test_best_fixed_step_at_any_scale(k) -> None:
     eta_s, N_s = best_fixed_step(p, tol, grid=8)
     assert N_s == steps_to(p, GD(eta_s), tol) <= steps_to(p, GD(2 / (5 * s)), tol)
     assert N_s == best_fixed_step(Quadratic([[2, 1], [1, 3]], [1, 1]), tol, grid=8)[1]
+
+
+@pytest.mark.parametrize("opt", [GD(F(1, 4)), LM(F(1, 3), D=[[1, 0], [0, 2]]), PreconditionedGD(F(1, 5), [[1, 0], [0, 3]])],
+                         ids=lambda o: type(o).__name__)
+def test_near_tie_below_resolution_on_an_irrational_spectrum(opt) -> None:
+    """tol = (q_t / q_0) (1 - 2^-3000), H = [[2, 1], [1, 1]] (irrational spectrum, rational q_t): q_t
+    exceeds tol q_0 by a relative 2^-3000, which no ball below ~3000 bits resolves, so the decision
+    at t falls to the exact rational iterate, which must say 'not yet': the count is t + 1 (and
+    exactly q_t / q_0, a tie, gives t)."""
+    p = Quadratic(fmpq_mat([[2, 1], [1, 1]]), fmpq_mat([[1], [0]]))
+    qs = [p.loss(e) for e in run_exact(p, opt, 4)]
+    for t in (1, 3):
+        tie = F(int((qs[t] / qs[0]).p), int((qs[t] / qs[0]).q))
+        assert steps_to(p, opt, tie) == t
+        assert steps_to(p, opt, tie * (1 - F(1, 2**3000))) == t + 1 == brute_force_steps(p, opt, tie * (1 - F(1, 2**3000)), 5)
