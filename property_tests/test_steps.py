@@ -445,3 +445,16 @@ def test_near_tie_below_resolution_on_an_irrational_spectrum(opt) -> None:
         tie = F(int((qs[t] / qs[0]).p), int((qs[t] / qs[0]).q))
         assert steps_to(p, opt, tie) == t
         assert steps_to(p, opt, tie * (1 - F(1, 2**3000))) == t + 1 == brute_force_steps(p, opt, tie * (1 - F(1, 2**3000)), 5)
+
+
+def test_small_counts_by_hand() -> None:
+    """Counts derived by hand. GD(1/2) on lambda = 1, c = 1 (2 q_0 = 1): 2 q_t = (1/2)^(2t) <= 1/10
+    first at t = 2. GD(1) on lambda = 1, 1/10 with c = 10, 1 (masses 100, 1/10; f = 0, 9/10): 2 q_1 =
+    (1/10)(81/100) = 0.081 <= (1/100)(100.1) = 1.001, so t = 1, although the slowest rate 9/10
+    alone would bracket ~22 steps. GD(1) on lambda = 2/3 (f = 1/3), tol = 3^-10 (1 - 2^-3000): q_5
+    exceeds tol q_0 by a relative 2^-3000 (the exact fallback must say 'not yet'): t = 6."""
+    assert steps_to(Quadratic.from_spectrum([1], [1]), GD(F(1, 2)), F(1, 10)) == 2
+    assert steps_to(Quadratic.from_spectrum([1, F(1, 10)], [10, 1]), GD(1), F(1, 100)) == 1
+    near = F(1, 3**10) * (1 - F(1, 2**3000))
+    assert steps_to(Quadratic.from_spectrum([F(2, 3)], [1]), GD(1), near) == 6
+    assert steps_to(Quadratic.from_spectrum([F(2, 3)], [1]), GD(1), F(1, 3**10)) == 5
