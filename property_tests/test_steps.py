@@ -14,7 +14,7 @@ from flint import arb, fmpq, fmpq_mat
 from convrate.errors import DivergenceError, InvalidInputError, NoConvergenceError, PrecisionError, ToleranceError
 from convrate.numerics.optimizers import (CG, GD, LM, Adagrad, Adam, CubicNewton, GDSchedule, HeavyBall, Nesterov,
                                           Newton, PreconditionedGD, RMSprop, run_exact)
-from convrate.numerics.optimizers_second_order import LBFGS, NewtonCG, Sophia
+from convrate.numerics.optimizers_second_order import LBFGS, MatrixQuadratic, Muon, NewtonCG, Shampoo, Sophia
 from convrate.numerics.quadratic import Quadratic, arb_prec
 from convrate.numerics.steps import (best_fixed_step, brute_force_steps, closed_form_loss, iterate, measure_for, steps_to,
                                      trajectory)
@@ -458,3 +458,21 @@ def test_small_counts_by_hand() -> None:
     near = F(1, 3**10) * (1 - F(1, 2**3000))
     assert steps_to(Quadratic.from_spectrum([F(2, 3)], [1]), GD(1), near) == 6
     assert steps_to(Quadratic.from_spectrum([F(2, 3)], [1]), GD(1), F(1, 3**10)) == 5
+
+
+def test_matrix_quadratic_counts_and_caps() -> None:
+    """Muon (beta = 0) on L(W) = 1/2 tr(E^T M E), M = diag(2, 1), E_0 = I: the gradient M E stays
+    diagonal positive, its polar factor is I, so E_t = (1 - t eta) I and q_t / q_0 = (1 - t/4)^2 for
+    eta = 1/4: <= 1/10 first at t = 3 (0.0625; t = 2 gives 0.25). max_steps caps it (and Shampoo's
+    count) like every other method; with eta = 10^-7 the default horizon of 10^4 steps runs out."""
+    p = MatrixQuadratic([[2, 0], [0, 1]], [[1, 0], [0, 1]])
+    assert steps_to(p, Muon(F(1, 4)), F(1, 10)) == 3 == steps_to(p, Muon(F(1, 4)), F(1, 10), max_steps=3)
+    for opt in (Muon(F(1, 4)), Shampoo(F(1, 4))):
+        N = steps_to(p, opt, F(1, 10))
+        assert steps_to(p, opt, F(1, 10), max_steps=N) == N
+        with pytest.raises(NoConvergenceError, match=f"within {N - 1} steps"):
+            steps_to(p, opt, F(1, 10), max_steps=N - 1)
+    with pytest.raises(NoConvergenceError, match="within 10000 steps"):
+        steps_to(p, Muon(F(1, 10**7)), F(1, 10))
+    with pytest.raises(InvalidInputError, match="max_steps"):
+        steps_to(p, Muon(F(1, 4)), F(1, 10), max_steps=-1)
