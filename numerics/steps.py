@@ -223,7 +223,6 @@ def _classify(modes: _Modes, what: str, describe: Callable[[Any, Any], str]) -> 
     with |f| = 1, an upper bound on max |f| over the decaying modes)."""
     stalled = fmpq(0)
     rho_q = fmpq(0)
-    rho = mpmath.mpf(0)
     for mu, m, f in modes.exact:
         a = abs(f)
         if a > 1:
