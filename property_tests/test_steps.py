@@ -476,3 +476,18 @@ def test_matrix_quadratic_counts_and_caps() -> None:
         steps_to(p, Muon(F(1, 10**7)), F(1, 10))
     with pytest.raises(InvalidInputError, match="max_steps"):
         steps_to(p, Muon(F(1, 4)), F(1, 10), max_steps=-1)
+
+
+def test_jury_test_is_three_valued_on_balls() -> None:
+    """_jury_unstable on balls: False when stability is proved (|a0| <= 1 and |a1| <= 1 + a0 hold on
+    the whole balls), True when instability is, None when a ball straddles the boundary
+    |a1| = 1 + a0 or |a0| = 1 (z^2 + (3/2) z + 1/2 = (z + 1)(z + 1/2) has a root on the unit circle,
+    and a1 = 3/2 +- 2^-100 straddles it; likewise a0 = 1 +- 2^-100 with a1 = 0)."""
+    from convrate.numerics.steps import _jury_unstable
+
+    with arb_prec(128):
+        third = arb(1) / 3
+        assert _jury_unstable(-third, third / 2) is False  # roots of modulus < 1, balls decided
+        assert _jury_unstable(-arb(5) / 2, third) is True  # |a1| = 5/2 > 1 + 1/3
+        assert _jury_unstable(arb(1.5, 2.0**-100), arb(0.5)) is None
+        assert _jury_unstable(arb(0), arb(1, 2.0**-100)) is None  # |a0| straddles 1
