@@ -464,9 +464,12 @@ def test_matrix_quadratic_counts_and_caps() -> None:
     """Muon (beta = 0) on L(W) = 1/2 tr(E^T M E), M = diag(2, 1), E_0 = I: the gradient M E stays
     diagonal positive, its polar factor is I, so E_t = (1 - t eta) I and q_t / q_0 = (1 - t/4)^2 for
     eta = 1/4: <= 1/10 first at t = 3 (0.0625; t = 2 gives 0.25). max_steps caps it (and Shampoo's
-    count) like every other method; with eta = 10^-7 the default horizon of 10^4 steps runs out."""
+    count) like every other method; with eta = 10^-7 the default horizon of 10^4 steps runs out.
+    tol = 1/4 = q_2 / q_0 is an exact tie: t = 2."""
     p = MatrixQuadratic([[2, 0], [0, 1]], [[1, 0], [0, 1]])
     assert steps_to(p, Muon(F(1, 4)), F(1, 10)) == 3 == steps_to(p, Muon(F(1, 4)), F(1, 10), max_steps=3)
+    # tol = 1/4 = q_2 / q_0 exactly (dyadic iterates: the exact balls decide the tie at once)
+    assert steps_to(p, Muon(F(1, 4)), F(1, 4)) == 2
     for opt in (Muon(F(1, 4)), Shampoo(F(1, 4))):
         N = steps_to(p, opt, F(1, 10))
         assert steps_to(p, opt, F(1, 10), max_steps=N) == N
