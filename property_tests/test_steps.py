@@ -492,5 +492,9 @@ def test_jury_test_is_three_valued_on_balls() -> None:
         third = arb(1) / 3
         assert _jury_unstable(-third, third / 2) is False  # roots of modulus < 1, balls decided
         assert _jury_unstable(-arb(5) / 2, third) is True  # |a1| = 5/2 > 1 + 1/3
+        assert _jury_unstable(arb(-1), third) is False  # z^2 - z + 1/3: |z| = 3^-1/2 (|a1| > 1 - a0 is fine)
+        # exact balls on the boundary: a root on the unit circle is not instability, decided
+        assert _jury_unstable(arb(0), arb(1)) is False  # z^2 + 1: z = +-i
+        assert _jury_unstable(arb(1.5), arb(0.5)) is False  # (z + 1)(z + 1/2)
         assert _jury_unstable(arb(1.5, 2.0**-100), arb(0.5)) is None
         assert _jury_unstable(arb(0), arb(1, 2.0**-100)) is None  # |a0| straddles 1
