@@ -88,6 +88,8 @@ def test_newton_and_cg_max_steps() -> None:
     with pytest.raises(NoConvergenceError, match="max_steps = 0"):
         steps_to(SPEC, Newton(), TOL, max_steps=0)
     assert steps_to(SPEC, CG(), TOL) == 2 == steps_to(SPEC, CG(), TOL, max_steps=2)
+    # exact tie: CG's first step on H = diag(1, 4), e_0 = (1, 1): alpha = r.r / r.Hr = 17/65, q_1 = 18/65
+    assert steps_to(SPEC, CG(), F(18, 65) / F(5, 2)) == 1
     with pytest.raises(NoConvergenceError, match="max_steps = 1"):
         steps_to(SPEC, CG(), TOL, max_steps=1)
 
@@ -371,6 +373,11 @@ def test_default_horizon_of_the_ball_iterations() -> None:
     p = Quadratic.from_spectrum([1], [1])
     with pytest.raises(NoConvergenceError, match="within 10000 steps"):
         steps_to(p, Adam(F(1, 10**7)), F(1, 10))
+    # L-BFGS with a fixed step 10^-7 (torch's rule) on SPEC: each step moves e by 10^-7 times a
+    # quasi-Newton direction of the size of e (H^-1 g = e at best; eigenvalues 1 and 4), so q_t stays
+    # above q_0 / 100 far beyond the default horizon
+    with pytest.raises(NoConvergenceError, match="within 10000 steps"):
+        steps_to(SPEC, LBFGS(2, step=F(1, 10**7)), TOL)
 
 
 @pytest.mark.parametrize("opt, msg", [
