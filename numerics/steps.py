@@ -593,20 +593,18 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
     for c in cands:
         N(c)
     best = min(cache, key=lambda e: (cache[e], e != eta_star))
-    # golden-section on u = eta / scale around the best candidate
-    g = (math.sqrt(5) - 1) / 2
+    # golden-section on u = eta / scale around the best candidate: 30 steps shrink the bracket
+    # [a, b] (width <= 2/grid) by the golden ratio g = (sqrt 5 - 1)/2 each, to <= 2/grid g^30 ~ 1e-6/grid
+    g = Fraction((math.sqrt(5) - 1) / 2).limit_denominator(1 << 30)
     u0 = fmpq_to_fraction(best / scale)
     a, b = max(Fraction(0), u0 - Fraction(1, grid)), min(Fraction(1), u0 + Fraction(1, grid))
     for _ in range(30):
-        c = b - Fraction(g).limit_denominator(1 << 30) * (b - a)
-        d = a + Fraction(g).limit_denominator(1 << 30) * (b - a)
+        c, d = b - g * (b - a), a + g * (b - a)
         ec, ed = limit(scale * to_fmpq(c)), limit(scale * to_fmpq(d))
         if N(ec) <= N(ed):
             b = d
         else:
             a = c
-        if b - a < Fraction(1, 1 << 40):
-            break
     best = min(cache, key=lambda e: (cache[e], e != eta_star))
     if cache[best] == math.inf:
         raise NoConvergenceError("no fixed step tried reaches the target")
