@@ -513,3 +513,15 @@ def test_best_fixed_step_default_grid() -> None:
     p = Quadratic.from_spectrum([1, F(5, 2), 7, 40], [3, -1, 2, 1])
     tol = F(1, 10**5)
     assert best_fixed_step(p, tol) == best_fixed_step(p, tol, grid=48)
+
+
+def test_best_fixed_step_one_over_lambda_max() -> None:
+    """Loss almost all on lambda_max = 100 (masses lambda c^2 = 1 and 10^6): eta = 1/100 removes that
+    mode in one step, q_1 = (1/2)(99/100)^2 < 10^-3 q_0 ~ 500, so N(1/100) = 1; with grid = 3 no grid
+    point (u = 1/3, 2/3 of 2/100) nor eta* = 2/101 comes within the window |1 - 100 eta| <= 0.0316
+    that one step needs, so the candidate 1/lambda_max is the (first) one-step answer returned."""
+    p = Quadratic.from_spectrum([1, 100], [1, 100])
+    tol = F(1, 1000)
+    assert steps_to(p, GD(F(1, 100)), tol) == 1
+    assert all(steps_to(p, GD(eta), tol) > 1 for eta in (F(2, 101), F(2, 300), F(4, 300)))
+    assert best_fixed_step(p, tol, grid=3) == (F(1, 100), 1)
