@@ -328,14 +328,14 @@ def test_scanned_tie_on_an_irrational_spectrum(opt) -> None:
         assert (N == 2) == (tol > tie)
 
 
-def _optimal_fixed_step_count(lams: list[int], cs: list[int], tol: F) -> int:
+def _optimal_fixed_step_count(lams: list[int], cs: list[F], tol: F) -> int:
     """min over eta of N(eta), independently: 2 q_t(eta) = sum_i m_i (1 - eta lambda_i)^(2t) (m_i =
     lambda_i c_i^2) is convex in eta (even powers of affine functions), so its minimum over
     (0, 2/lambda_max) is where the derivative changes sign (bisection, mpmath at 60 digits, the
     verdict checked to have a relative margin > 10^-30); the answer is the first t with that
     minimum <= tol * 2 q_0 (q_t(eta) decreases in t for every stable eta)."""
     with mpmath.workdps(60):
-        m = [mpmath.mpf(lam) * c * c for lam, c in zip(lams, cs)]
+        m = [mpmath.mpf(lam) * (mpmath.mpf(F(c).numerator) / F(c).denominator) ** 2 for lam, c in zip(lams, cs)]
         target = mpmath.mpf(tol.numerator) / tol.denominator * sum(m)
         for t in range(1, 200):
             lo, hi = mpmath.mpf(0), mpmath.mpf(2) / max(lams)
@@ -525,3 +525,15 @@ def test_best_fixed_step_one_over_lambda_max() -> None:
     assert steps_to(p, GD(F(1, 100)), tol) == 1
     assert all(steps_to(p, GD(eta), tol) > 1 for eta in (F(2, 101), F(2, 300), F(4, 300)))
     assert best_fixed_step(p, tol, grid=3) == (F(1, 100), 1)
+
+
+@pytest.mark.parametrize("tol", [F(1, 10**3), F(1, 10**9)])
+def test_best_fixed_step_uses_the_eigenvalues_not_the_masses(tol) -> None:
+    """Spectrum 1, 6 with c = (3, 1/2): masses lambda c^2 = 9, 3/2 differ from the eigenvalues, and eta*
+    is 2 / (1 + 6) = 2/7; no fixed step beats it here (the optimum over eta, computed independently,
+    is N(2/7)), so best_fixed_step returns eta* itself (its documented tie preference)."""
+    p = Quadratic.from_spectrum([1, 6], [3, F(1, 2)])
+    eta, N = best_fixed_step(p, tol)
+    n_star = steps_to(p, GD(F(2, 7)), tol)
+    assert n_star == _optimal_fixed_step_count([1, 6], [3, F(1, 2)], tol)  # no fixed step beats eta*
+    assert (eta, N) == (F(2, 7), n_star)
