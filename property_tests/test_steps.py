@@ -531,9 +531,11 @@ def test_best_fixed_step_one_over_lambda_max() -> None:
 def test_best_fixed_step_uses_the_eigenvalues_not_the_masses(tol) -> None:
     """Spectrum 1, 6 with c = (3, 1/2): masses lambda c^2 = 9, 3/2 differ from the eigenvalues, and eta*
     is 2 / (1 + 6) = 2/7; no fixed step beats it here (the optimum over eta, computed independently,
-    is N(2/7)), so best_fixed_step returns eta* itself (its documented tie preference)."""
-    p = Quadratic.from_spectrum([1, 6], [3, F(1, 2)])
-    eta, N = best_fixed_step(p, tol)
-    n_star = steps_to(p, GD(F(2, 7)), tol)
-    assert n_star == _optimal_fixed_step_count([1, 6], [3, F(1, 2)], tol)  # no fixed step beats eta*
-    assert (eta, N) == (F(2, 7), n_star)
+    is N(2/7)), so best_fixed_step returns eta* itself (its documented tie preference). Likewise with a
+    middle eigenvalue 3 (c = (3, 1, 1/2)): lambda_max is the last support point, not the second."""
+    for lams, cs in (([1, 6], [3, F(1, 2)]), ([1, 3, 6], [3, 1, F(1, 2)])):
+        p = Quadratic.from_spectrum(lams, cs)
+        eta, N = best_fixed_step(p, tol)
+        n_star = steps_to(p, GD(F(2, 7)), tol)
+        assert n_star == _optimal_fixed_step_count(lams, cs, tol)  # no fixed step beats eta*
+        assert (eta, N) == (F(2, 7), n_star)
