@@ -216,9 +216,10 @@ def cg_polynomial_minimum(measure: SpectralMeasure, t: int) -> fmpq:
 
     This is q_t of CG (CG minimizes the H-norm error over the Krylov space). Solved from the
     normal equations M a = -b, M_jk = sum m mu^(j+k), b_j = sum m mu^j (j, k = 1..t), whose
-    minimum is sum m + a^T b. Once t >= number of support points (M singular past the nonzero
-    ones), p = prod_j (1 - x/mu_j) over the nonzero points vanishes there and the minimum is half
-    the mass at 0 (p(0) = 1): zero when 0 is not a support point. Needs an exact measure."""
+    minimum is sum m + a^T b. For t >= number of support points, p = prod_j (1 - x/mu_j) over the
+    nonzero ones vanishes at all of them, so the minimum is half the mass at 0 (p(0) = 1 there),
+    zero when 0 is not a support point (M would be singular once t exceeds the nonzero points).
+    Needs an exact measure."""
     if not measure.is_exact:
         raise InvalidInputError("cg_polynomial_minimum needs a measure with rational support")
     pts = measure.exact
