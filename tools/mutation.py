@@ -50,7 +50,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "theory/bounds_precision.py": ("test_fp_precision.py", "test_battery.py", "test_theory.py"),
     "numerics/steps.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
     "numerics/krylov.py": ("test_krylov.py", "test_quadratic.py", "test_battery.py"),
-    "numerics/reparam.py": ("test_nets.py", "test_battery.py", "test_quadratic.py"),
+    "numerics/reparam.py": ("test_nets.py", "test_battery.py", "test_quadratic.py", "test_reparam.py"),
     "models/symmetry.py": ("test_models_symmetry.py", "test_models_defense.py", "test_models_recovery.py",
                            "test_fplr.py", "test_models_laws.py", "test_llm_groups.py"),
     "models/recovery.py": ("test_models_recovery.py", "test_llm_groups.py"),
