@@ -183,7 +183,7 @@ def test_invalid_elements_rejected():
 # A "toy" group is one TorchSymmetry on the tensors of SHAPES with explicit slots; its T is known
 # by construction, so every measurement of the record is compared with T formed densely (column
 # j = T e_j, T being linear) or with values derived by hand.
-SHAPES = {"W": (6, 4), "V": (4, 6), "b": (6,)}
+SHAPES = {"W": (6, 4), "V": (4, 6), "b": (6,), "C": (2, 2, 4)}
 U64 = 2.0**-53
 
 
@@ -221,8 +221,7 @@ def _layouts(draw):
         r = draw(st.integers(1, 3))
         slots = []
         for _ in range(draw(st.integers(1, 2))):
-            p = draw(st.sampled_from(["W", "V", "b"]))
-            axis = draw(st.integers(0, len(SHAPES[p]) - 1))
+            p, axis = draw(st.sampled_from([(n, a) for n, sh in SHAPES.items() for a in range(len(sh)) if sh[a] >= r]))
             rep = draw(st.integers(1, SHAPES[p][axis] // r))
             start = draw(st.integers(0, SHAPES[p][axis] - r * rep))
             slots.append((p, axis, start, draw(st.sampled_from(["A", "A_invT"])), rep))
@@ -232,7 +231,8 @@ def _layouts(draw):
 
 #: one layout per case of ``_axis_singular_values``: disjoint dense blocks covering the axis, leaving
 #: a rest, overlapping (dense path), norm-preserving factors at both ends of a chain (dropped),
-#: a monomial chain, only norm-preserving factors, two axes of one tensor, a repeated block
+#: a monomial chain, only norm-preserving factors, two axes of one tensor, a repeated block, an
+#: overlapping pair on the last axis of a 3-D tensor
 BRANCH_LAYOUTS = [
     [("gl", 3, [("W", 0, 0, "A", 1)]), ("gl", 3, [("W", 0, 3, "A_invT", 1)])],
     [("gl", 2, [("V", 1, 1, "A", 1), ("V", 1, 3, "A_invT", 1)])],
@@ -244,6 +244,7 @@ BRANCH_LAYOUTS = [
     [("orthogonal", 2, [("W", 1, 0, "A", 2)]), ("permutation", 3, [("W", 1, 1, "A_invT", 1)])],
     [("positive-diagonal", 3, [("W", 0, 0, "A", 2)]), ("gl", 2, [("W", 1, 0, "A", 2)])],
     [("gl", 2, [("V", 0, 0, "A", 2), ("b", 0, 0, "A_invT", 3)])],
+    [("gl", 2, [("C", 2, 0, "A", 1)]), ("gl", 2, [("C", 2, 1, "A_invT", 1)])],
 ]
 
 
@@ -251,13 +252,13 @@ def _assert_dense_singular_values(rec: TorchReparameterization) -> None:
     """sigma_min(T), sigma_max(T) of the record (per-axis rules, no dense T) = those of T formed
     densely, on the tensors it touches and on a space adding an untouched one. Allowance: T's
     columns and the singular values of the r x r elements are backward stable, an error <= c m u
-    ||T|| kappa_A (m = 60 the dense size; the A^-T blocks are solves); 64 m u kappa_A^2 hi covers it."""
+    ||T|| kappa_A (m <= 76 the dense size; the A^-T blocks are solves); 64 m u kappa_A^2 hi covers it."""
     touched = [n for n in SHAPES if n in rec.param_names]
     everything = list(SHAPES)
     for space, names in ((None, touched), (everything, everything)):
         sv = torch.linalg.svdvals(_dense_T(rec, names))
         lo, hi = rec.singular_value_range(space)
-        tol = 64 * 60 * U64 * rec.kappa_A() ** 2 * float(sv.max())
+        tol = 64 * len(sv) * U64 * rec.kappa_A() ** 2 * float(sv.max())
         assert abs(lo - float(sv.min())) <= tol and abs(hi - float(sv.max())) <= tol, (space, lo, hi, sv)
         assert math.isclose(rec.kappa_T(space), hi / lo)
 
@@ -295,8 +296,15 @@ def test_singular_value_range_by_hand():
     full = [("gl", (2, 3), [("V", 0, 0, "A", 1)]), ("gl", (4, 5), [("V", 0, 2, "A", 1)])]
     assert _same(rng(full), (2.0, 5.0))  # V's axis 0 is covered: no singular value 1
     assert _same(rng(full, ["V"]), (2.0, 5.0)) and _same(rng(full, ["V", "b"]), (1.0, 5.0))
+    full_rec = TorchReparameterization([(_toy("gl", 2, sl, f"g{i}"), _gl(*e)) for i, (_, e, sl) in enumerate(full)])
+    assert math.isclose(full_rec.kappa_T(), 2.5, rel_tol=1e-14) and math.isclose(full_rec.kappa_T(["b", "V"]), 5.0,
+                                                                                 rel_tol=1e-14)
+    assert _same(rng([("gl", (0.5, 0.25), [("b", 0, 0, "A", 3)])]), (0.25, 0.5))  # every sigma < 1
     assert _same(rng([full[0], ("gl", (4, 5), [("V", 0, 2, "A_invT", 1)])]), (1 / 5, 3.0))
     assert _same(rng([full[0]]), (1.0, 3.0))  # V[2:4] untouched
+    assert _same(rng([("gl", (2, 3), [("b", 0, 3, "A", 1)])]), (1.0, 3.0))  # b[3:5]: b[0:3], b[5] untouched
+    mixed = [("diagonal", (-2, 4), [("V", 0, 0, "A", 1)]), ("gl", (3, 5), [("V", 0, 2, "A_invT", 1)])]
+    assert _same(rng(mixed), (0.2, 4.0))  # a signed diagonal block beside a dense one: |d|
     assert _same(rng([("gl", (0.5, 0.25), [("b", 0, 0, "A", 1)])]), (0.25, 1.0))
     overlap = [full[0], ("gl", (4, 5), [("V", 0, 1, "A", 1)])]  # diag(2, 3 * 4, 5, 1)
     assert _same(rng(overlap), (1.0, 12.0))
@@ -331,7 +339,10 @@ def test_singular_values_of_huge_axes_from_shapes_alone(monkeypatch):
     assert _same(rec(("orthogonal", 0, "A", Q), ("gl", 1, "A", _gl(2, 3))).singular_value_range(), (1.0, 3.0))
     assert _same(rec(("gl", 1, "A", _gl(2, 3)), ("permutation", 0, "A_invT", P)).singular_value_range(), (1.0, 3.0))
     assert _same(rec(("orthogonal", 0, "A", Q), ("permutation", 1, "A", P)).singular_value_range(), (1.0, 1.0))
-    with pytest.raises(InvalidInputError, match="overlapping groups"):
+    d = torch.tensor([2.0, -3.0], dtype=torch.float64)  # overlapping monomial factors: T applied to ones
+    # E[0:3] scaled by (2, -3 / 2, -1 / 3)
+    assert _same(rec(("diagonal", 0, "A", d), ("diagonal", 1, "A_invT", d)).singular_value_range(), (1 / 3, 2.0))
+    with pytest.raises(InvalidInputError, match="^parameter E: overlapping groups"):
         rec(("gl", 0, "A", _gl(2, 3)), ("gl", 1, "A", _gl(4, 5))).singular_value_range()
     # up to the limit an overlapping axis is formed densely (limit lowered to keep the test small)
     monkeypatch.setattr(symmetry, "DENSE_AXIS_LIMIT", 4)
@@ -422,8 +433,18 @@ def test_apply_is_T_on_the_named_tensors_and_leaves_its_input_alone(dtype):
     assert torch.equal(ranged.apply_param("b", theta["b"], A), theta["b"])
     with pytest.raises(InvalidInputError, match="does not have 2 x 1 entries"):
         _toy("gl", 2, [("b", 0, 5, "A", 1)]).apply({"b": theta["b"]}, A)  # b[5:7] has one entry
-    with pytest.raises(InvalidInputError, match="unknown slot op"):
-        TorchSymmetry("S1", "toy", "bad", 2, (Slot("b", 0, 0, 2, "A_T"),), element="gl").apply(theta, A)
+    bad_op = TorchSymmetry("S1", "toy", "bad.group", 2, (Slot("b", 0, 0, 2, "A_T"),), element="gl")
+    for act in (lambda: bad_op.apply(theta, A), lambda: bad_op.apply_param("b", theta["b"], A)):
+        with pytest.raises(InvalidInputError, match="^bad.group: unknown slot op"):  # errors name the group
+            act()
+    with pytest.raises(InvalidInputError, match="^bad.group: .*shape"):
+        bad_op.validate(torch.ones(3, 3))
+    d = torch.tensor([2.0, -4.0], dtype=torch.float64)  # a signed diagonal element on the rows of W
+    diag = _toy("diagonal", 2, [("W", 0, 1, "A", 1), ("W", 1, 2, "A_invT", 1)])
+    want = theta["W"].double().clone()
+    want[1:3] *= d[:, None]
+    want[:, 2:4] /= d[None, :]
+    assert torch.equal(diag.apply_param("W", theta["W"], d), want.to(dtype))
     # inverse and transpose: T^-1 T = I and (T^T)^T = T exactly here (integer entries), with their meta
     back = rec.inverse().apply(out)
     assert all(torch.equal(back[n], theta[n]) for n in SHAPES)
@@ -459,6 +480,33 @@ def test_symmetry_json_round_trip_and_older_records():
     assert torch.equal(rope_sym.identity(), torch.eye(4, dtype=torch.float64))
     assert rope_sym.identity(torch.float32).dtype == torch.float32
     assert torch.equal(_toy("diagonal", 3, [("b", 0, 0, "A", 1)]).identity(), torch.ones(3, dtype=torch.float64))
+    # a rope element is checked against the group's own frequencies (structure), through the record
+    R = random_element(rope_sym, torch.Generator().manual_seed(3))
+    assert torch.equal(TorchReparameterization([(rope_sym, R)]).items[0][1], R)
+    with pytest.raises(InvalidInputError, match="^rq: element does not commute"):
+        rope_sym.validate(torch.eye(4, dtype=torch.float64)[[1, 0, 2, 3]])
+
+
+def test_element_measures_per_kind():
+    """sigma(A), kappa(A), A^-1, A^T through the group: |d| and d_max / d_min for diagonal kinds,
+    the SVD for gl, 1 for orthogonal and permutation elements (exact values by hand)."""
+    d = torch.tensor([2.0, -8.0, 0.5], dtype=torch.float64)
+    s = _toy("diagonal", 3, [("b", 0, 0, "A", 1)])
+    assert torch.equal(s.singular_values(d), d.abs()) and s.kappa(d) == 16.0
+    assert torch.equal(s.inverse(d), torch.tensor([0.5, -0.125, 2.0], dtype=torch.float64))
+    assert torch.equal(s.transpose(d), d)
+    g = _toy("gl", 2, [("b", 0, 0, "A", 1)])
+    A = torch.tensor([[0.0, 3.0], [-0.5, 0.0]], dtype=torch.float64)  # sigma = 3, 1/2
+    assert torch.allclose(g.singular_values(A), torch.tensor([3.0, 0.5], dtype=torch.float64), rtol=1e-15, atol=0)
+    assert math.isclose(g.kappa(A), 6.0, rel_tol=1e-15) and torch.equal(g.transpose(A), A.T)
+    assert torch.allclose(g.inverse(A) @ A, torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-15)
+    P = torch.eye(3, dtype=torch.float64)[[2, 0, 1]]
+    p = _toy("permutation", 3, [("b", 0, 0, "A", 1)])
+    assert torch.equal(p.singular_values(P), torch.ones(3, dtype=torch.float64)) and p.kappa(P) == 1.0
+    assert torch.equal(p.inverse(P), P.T)
+    for bad in (torch.zeros(3), torch.ones(2)):
+        with pytest.raises((InvalidInputError, SingularReparameterizationError), match="^g: "):
+            s.singular_values(bad)
 
 
 def test_describe_and_kappa_by_kind():
@@ -474,7 +522,7 @@ def test_describe_and_kappa_by_kind():
     assert line.split() == ["S1", "toy", "gl", "pair", "r=2", "params=W,", "V"]
     assert len(describe([a, q, b])) == 3 and describe([q])[0].split()[:4] == ["S1", "rotation", "orthogonal", "rot"]
     Q = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
-    rec = TorchReparameterization([(a, _gl(2, 6)), (q, Q), (b, _gl(1, 5))])
+    rec = TorchReparameterization([(a, _gl(1, 5)), (q, Q), (b, _gl(2, 6))])  # the first "toy" has the larger kappa
     by_kind = rec.kappa_A_by_kind()
     assert list(by_kind) == ["toy", "rotation"] and by_kind["rotation"] == 1.0
     assert math.isclose(by_kind["toy"], 5.0, rel_tol=1e-14) and math.isclose(rec.kappa_A(), 5.0, rel_tol=1e-14)
@@ -504,6 +552,8 @@ def test_record_files_and_random_elements(tmp_path):
     rec.save(tmp_path / "a" / "b", stem="t")  # overwriting an existing record folder is fine
     back = TorchReparameterization.load(tmp_path / "a" / "b", stem="t")
     assert back.meta == js["meta"] and torch.equal(back.items[0][1], _gl(2, 3))
+    jp.write_text(json.dumps({k: v for k, v in js.items() if k != "meta"}))  # meta is optional
+    assert TorchReparameterization.load(tmp_path / "a" / "b", stem="t").inverse().meta == {"inverse_of": "T"}
     jp.write_text(json.dumps({**js, "format": "other"}))
     with pytest.raises(InvalidInputError, match="not a convrate reparameterization"):
         TorchReparameterization.load(tmp_path / "a" / "b", stem="t")
@@ -514,6 +564,7 @@ def test_record_files_and_random_elements(tmp_path):
         s = _toy(kind, 3, [("b", 0, 0, "A", 1)])
         e0, e1, e2 = (random_element(s, torch.Generator().manual_seed(7), scale) for scale in (0.0, 1.0, 2.0))
         assert torch.equal(e0, s.identity())
+        assert torch.equal(random_element(s, torch.Generator().manual_seed(7)), e1)  # the default scale is 1
         # exp(2 M) = exp(M)^2; matrix_exp and the product each err by a few u on O(1) entries
         assert torch.allclose(e2, e1 * e1 if kind != "gl" else e1 @ e1, rtol=1e-12, atol=1e-14)
         assert not torch.allclose(e1, s.identity(), atol=1e-3)
