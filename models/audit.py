@@ -327,6 +327,38 @@ def kappa_evidence(kappa_A: Mapping[str, float], kappa_T: float) -> str:
     return s
 
 
+def run_attacks(nets: Mapping[str, nn.Module], baseline: str, task: Task, prof: AuditProfile, fmt: str,
+                optimizers: Sequence[str], seed: int, device: str, reduce: Mapping[str, Any],
+                report: Callable[[str], None] | None, tick: Callable[[str], None]
+                ) -> tuple[dict[str, Any], dict[str, dict[str, LRSearchResult]]]:
+    """The attack stage of every audit: per optimizer, the target from a pilot on ``baseline``
+    (``pilot_target``), then the learning-rate search of every variant in ``nets`` (the
+    baseline's search reuses the pilot's runs), each with its best trial's loss curve. Returns
+    (the JSON ``attacks`` block, the searches by optimizer and variant); ``tick`` marks each
+    optimizer's stage, ``report`` the progress within it."""
+    attacks: dict[str, Any] = {}
+    searches: dict[str, dict[str, LRSearchResult]] = {}
+    for opt in optimizers:
+        tick(f"attack {opt}")
+        grid = prof.grid(opt, fmt)
+        pilot: dict[float, Any] = {}
+        tgt = pilot_target(nets[baseline], task, opt, grid, prof.pilot_budget, seed, device, runs=pilot, **reduce)
+        mine, curves = {}, {}
+        for v, net in nets.items():
+            res = lr_search(net, task, opt, tgt["target"], prof.budget, grid=grid, refine=prof.refine,
+                            per_decade=prof.per_decade, seed=seed, device=device,
+                            known=pilot if v == baseline else None, **reduce,
+                            progress=None if report is None else
+                            (lambda label, i, n, v=v, opt=opt: report(f"attack {opt}: {v} lr {i}/{n}")))
+            mine[v] = res
+            # the best trial's own curve: the same run as re-running the best lr (attacks.search)
+            curves[v] = {"lr": res.best_lr, "losses": list(res.best_losses)}
+        searches[opt] = mine
+        attacks[opt] = {"target": tgt, "baseline": baseline,
+                        "searches": {v: _search_json(s, grid) for v, s in mine.items()}, "curves": curves}
+    return attacks, searches
+
+
 def _work(attacks: Mapping[str, Any], curv: Mapping[str, Any]) -> dict[str, Any]:
     """What the audit ran and what it did not have to (``attacks.search``: incumbent pruning,
     successive halving, trials read off the pilot, best curves not re-run), and the peak memory
@@ -448,7 +480,6 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
         extra["R1"] = cost["extra_parameters"]
         result["r1_cost"] = cost
     baseline = "reference" if has_ref else "R2"
-    variants = list(nets)
 
     # 3: curvature of the baseline and the claimed model
     tick("curvature")
@@ -463,29 +494,11 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     result["curvature"] = curv
 
     # 4: attacks
-    attacks: dict[str, Any] = {}
-    slowdown: dict[str, Slowdown] = {}
-    recovered: dict[str, dict[str, Slowdown]] = {r: {} for r in extra if has_ref}
-    for opt in optimizers:
-        tick(f"attack {opt}")
-        grid = prof.grid(opt, fmt)
-        pilot: dict[float, Any] = {}
-        tgt = pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device, runs=pilot, **reduce)
-        searches, curves = {}, {}
-        for v in variants:
-            res = lr_search(nets[v], the_task, opt, tgt["target"], prof.budget, grid=grid, refine=prof.refine,
-                            per_decade=prof.per_decade, seed=seed, device=device,
-                            known=pilot if v == baseline else None, **reduce,
-                            progress=None if progress is None else
-                            (lambda label, i, n, v=v: progress(f"attack {opt}: {v} lr {i}/{n}", done - 1, len(stages))))
-            searches[v] = res
-            # the best trial's own curve: the same run as re-running the best lr (attacks.search)
-            curves[v] = {"lr": res.best_lr, "losses": list(res.best_losses)}
-        slowdown[opt] = Slowdown.between(searches[baseline], searches["claimed"])
-        for r in recovered:
-            recovered[r][opt] = Slowdown.between(searches[baseline], searches[r])
-        attacks[opt] = {"target": tgt, "baseline": baseline,
-                        "searches": {v: _search_json(s, grid) for v, s in searches.items()}, "curves": curves}
+    attacks, searches = run_attacks(nets, baseline, the_task, prof, fmt, optimizers, seed, device, reduce,
+                                    None if progress is None else
+                                    (lambda label: progress(label, done - 1, len(stages))), tick)
+    slowdown = {o: Slowdown.between(s[baseline], s["claimed"]) for o, s in searches.items()}
+    recovered = {r: {o: Slowdown.between(s[baseline], s[r]) for o, s in searches.items()} for r in extra if has_ref}
     result["attacks"] = attacks
     result["work"] = _work(attacks, curv)
     result["slowdown"] = {o: ratio_json(r) for o, r in slowdown.items()}

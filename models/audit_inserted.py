@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks import Slowdown, lr_search
+from convrate.models.attacks import Slowdown
 from convrate.models.audit_verdict import classify, decide, ratio_json
 from convrate.models.chains import (Chain, factor_tensors, find_chains, freeze_inserted, inserted_parameters,
                                     merge_chains, merged_path)
@@ -172,7 +172,6 @@ def audit_grown(claimed: LoadedModel, reference: LoadedModel | None, chains: Seq
     import importlib
 
     A = importlib.import_module("convrate.models.audit")  # (the package exports a function of that name)
-    from convrate.models.experiments import best_trajectory
     from convrate.models.families import discover_symmetries
     from convrate.models.recovery import canonicalize, distance_to_canonical, r1_extra_parameters, r1_module
     from convrate.models.tasks import task_for, task_name_for
@@ -279,40 +278,28 @@ def audit_grown(claimed: LoadedModel, reference: LoadedModel | None, chains: Seq
     result["canonical"] = canonical
     baseline = "reference" if has_ref else "merge"
 
-    # curvature of the baseline and the claimed model
+    # curvature of the baseline and the claimed model (Hugging Face models micro-batched as the profile says)
     tick("curvature")
+    micro = prof.micro_batch if claimed.fmt == "hf" else None
+    reduce = {"reduction": A.BatchReduction(micro_batch=micro)} if micro else {}
     curv = {}
     for k in (baseline, "claimed"):
         names = [n for n, p in nets[k].named_parameters() if p.requires_grad]
         if claimed.fmt != "zoo":
             names = _chain_parameter_names(nets[k], chains, reports, k == "claimed")
-        curv[k] = A.curvature(nets[k], the_task, names, prof, seed, device)
+        curv[k] = A.curvature(nets[k], the_task, names, prof, seed, device, micro)
     result["curvature"] = curv
 
     # attacks
-    attacks: dict[str, Any] = {}
-    slowdown: dict[str, Slowdown] = {}
-    frozen: dict[str, Slowdown] = {}
-    recovered: dict[str, dict[str, Slowdown]] = {r: {} for r in extra} if has_ref else {}
-    for opt in prof.optimizers_for(prof.format_of(claimed)):
-        tick(f"attack {opt}")
-        grid = prof.grid(opt, prof.format_of(claimed))
-        tgt = A.pilot_target(nets[baseline], the_task, opt, grid, prof.pilot_budget, seed, device)
-        searches, curves = {}, {}
-        for v, net in nets.items():
-            res = lr_search(net, the_task, opt, tgt["target"], prof.budget, grid=grid, refine=prof.refine,
-                            per_decade=prof.per_decade, seed=seed, device=device,
-                            progress=None if progress is None else
-                            (lambda label, i, n, v=v: progress(f"attack {opt}: {v} lr {i}/{n}", done - 1, len(stages))))
-            searches[v] = res
-            curves[v] = {"lr": res.best_lr, "losses": best_trajectory(net, the_task, res, seed, device=device)}
-        slowdown[opt] = Slowdown.between(searches[baseline], searches["claimed"])
-        frozen[opt] = Slowdown.between(searches[baseline], searches["claimed-C-frozen"])
-        for r in recovered:
-            recovered[r][opt] = Slowdown.between(searches[baseline], searches[r])
-        attacks[opt] = {"target": tgt, "baseline": baseline,
-                        "searches": {v: A._search_json(s, grid) for v, s in searches.items()}, "curves": curves}
+    fmt = prof.format_of(claimed)
+    attacks, searches = A.run_attacks(nets, baseline, the_task, prof, fmt, prof.optimizers_for(fmt), seed, device,
+                                      reduce, None if progress is None else
+                                      (lambda label: progress(label, done - 1, len(stages))), tick)
+    slowdown = {o: Slowdown.between(s[baseline], s["claimed"]) for o, s in searches.items()}
+    frozen = {o: Slowdown.between(s[baseline], s["claimed-C-frozen"]) for o, s in searches.items()}
+    recovered = {r: {o: Slowdown.between(s[baseline], s[r]) for o, s in searches.items()} for r in extra} if has_ref else {}
     result["attacks"] = attacks
+    result["work"] = A._work(attacks, curv)
     result["slowdown"] = {o: ratio_json(r) for o, r in slowdown.items()}
     result["slowdown_C_frozen"] = {o: ratio_json(r) for o, r in frozen.items()}
     result["recovered_slowdown"] = {r: {o: ratio_json(x) for o, x in d.items()} for r, d in recovered.items()}

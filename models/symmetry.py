@@ -130,13 +130,14 @@ class TorchSymmetry:
         return out
 
     def check_domain(self, params: Mapping[str, torch.Tensor]) -> None:
-        """InvalidInputError unless every "unit" slot of ``params`` is 1 within UNIT_ALLOWANCE."""
+        """InvalidInputError unless every "unit" slot of ``params`` is 1 within UNIT_ALLOWANCE
+        (a NaN or infinite entry is not)."""
         for s in self.slots:
             if s.op != "unit":
                 continue
             V = params[s.param].detach().movedim(s.axis, 0)[s.start:s.stop].to(torch.float64)
             dev = float((V - 1).abs().max()) if V.numel() else 0.0
-            if dev > UNIT_ALLOWANCE:
+            if not dev <= UNIT_ALLOWANCE:  # NaN (a non-finite weight) is outside the domain too
                 raise InvalidInputError(f"{self.name}: preserves the function only where {s.param} is all ones "
                                         f"(fold the RMSNorm weights first); max |{s.param} - 1| = {dev:.3e}")
 

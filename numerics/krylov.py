@@ -103,7 +103,9 @@ class SpectralMeasure:
         return self._balls[prec]
 
     def lambda_range(self, prec: int = 128) -> tuple[arb, arb]:
-        """Balls of the smallest and largest active eigenvalue."""
+        """Balls of the smallest and largest active eigenvalue: the entries of ``balls(prec)`` with
+        the smallest and largest midpoint (two support points closer than their balls' radii
+        cannot be ordered by a certified comparison; their midpoints still order them)."""
         pts = [mu for mu, _ in self.balls(prec)]
         lo = min(pts, key=lambda b: b.mid())
         hi = max(pts, key=lambda b: b.mid())
@@ -214,12 +216,15 @@ def cg_polynomial_minimum(measure: SpectralMeasure, t: int) -> fmpq:
 
     This is q_t of CG (CG minimizes the H-norm error over the Krylov space). Solved from the
     normal equations M a = -b, M_jk = sum m mu^(j+k), b_j = sum m mu^j (j, k = 1..t), whose
-    minimum is sum m + a^T b; zero once t >= number of support points. Needs an exact measure."""
+    minimum is sum m + a^T b. For t >= number of support points, p = prod_j (1 - x/mu_j) over the
+    nonzero ones vanishes at all of them, so the minimum is half the mass at 0 (p(0) = 1 there),
+    zero when 0 is not a support point (M would be singular once t exceeds the nonzero points).
+    Needs an exact measure."""
     if not measure.is_exact:
         raise InvalidInputError("cg_polynomial_minimum needs a measure with rational support")
     pts = measure.exact
     if t >= len(pts):
-        return fmpq(0)
+        return sum((m for mu, m in pts if mu == 0), fmpq(0)) / 2
     if t == 0:
         return measure.total / 2
     M = fmpq_mat(t, t)

@@ -70,6 +70,14 @@ def test_acceptance_digits_mlp_cli(tmp_path):
     assert res["inserted"]["preservation"]["ok"] and not res["inserted"]["exceeds_safe_alpha"]
     assert res["inserted"]["safe_alpha"] > 1000  # float64 tolerates alpha = 1000 (PREC-ALPHA: u alpha ~ 1e-13)
     assert "Inserted layers" in (O / "audit.md").read_text()
+    # the attack stage is the plain audit's: the baseline's search reads its trials off the pilot,
+    # and each best curve is the best trial's own run, which reaches the target when it counts
+    assert res["work"]["trials_from_pilot"] >= len(res["attacks"]) and res["work"]["best_curves_rerun"] == 0
+    for opt, a in res["attacks"].items():
+        ref = a["searches"]["reference"]
+        if ref["reached"]:
+            curve = a["curves"]["reference"]["losses"]
+            assert len(curve) == ref["best_steps"] + 1 and curve[-1] <= a["target"]["target"], opt
 
 
 def test_external_hf_release_audits_the_same_way(tmp_path):

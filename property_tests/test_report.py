@@ -129,3 +129,28 @@ def test_report_profiles_and_their_default_outputs(tmp_path):
         r = runner.invoke(app, ["report", *argv, "--out", str(tmp_path / "r")])
         assert r.exit_code == 2 and "--profile" in r.stdout + r.stderr
         assert not (tmp_path / "r").exists()
+
+
+def test_inserted_slowdown_figure_marks_budget_hits_as_lower_bounds(monkeypatch):
+    """Every plotted slowdown reaches ``style.mark_points`` with its own lower-bound flag (a
+    budget-hit run is drawn open with a caret), in the variant's one colour, on every panel."""
+    from convrate.reports import sections_inserted, style
+
+    calls = []
+    real = style.mark_points
+    monkeypatch.setattr(style, "mark_points", lambda ax, xs, ys, lower, color, marker: (
+        calls.append((list(xs), list(ys), list(lower), color, marker)), real(ax, xs, ys, lower, color, marker)))
+
+    def row(defense, K, slowdown, lower, opt="sgd"):
+        return {"defense": defense, "K": K, "optimizer": opt, "slowdown": slowdown, "slowdown_is_lower_bound": lower}
+
+    rows = [row("inserted", 10, 2.0, False), row("inserted", 1000, 8.0, True), row("specdef", 10, 0.5, False),
+            row("specdef", 1000, None, False), row("inserted", 10, 3.0, True, "adam")]
+    fig = sections_inserted._slowdown_figure("digits MLP", rows)
+    assert fig.png.startswith(b"\x89PNG")
+    got = sorted(calls)
+    assert got == sorted([
+        ([10, 1000], [2.0, 8.0], [False, True], sections_inserted._VARIANT_COLORS["inserted"], style.defense_marker("inserted")),
+        ([10], [0.5], [False], sections_inserted._VARIANT_COLORS["specdef"], style.defense_marker("specdef")),
+        ([10], [3.0], [True], sections_inserted._VARIANT_COLORS["inserted"], style.defense_marker("inserted")),
+    ])

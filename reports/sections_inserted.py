@@ -227,26 +227,43 @@ def _exact_table(seed: int, alphas: Sequence[float], k: int) -> dict[str, Any]:
     return {"curve": curve, "table": table}
 
 
+#: one colour per variant in every panel (Okabe-Ito, colour-blind-safe)
+_VARIANT_COLORS = {"inserted": "#0072B2", "inserted:C-frozen": "#E69F00", "inserted:merge": "#009E73",
+                   "specdef": "#D55E00", "specdef:spike": "#CC79A7"}
+
+
 def _slowdown_figure(label: str, rows: Sequence[dict[str, Any]]) -> Figure:
+    """Slowdown vs alpha (inserted) / K (absorbed), one panel per optimizer; one colour per variant,
+    marker = defense (``reports.style``); open markers with a caret are lower bounds (the defended
+    run hit its budget)."""
+    from convrate.reports import style
     from convrate.reports.builder import png, pyplot
 
     plt = pyplot()
     opts = sorted({d["optimizer"] for d in rows})
     fig, axes = plt.subplots(1, len(opts), figsize=(4.6 * len(opts), 3.6), squeeze=False)
     for ax, opt in zip(axes[0], opts):
-        for v in ("inserted", "inserted:C-frozen", "inserted:merge", "specdef", "specdef:spike"):
-            pts = sorted((d["K"], d["slowdown"]) for d in rows if d["optimizer"] == opt and d["defense"] == v
-                         and d["slowdown"] is not None)
+        shown = [d for d in rows if d["optimizer"] == opt and d["slowdown"] is not None]
+        ax.set_ylim(*style.log_limits([1.0] + [d["slowdown"] * (1.6 if d["slowdown_is_lower_bound"] else 1)
+                                               for d in shown]))
+        for v, color in _VARIANT_COLORS.items():
+            pts = sorted((d["K"], d["slowdown"], bool(d["slowdown_is_lower_bound"])) for d in shown if d["defense"] == v)
             if pts:
-                ax.loglog([x for x, _ in pts], [y for _, y in pts], "o-" if v.startswith("inserted") else "s--",
-                          ms=4, label=v)
+                xs, ys, lower = [x for x, _, _ in pts], [y for _, y, _ in pts], [lb for _, _, lb in pts]
+                ax.plot(xs, ys, "-" if v.startswith("inserted") else "--", color=color, lw=1.2, label=v)
+                style.mark_points(ax, xs, ys, lower, color, style.defense_marker(v))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.axhline(1, color="k", lw=0.6)
         ax.set_xlabel("alpha (inserted) / K (absorbed)")
         ax.set_ylabel("slowdown")
         ax.set_title(f"{label}: {opt}")
         ax.legend(fontsize=7)
+    fig.suptitle("open markers with a caret: lower bounds (budget hit)", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return Figure(f"inserted_slowdown_{label.split()[0].lower()}.png", png(fig),
-                  f"{label}: slowdown vs alpha, inserted form (C trained / frozen / merged) and absorbed SpecDef.")
+                  f"{label}: slowdown vs alpha, inserted form (C trained / frozen / merged) and absorbed SpecDef; "
+                  "open markers with a caret are lower bounds (the defended run hit its budget).")
 
 
 def _precision_figure(real: dict[str, Any], exact: dict[str, Any]) -> Figure:
