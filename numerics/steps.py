@@ -6,7 +6,8 @@ What is exact, and how (every count returned is a certified integer):
       q_t = 1/2 sum_j m_j f(mu_j)^(2t),   f(mu) = 1 - eta mu (GD, P GD),  lam / (mu + lam) (LM).
   Divergence iff some active |f(mu_j)| > 1 (DivergenceError naming mu_j and f, decided exactly
   or by certified balls; raised even where q_t would pass below the target transiently);
-  modes with |f| = 1 never decay (NoConvergenceError when their loss is >= tol q_0).
+  modes with |f| = 1 never decay (NoConvergenceError when their loss is > tol q_0, or = tol q_0
+  while another active mode decays without vanishing).
   Otherwise q_t is nonincreasing, and t is found by exponential search + bisection on t from
   the bracket ``bounds.gd_steps_upper_bound(rho, tol)``: O(n log t) work. Each comparison
   "q_t <= tol q_0" is decided by an arb ball of q_t that lies entirely on one side (precision
@@ -222,7 +223,6 @@ def _classify(modes: _Modes, what: str, describe: Callable[[Any, Any], str]) -> 
     with |f| = 1, an upper bound on max |f| over the decaying modes)."""
     stalled = fmpq(0)
     rho_q = fmpq(0)
-    rho = mpmath.mpf(0)
     for mu, m, f in modes.exact:
         a = abs(f)
         if a > 1:
@@ -238,7 +238,8 @@ def _classify(modes: _Modes, what: str, describe: Callable[[Any, Any], str]) -> 
     while pending:
         left = []
         for mu, f in pending:
-            a = abs(f)
+            with arb_prec(prec):  # abs rounds to the context precision: at 53 bits |f| ~ 1 stays undecided
+                a = abs(f)
             if a > 1:
                 raise DivergenceError(f"{what} diverges: {describe(mu, f)}", eigenvalue=_num(mu), factor=_num(f))
             if a < 1:
@@ -264,7 +265,9 @@ def _count_monotone(modes: _Modes, tolq: fmpq, what: str, describe: Callable[[An
         return 0
     target = tolq * total
     stalled, rho = _classify(modes, what, describe)
-    if stalled >= target:
+    # q_t decreases to the stalled loss: strictly above it for every t when some decaying mode has
+    # f != 0 (rho > 0); when every decaying mode has f = 0 (rho = 0), q_1 equals it, a tie included
+    if stalled > target or (stalled == target and rho != 0):
         mu = next(mu for mu, m, f in modes.exact if abs(f) == 1)
         raise NoConvergenceError(
             f"{what} never reaches the target: the component at eigenvalue {_show(mu)} has |factor| = 1 "
@@ -554,7 +557,7 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
     N(eta) = steps_to(problem, GD(eta), tol) is exact (certified) for every eta tried; N is
     piecewise constant in eta. The minimum over eta in (0, 2/lambda_max) is a SEARCH, not a
     proof: candidates are eta* = 2/(lambda_min + lambda_max) (``bounds.best_fixed_step``, over
-    the active eigenvalues; a rational within 2^-80 relative of it when they are irrational),
+    the active eigenvalues; a rational within ~2^-79 relative of it when they are irrational),
     1/lambda_max, a grid of ``grid`` points u * 2/lambda_max, u in (0, 1), and a golden-section
     refinement around the best of those. Hence N(returned eta) <= N(eta*) always."""
     tolq = _tol(tol)
@@ -562,18 +565,12 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
         return Fraction(0), 0
     meas = measure_for(problem, GD(1))
     lo, hi = meas.lambda_range(256)
-
-    def rat(b: arb) -> fmpq:
-        man, exp = b.mid().man_exp()
-        return fmpq(int(man)) * (fmpq(2) ** int(exp) if exp >= 0 else fmpq(1, 2 ** int(-exp)))
-
-    lmin = meas.exact[0][0] if meas.is_exact else rat(lo)
-    lmax = meas.exact[-1][0] if meas.is_exact else rat(hi)
+    # the midpoints of the extreme eigenvalue balls, exactly (``_num`` keeps every bit)
+    lmin = meas.exact[0][0] if meas.is_exact else to_fmpq(_num(lo))
+    lmax = meas.exact[-1][0] if meas.is_exact else to_fmpq(_num(hi))
     cache: dict[fmpq, float] = {}
 
     def N(eta: fmpq) -> float:
-        if eta <= 0:
-            return math.inf
         if eta not in cache:
             try:
                 cache[eta] = steps_to(problem, GD(eta), tolq)
@@ -582,8 +579,12 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
         return cache[eta]
 
     def limit(x: fmpq, bits: int = 80) -> fmpq:
-        """A rational of ~``bits`` bits close to x (keeps the exact arithmetic cheap)."""
-        f = fmpq_to_fraction(x).limit_denominator(1 << bits)
+        """A rational within 2^(1 - bits) relative of x > 0 and of ~``bits`` significant bits (keeps
+        the exact arithmetic cheap): x = s y with s a power of 2 and y in (1/2, 2), y rounded to a
+        denominator <= 2^bits. Relative, so that a step of any scale (lambda_max > 2^80) stays > 0."""
+        f = fmpq_to_fraction(x)
+        s = Fraction(2) ** (f.numerator.bit_length() - f.denominator.bit_length())
+        f = (f / s).limit_denominator(1 << bits) * s
         return fmpq(f.numerator, f.denominator)
 
     scale = 2 / lmax
@@ -592,20 +593,18 @@ def best_fixed_step(problem: Quadratic, tol: Any, grid: int = 48) -> tuple[Fract
     for c in cands:
         N(c)
     best = min(cache, key=lambda e: (cache[e], e != eta_star))
-    # golden-section on u = eta / scale around the best candidate
-    g = (math.sqrt(5) - 1) / 2
+    # golden-section on u = eta / scale around the best candidate: 30 steps shrink the bracket
+    # [a, b] (width <= 2/grid) by the golden ratio g = (sqrt 5 - 1)/2 each, to <= 2/grid g^30 ~ 1e-6/grid
+    g = Fraction((math.sqrt(5) - 1) / 2).limit_denominator(1 << 30)
     u0 = fmpq_to_fraction(best / scale)
     a, b = max(Fraction(0), u0 - Fraction(1, grid)), min(Fraction(1), u0 + Fraction(1, grid))
     for _ in range(30):
-        c = b - Fraction(g).limit_denominator(1 << 30) * (b - a)
-        d = a + Fraction(g).limit_denominator(1 << 30) * (b - a)
+        c, d = b - g * (b - a), a + g * (b - a)
         ec, ed = limit(scale * to_fmpq(c)), limit(scale * to_fmpq(d))
         if N(ec) <= N(ed):
             b = d
         else:
             a = c
-        if b - a < Fraction(1, 1 << 40):
-            break
     best = min(cache, key=lambda e: (cache[e], e != eta_star))
     if cache[best] == math.inf:
         raise NoConvergenceError("no fixed step tried reaches the target")

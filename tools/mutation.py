@@ -48,7 +48,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "theory/bounds_nets.py": ("test_battery.py", "test_nets.py", "test_theory.py"),
     "theory/bounds_optim.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
     "theory/bounds_precision.py": ("test_fp_precision.py", "test_battery.py", "test_theory.py"),
-    "numerics/steps.py": ("test_quadratic.py", "test_battery.py", "test_theory.py"),
+    "numerics/steps.py": ("test_quadratic.py", "test_battery.py", "test_theory.py", "test_steps.py"),
     "numerics/krylov.py": ("test_krylov.py", "test_quadratic.py", "test_battery.py"),
     "numerics/reparam.py": ("test_nets.py", "test_battery.py", "test_quadratic.py", "test_reparam.py"),
     "models/symmetry.py": ("test_models_symmetry.py", "test_models_defense.py", "test_models_recovery.py",
