@@ -323,6 +323,10 @@ def test_fit_json_found_and_not_found():
         if fit.found:
             assert js["kappa_A_max"] == fit.record.kappa_A() and abs(js["kappa_A_max"] / rec.kappa_A() - 1) <= 1e-8
             assert js["kappa_A_by_kind"] == {"relu-linear": js["kappa_A_max"]} and js["kappa_A_max"] > 1.5
+            # each group's kappa is its solved element's; the permutations (solved as I) have none: 1
+            kap = {s.name: s.kappa(e) for s, e in fit.record.items}
+            assert [s.kind for s, _ in fit.record.items] == ["relu-linear"] * 2 and min(kap.values()) > 1
+            assert {g.name: g.kappa for g in fit.groups} == {**kap, **{g.name: 1.0 for g in fit.groups if g.family == "P"}}
         else:
             assert js["kappa_A_max"] is None and js["kappa_A_by_kind"] is None
             rank = sorted(fit.param_residuals.values(), reverse=True)
@@ -394,6 +398,7 @@ def test_acceptance_is_residual_at_most_rtol():
     r = infer_reparameterization(m, ft).residual
     at = infer_reparameterization(m, ft, rtol=r)
     assert at.found and at.record is at.candidate and at.residual == r and at.reason == ""
+    assert at.record.meta == {"defense": "inferred"}
     assert at.kappa_T == at.record.kappa_T(list(dict(m.module.named_parameters()))) > 1.0
     below = infer_reparameterization(m, ft, rtol=r * (1 - 2.0 ** -40))
     worst = max(below.param_residuals, key=lambda n: below.param_residuals[n])
@@ -409,6 +414,7 @@ def test_identity_fit_has_no_permutation_factor_and_exact_group_fits():
     residual is 0 and no sign differs."""
     m = random_zoo(mlp_arch([5, 4, 3, 2]), 7)
     fit = infer_reparameterization(m, m)
+    assert [g.name for g in fit.groups] == [s.name for s in discover_symmetries(m, permutations=True)]
     assert [s.kind for s, _ in fit.record.items] == ["relu-linear", "relu-linear"]
     assert all(torch.equal(e, torch.ones_like(e)) for _, e in fit.record.items)
     assert fit.sign_mismatches == 0 and fit.kappa_T == 1.0
@@ -499,7 +505,8 @@ def test_element_beyond_float64_is_not_in_its_group():
     """Unit 1 of the first hidden layer scaled by 1e-200 in the reference and by 1e110 in the
     claimed model: the exact S2 element 1e310 exceeds float64 (max ~1.8e308), so the solved
     element is non-finite, not in the group: no T. Both groups of the joint diagonal stage
-    (permutations=False) are still reported, the failing one first."""
+    (permutations=False) are still reported, the failing one first, and so are the sign
+    mismatches of unit 2, flipped in the claimed model (5 + 1 + 3 entries, as above)."""
     m = random_zoo(mlp_arch([5, 4, 3, 2]), 4)
 
     def scaled(s: float) -> LoadedModel:
@@ -510,8 +517,14 @@ def test_element_beyond_float64_is_not_in_its_group():
             net[2].weight[:, 1] /= s
         return m.with_module(net)
 
+    claimed = scaled(1e110)
+    with torch.no_grad():
+        claimed.module[0].weight[2] *= -1
+        claimed.module[0].bias[2] *= -1
+        claimed.module[2].weight[:, 2] *= -1
     with np.errstate(over="ignore"):
-        fit = infer_reparameterization(scaled(1e-200), scaled(1e110), permutations=False)
+        fit = infer_reparameterization(scaled(1e-200), claimed, permutations=False)
+    assert fit.sign_mismatches == 9
     assert not fit.found and fit.candidate is None and fit.residual == math.inf
     assert fit.reason.startswith("the solved element of relu-linear:0->2 is not in its group"), fit.reason
     assert [g.name for g in fit.groups] == ["relu-linear:0->2", "relu-linear:2->4"]
