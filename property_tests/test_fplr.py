@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,3 +215,316 @@ def test_mismatched_architectures(other):
     with pytest.raises(ArchitectureMismatchError) as e:
         infer_reparameterization(m, other())
     assert isinstance(e.value, ConvrateError) and "\n" not in str(e.value) and "architectures differ" in str(e.value)
+
+
+# ---------------------------------------------------------------- the tolerance and the distances
+def test_unit_roundoff_and_default_rtol():
+    """u = eps / 2 (float64 2^-53, float32 2^-24, float16 2^-11, bfloat16 2^-8); rtol = sqrt(u)
+    of the coarser dtype, whichever side it is on, and that is the rtol a fit uses."""
+    from convrate.models.fplr import default_rtol, unit_roundoff
+
+    assert [unit_roundoff(d) for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)] == \
+        [2.0 ** -53, 2.0 ** -24, 2.0 ** -11, 2.0 ** -8]
+    assert default_rtol(torch.float64) == math.sqrt(2.0 ** -53)
+    assert default_rtol(torch.float64, torch.float32) == default_rtol(torch.float32, torch.float64) == 2.0 ** -12
+    m = random_zoo(mlp_arch([5, 4, 3]), 2)
+    m32 = m.with_module(copy.deepcopy(m.module).float())
+    assert infer_reparameterization(m, m32).rtol == infer_reparameterization(m32, m).rtol == 2.0 ** -12
+    assert infer_reparameterization(m, m).rtol == 2.0 ** -26.5
+
+
+def test_parameter_distance_is_relative_unless_the_target_is_zero():
+    """||a - b||_F / ||b||_F by hand: a - b = (3, 4) has norm 5; ||b|| = 2 and 1/2 (relative, on
+    both sides of 1), and b = 0 (absolute); float32 inputs are measured in float64 (the norm of
+    (3e38, 3e38) overflows float32)."""
+    from convrate.models.fplr import parameter_distance
+
+    t = lambda *v, dt=torch.float64: torch.tensor(v, dtype=dt)  # noqa: E731
+    a = {"p": t(5.0, 4.0), "q": t(3.5, 4.0), "z": t(3.0, 4.0), "f": t(3e38, 3e38, dt=torch.float32)}
+    b = {"p": t(2.0, 0.0), "q": t(0.5, 0.0), "z": t(0.0, 0.0), "f": t(0.0, 0.0, dt=torch.float32)}
+    d = parameter_distance(a, b)
+    assert {n: d[n] for n in "pqz"} == {"p": 2.5, "q": 10.0, "z": 5.0}
+    x = float(a["f"][0])  # float32(3e38), exact in float64; the norm is x sqrt(2) to a few u
+    assert abs(d["f"] / (x * math.sqrt(2)) - 1) <= 4 * U
+    assert parameter_distance({"f": torch.zeros(2, dtype=torch.float32)}, {"f": a["f"]}) == {"f": 1.0}  # d = s
+
+
+def test_float64_parameters_are_detached_float64_copies():
+    from convrate.models.fplr import float64_parameters
+
+    m = random_zoo(mlp_arch([3, 2]), 0)
+    net = copy.deepcopy(m.module).float()
+    got = float64_parameters(m.with_module(net))
+    assert list(got) == ["0.weight", "0.bias"] and all(t.dtype == torch.float64 for t in got.values())
+    assert all(torch.equal(got[n], p.detach().double()) for n, p in net.named_parameters())
+    got["0.bias"].add_(1.0)  # a copy: the model is untouched
+    assert not torch.equal(got["0.bias"], net[0].bias.detach().double())
+
+
+# ---------------------------------------------------------------- architecture comparison
+def test_architecture_signature_lists_modules_then_parameters():
+    """Every module (containers by type, leaves by repr, the root as "<root>"), then every
+    parameter with its shape; no dtype."""
+    from convrate.models.fplr import architecture_signature
+
+    net = nn.Sequential(nn.Linear(2, 3), nn.LeakyReLU(0.25))
+    sig = [("<root>", "Sequential"), ("0", "Linear(in_features=2, out_features=3, bias=True)"),
+           ("1", "LeakyReLU(negative_slope=0.25)"), ("0.weight", "parameter [3, 2]"), ("0.bias", "parameter [3]")]
+    assert architecture_signature(net) == sig
+    assert architecture_signature(net.double()) == sig
+    with pytest.raises(ConvrateError, match="expected a LoadedModel or torch.nn.Module, got str"):
+        architecture_signature("net")
+
+
+def _with_extra_parameter(m: LoadedModel) -> LoadedModel:
+    """The same modules, one more parameter registered on the last Linear (its repr unchanged)."""
+    net = copy.deepcopy(m.module)
+    net[-1].register_parameter("extra", nn.Parameter(torch.ones(3, dtype=torch.float64)))
+    return m.with_module(net)
+
+
+def test_architecture_differences_that_only_a_repr_kind_or_count_shows():
+    m = random_zoo(mlp_arch([5, 4, 3]), 0)
+    cases = [  # (reference, claimed, the message names)
+        (m, m.with_module(nn.Sequential(*[nn.LeakyReLU(0.5) if isinstance(l, nn.ReLU) else l for l in m.module])),
+         "'1': ReLU()"),                                        # same types' shapes, another leaf module
+        (m, replace(m, kind="cnn"), "the reference is a mlp, the claimed model a cnn"),  # only the kind
+        (_with_extra_parameter(m), m, "only the reference has '2.extra': parameter [3]"),
+        (m, _with_extra_parameter(m), "only the claimed model has '2.extra': parameter [3]"),
+    ]
+    for ref, cl, says in cases:
+        with pytest.raises(ArchitectureMismatchError) as e:
+            infer_reparameterization(ref, cl)
+        assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+    infer_reparameterization(m, replace(m, kind="mlp", fmt="hf"))  # the format is not the architecture
+    assert infer_reparameterization(m.module, replace(m, kind="cnn")).found  # a bare module has no kind
+
+
+# ---------------------------------------------------------------- the JSON of a fit
+GROUP_KEYS = ["name", "family", "kind", "width", "kappa", "side", "conditioning", "residual", "note"]
+
+
+def test_fit_json_found_and_not_found():
+    """The documented keys with the fit's values; worst_parameters = the 5 largest parameter
+    residuals, largest first; kappa_A only with a record. Through json (plain types)."""
+    import json
+
+    m = random_zoo(mlp_arch([5, 4, 3, 2]), 6)  # 6 parameter tensors: the list is cut at 5
+    rec = _random_record(m, 6, 1.0)
+    ft = _fine_tuned(m, 2, 0.5, 6)
+    for claimed in (_defended(m, rec), ft):
+        fit = infer_reparameterization(m, claimed)
+        js = json.loads(json.dumps(fit.to_json()))
+        assert list(js) == ["found", "residual", "rtol", "kappa_T", "kappa_A_max", "kappa_A_by_kind", "groups",
+                            "sign_mismatches", "reason", "worst_parameters", "group_fits"]
+        assert (js["found"], js["residual"], js["rtol"], js["kappa_T"], js["sign_mismatches"], js["reason"]) == \
+            (fit.found, fit.residual, fit.rtol, fit.kappa_T, fit.sign_mismatches, fit.reason)
+        assert js["groups"] == len(fit.groups) == len(js["group_fits"]) == 4  # P and S2 on two hidden layers
+        if fit.found:
+            assert js["kappa_A_max"] == fit.record.kappa_A() and abs(js["kappa_A_max"] / rec.kappa_A() - 1) <= 1e-8
+            assert js["kappa_A_by_kind"] == {"relu-linear": js["kappa_A_max"]} and js["kappa_A_max"] > 1.5
+            # each group's kappa is its solved element's; the permutations (solved as I) have none: 1
+            kap = {s.name: s.kappa(e) for s, e in fit.record.items}
+            assert [s.kind for s, _ in fit.record.items] == ["relu-linear"] * 2 and min(kap.values()) > 1
+            assert {g.name: g.kappa for g in fit.groups} == {**kap, **{g.name: 1.0 for g in fit.groups if g.family == "P"}}
+        else:
+            assert js["kappa_A_max"] is None and js["kappa_A_by_kind"] is None
+            rank = sorted(fit.param_residuals.values(), reverse=True)
+            assert rank[0] > rank[4] > rank[5]  # distinct residuals: the order and the cut are visible
+            assert [w["residual"] for w in js["worst_parameters"]] == rank[:5]
+            assert all(fit.param_residuals[w["name"]] == w["residual"] for w in js["worst_parameters"])
+        for gf, g in zip(js["group_fits"], fit.groups):
+            assert list(gf) == GROUP_KEYS and gf == {k: getattr(g, k) for k in GROUP_KEYS}
+            assert gf["kind"] in ("relu-permutation", "relu-linear") and gf["width"] in (4, 3)
+
+
+# ---------------------------------------------------------------- bare modules
+def _permuted_and_scaled(m: LoadedModel, seed: int) -> TorchReparameterization:
+    g = torch.Generator().manual_seed(seed)
+    return TorchReparameterization([(s, random_element(s, g, 1.0)) for s in discover_symmetries(m, permutations=True)])
+
+
+def test_bare_modules_and_mixed_arguments():
+    """The groups come from whichever argument is a LoadedModel (a CNN's input shape is only
+    there), else from the bare reference (an MLP's input shape read from its first Linear, a
+    BERT needing none), permutations included; two bare CNNs cannot be solved."""
+    c = random_zoo(cnn_arch([2, 3], side=4), 1)
+    rec = _permuted_and_scaled(c, 1)
+    assert any(s.family == "P" and not torch.equal(e, s.identity()) for s, e in rec.items)
+    cl = rec.apply_to_module(c.module)
+    for ref, claimed in ((c, cl), (c.module, c.with_module(cl))):
+        fit = infer_reparameterization(ref, claimed)
+        assert fit.found and abs(math.log(fit.kappa_T / rec.kappa_T(list(dict(c.module.named_parameters()))))) \
+            <= 1e-8, fit.reason
+    with pytest.raises(ConvrateError, match="input_shape"):
+        infer_reparameterization(c.module, cl)
+    m = random_zoo(mlp_arch([4, 5, 3]), 2)
+    p = torch.tensor([4, 0, 3, 1, 2])
+    perm = copy.deepcopy(m.module)
+    with torch.no_grad():
+        perm[0].weight.copy_(m.module[0].weight[p])
+        perm[0].bias.copy_(m.module[0].bias[p])
+        perm[2].weight.copy_(m.module[2].weight[:, p])
+    fit = infer_reparameterization(m.module, perm)
+    assert fit.found and [s.kind for s, _ in fit.record.items][0] == "relu-permutation", fit.reason
+    assert torch.equal(fit.record.items[0][1].argmax(dim=1), p)
+    b = tiny_bert(1, hidden=6, heads=3, intermediate=6)
+    fit = infer_reparameterization(b.module, _permuted_and_scaled(b, 1).apply_to_module(b.module))
+    assert fit.found and fit.record.items[0][0].kind == "attention-head-permutation", fit.reason
+
+
+# ---------------------------------------------------------------- the contract of infer_reparameterization
+def test_rtol_and_weights_are_validated():
+    m = random_zoo(mlp_arch([5, 4, 3]), 3)
+    for bad in (0.0, -1e-8, math.nan, math.inf):
+        with pytest.raises(ConvrateError, match="rtol must be a finite number > 0"):
+            infer_reparameterization(m, m, rtol=bad)
+    for rtol in (2.0 ** -60, 0.5, 1.0, 3.0):  # any finite rtol > 0 is used as given
+        assert infer_reparameterization(m, m, rtol=rtol).rtol == rtol
+    for name, side in (("0.bias", 0), ("2.weight", 1)):
+        net = copy.deepcopy(m.module)
+        with torch.no_grad():
+            dict(net.named_parameters())[name][0] = math.nan if side == 0 else math.inf
+        args = (m.with_module(net), m) if side == 0 else (m, m.with_module(net))
+        with pytest.raises(ConvrateError, match=f"parameter '{name}' has non-finite"):
+            infer_reparameterization(*args)
+
+
+def test_acceptance_is_residual_at_most_rtol():
+    """found <=> residual <= rtol, the boundary included; without a record: kappa_T None, the
+    candidate kept, the reason naming the residual, rtol and the worst parameter."""
+    m = random_zoo(mlp_arch([5, 4, 3]), 5)
+    ft = _fine_tuned(m, 1, 0.1, 5)
+    r = infer_reparameterization(m, ft).residual
+    at = infer_reparameterization(m, ft, rtol=r)
+    assert at.found and at.record is at.candidate and at.residual == r and at.reason == ""
+    assert at.record.meta == {"defense": "inferred"}
+    assert at.kappa_T == at.record.kappa_T(list(dict(m.module.named_parameters()))) > 1.0
+    below = infer_reparameterization(m, ft, rtol=r * (1 - 2.0 ** -40))
+    worst = max(below.param_residuals, key=lambda n: below.param_residuals[n])
+    assert below.param_residuals[worst] == r == below.residual
+    assert not below.found and below.kappa_T is None and below.candidate is not None
+    assert below.reason == f"residual {r:.3e} > rtol {below.rtol:.3e} (worst parameter {worst!r})"
+    assert below.param_residuals == at.param_residuals  # same solve, only the verdict differs
+
+
+def test_identity_fit_has_no_permutation_factor_and_exact_group_fits():
+    """A model against itself: permutations solved as the identity leave no factor in T (their
+    fit: kappa 1, note "...; identity"), the diagonal group is solved as exactly 1, every
+    residual is 0 and no sign differs."""
+    m = random_zoo(mlp_arch([5, 4, 3, 2]), 7)
+    fit = infer_reparameterization(m, m)
+    assert [g.name for g in fit.groups] == [s.name for s in discover_symmetries(m, permutations=True)]
+    assert [s.kind for s, _ in fit.record.items] == ["relu-linear", "relu-linear"]
+    assert all(torch.equal(e, torch.ones_like(e)) for _, e in fit.record.items)
+    assert fit.sign_mismatches == 0 and fit.kappa_T == 1.0
+    assert [(g.kind, g.kappa, g.residual) for g in fit.groups] == [
+        ("relu-permutation", 1.0, 0.0), ("relu-linear", 1.0, 0.0)] * 2
+    for g in fit.groups:  # conditioning: sigma_min / sigma_max, or the smallest matched similarity (1: self-match)
+        assert 0 < g.conditioning <= 1.0 + 1e-12 and g.width == (4 if g.name.endswith("0->2") else 3)
+        assert abs(g.conditioning - 1) <= 1e-12 if g.family == "P" else True
+        assert g.note.endswith("; identity") if g.family == "P" else g.note == ""
+        assert g.note.startswith("smallest matched similarity") if g.family == "P" else True
+
+
+def test_group_residual_is_the_worst_of_its_tensors():
+    """In a one-hidden-layer MLP the S2 group and the hidden permutation act on all of W1, b1
+    and W2 (the whole tensors are their slot blocks), so each group's residual is the largest
+    of those three parameter residuals: relative where the claimed block is nonzero (weights
+    of norm < 1 here, so relative != absolute), absolute (0 here) where it is zero (b1 = 0)."""
+    m = random_zoo(mlp_arch([5, 4, 3]), 8)
+    net = copy.deepcopy(m.module)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.05)
+        net[0].bias.zero_()
+    small = m.with_module(net)
+    ft = _fine_tuned(small, 1, 0.5, 8)
+    with torch.no_grad():
+        ft.module[0].bias.zero_()
+    fit = infer_reparameterization(small, ft)
+    assert not fit.found and fit.param_residuals["0.bias"] == 0.0
+    assert all(float(p.detach().norm()) < 1 for p in ft.module.parameters())
+    want = max(fit.param_residuals[n] for n in ("0.weight", "0.bias", "2.weight"))
+    assert want > 0 and [g.residual for g in fit.groups] == [want, want]
+
+
+def _zero_head0(module: nn.Module, which: tuple[str, ...]) -> nn.Module:
+    net = copy.deepcopy(module)
+    att = net.encoder.layer[0].attention.self
+    with torch.no_grad():
+        for w in which:  # head 0 = the first 2 rows (head width 6 / 3)
+            getattr(att, w).weight[:2] = 0
+            getattr(att, w).bias[:2] = 0
+    return net
+
+
+def test_unsolvable_group_stops_the_inference():
+    """S1 QK of head 0: with the reference's query rows and the claimed key rows zero, neither
+    side determines A (no T, "not identifiable"); with the claimed query and key rows zero the
+    producer side gives A = 0, not in GL (no T, "not in its group"). Either way the groups
+    after it are not solved: one group fit, residual inf, no candidate."""
+    b = tiny_bert(1, hidden=6, heads=3, intermediate=6)
+    syms = [s for s in discover_symmetries(b) if s.name in ("layer0.head0.qk", "layer0.head0.vo", "layer0.head1.qk")]
+    assert [s.name for s in syms] == ["layer0.head0.qk", "layer0.head0.vo", "layer0.head1.qk"]
+    for ref_zero, cl_zero, says in (
+            (("query",), ("key",), "group layer0.head0.qk not identifiable (both sides rank-deficient"),
+            ((), ("query", "key"), "the solved element of layer0.head0.qk is not in its group (")):
+        fit = infer_reparameterization(b.with_module(_zero_head0(b.module, ref_zero)),
+                                       b.with_module(_zero_head0(b.module, cl_zero)), symmetries=syms, rtol=0.25)
+        assert fit.reason.startswith(says), fit.reason
+        assert not fit.found and fit.candidate is None and fit.kappa_T is None and fit.residual == math.inf
+        assert fit.rtol == 0.25 and fit.sign_mismatches == 0 and fit.param_residuals == {}
+        assert [g.name for g in fit.groups] == ["layer0.head0.qk"] and fit.groups[0].residual is None
+        g = fit.groups[0]  # zero blocks have conditioning 0; the producer side is the reference's query block
+        assert (g.side, g.conditioning == 0.0) == (("none", True) if ref_zero else ("producer", False))
+
+
+@pytest.mark.parametrize("permutations", [True, False])
+def test_sign_mismatches_count_every_flipped_entry(permutations):
+    """Flipping hidden unit 1 (its input row, bias and output column) of a layer with fan-in n
+    and fan-out k changes the sign of n + 1 + k entries, each counted once whether the two
+    S2 groups are solved jointly (permutations=False) or in separate stages between the
+    permutations: 5 + 1 + 3 in the first hidden layer, 4 + 1 + 2 in the second; both:
+    9 + 7 - 2 = 14 (W2[1, 1] is flipped twice, its sign restored)."""
+    m = random_zoo(mlp_arch([5, 4, 3, 2]), 4)
+    for layers, want in (((0,), 9), ((2,), 7), ((0, 2), 14)):
+        flip = copy.deepcopy(m.module)
+        with torch.no_grad():
+            for i in layers:
+                flip[i].weight[1] *= -1
+                flip[i].bias[1] *= -1
+                flip[i + 2].weight[:, 1] *= -1
+        fit = infer_reparameterization(m, m.with_module(flip), permutations=permutations)
+        assert not fit.found and fit.sign_mismatches == want, (layers, fit.sign_mismatches)
+        assert [g.side for g in fit.groups] == ["assignment", "log-ratios"] * 2 if permutations else \
+            ["log-ratios"] * 2
+
+
+def test_element_beyond_float64_is_not_in_its_group():
+    """Unit 1 of the first hidden layer scaled by 1e-200 in the reference and by 1e110 in the
+    claimed model: the exact S2 element 1e310 exceeds float64 (max ~1.8e308), so the solved
+    element is non-finite, not in the group: no T. Both groups of the joint diagonal stage
+    (permutations=False) are still reported, the failing one first, and so are the sign
+    mismatches of unit 2, flipped in the claimed model (5 + 1 + 3 entries, as above)."""
+    m = random_zoo(mlp_arch([5, 4, 3, 2]), 4)
+
+    def scaled(s: float) -> LoadedModel:
+        net = copy.deepcopy(m.module)
+        with torch.no_grad():
+            net[0].weight[1] *= s
+            net[0].bias[1] *= s
+            net[2].weight[:, 1] /= s
+        return m.with_module(net)
+
+    claimed = scaled(1e110)
+    with torch.no_grad():
+        claimed.module[0].weight[2] *= -1
+        claimed.module[0].bias[2] *= -1
+        claimed.module[2].weight[:, 2] *= -1
+    with np.errstate(over="ignore"):
+        fit = infer_reparameterization(scaled(1e-200), claimed, permutations=False)
+    assert fit.sign_mismatches == 9
+    assert not fit.found and fit.candidate is None and fit.residual == math.inf
+    assert fit.reason.startswith("the solved element of relu-linear:0->2 is not in its group"), fit.reason
+    assert [g.name for g in fit.groups] == ["relu-linear:0->2", "relu-linear:2->4"]

@@ -272,6 +272,24 @@ def test_inference_recovers_every_element_and_permutation(cfg, log_scale, rotate
     assert all(torch.equal(true[n], torch.eye(true[n].shape[0], dtype=torch.float64)) for n in missing)
 
 
+def test_folded_reference_has_one_rotation_group():
+    """A folded reference already carries the residual rotation among its groups: inference of a
+    rotated copy solves that one group (no second one added for the folded claimed model), by
+    orthogonal Procrustes, and recovers Q (float64 round-off: within 1e-9, as above)."""
+    m = tiny_decoder("llama", 3, hidden=16, heads=4, kv_heads=2, intermediate=10, vocab=20)
+    exact_float64(m.module)
+    module, _ = folded(m)
+    ref = m.with_module(module)
+    rot = llama.residual_rotation(module)
+    Q = random_element(rot, torch.Generator().manual_seed(3))
+    fit = infer_reparameterization(ref, ref.with_module(TorchReparameterization([(rot, Q)]).apply_to_module(module)))
+    assert fit.found, fit.reason
+    (gf,) = [g for g in fit.groups if g.kind == "residual-rotation"]
+    assert gf.side == "procrustes" and gf.kappa == 1.0 and gf.residual <= fit.rtol
+    (Q_hat,) = [e for s, e in fit.record.items if s.kind == "residual-rotation"]
+    assert float((Q_hat - Q).norm()) <= 1e-9
+
+
 @settings(max_examples=5)
 @given(cfg=configs)
 def test_permuted_swiglu_units_have_kappa_one(cfg):
