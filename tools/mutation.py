@@ -192,11 +192,11 @@ def run_module(module: str, jobs: int, resume: bool = False) -> dict:
     if proc.returncode != 0 or not _statuses(where):
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}):\n{tail}")
-    return record(module, time.time() - t0 + (before or {}).get("seconds", 0.0),
+    return record(module, time.time() - t0 + ((before or {}).get("seconds") or 0.0),
                   (before or {}).get("resumed", 0) + (1 if resume else 0))
 
 
-def record(module: str, seconds: float, resumed: int = 0) -> dict:
+def record(module: str, seconds: float | None, resumed: int = 0) -> dict:
     """The record of ``module`` from its staged mutmut state: the counts per status and every
     mutant that was not killed, with its diff (explanations are applied when the results are
     summarized). Mutants a stopped run left "not checked" are counted (against the score) and
@@ -213,7 +213,8 @@ def record(module: str, seconds: float, resumed: int = 0) -> dict:
         diff = _mutmut(where, "show", name, check=False).stdout
         unkilled.append({"mutant": name, "function": _function(name), "status": status, "lines": _changed_lines(diff)})
     out = {"module": module, "tests": list(TESTS[module]), "deselect": DESELECT, "mutants": len(codes),
-           "counts": counts, "unkilled": unkilled, "mutmut": _version(), "seconds": round(seconds, 1),
+           "counts": counts, "unkilled": unkilled, "mutmut": _version(),
+           "seconds": None if seconds is None else round(seconds, 1),
            "resumed": resumed}
     if counts.get("not checked"):
         out["note"] = (f"partial: the run was stopped with {counts['not checked']} of {len(codes)} mutants not "
@@ -286,7 +287,7 @@ def render(results: dict) -> str:
             lines.append(f"| {m} | not run | | | | | | | | |")
             continue
         lines.append(f"| {m} | {r['mutants']} | {r['killed']} | {r['timeouts']} | {r['equivalent']} | {r['accepted']} | "
-                     f"{r['unexplained']} | {r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds']} |")
+                     f"{r['unexplained']} | {r['score']:.1%} | {', '.join(r['tests'])} | {r['seconds'] or '-'} |")
     notes = [f"- {m}: {mods[m]['note']}" for m in MODULES if m in mods and mods[m].get("note")]
     if notes:
         lines += ["", "Notes:", *notes]
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {m} has no staged mutmut state under {STAGE}", file=sys.stderr)
                 return 2
             before = _load_record(m) or {}
-            rec = record(m, before.get("seconds", 0.0), before.get("resumed", 0))
+            rec = record(m, before.get("seconds"), before.get("resumed", 0))  # None: the stopped run's time is unknown
         else:
             rec = run_module(m, args.jobs, args.resume)
         RECORDS.mkdir(parents=True, exist_ok=True)
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         o = _write(results)
         r = summarize(results["modules"][m], _explanations())
         print(f"  {r['mutants']} mutants, score {r['score']:.1%}, {r['unexplained']} unexplained survivors "
-              f"({r['seconds']} s)", flush=True)
+              f"({r['seconds'] or '-'} s)", flush=True)
     print(f"overall {o['score']:.1%} over {o['modules_run']} modules; results in {OUT / 'RESULTS.md'}")
     return 0
 
