@@ -133,6 +133,26 @@ def test_rotation_needs_folded_norms_and_tied_embeddings_work():
     assert _deviation(base.with_module(module), x, rec.apply_to_module(module)) <= _allowance(base, x, rec)
 
 
+@pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
+def test_fold_refuses_a_zero_or_non_finite_norm_weight(bad):
+    """Folding divides by gamma: a zero, NaN or infinite entry of a covered RMSNorm weight is
+    refused, and with a tied lm_head a NaN in the uncovered final norm is not taken for 1."""
+    m = tiny_decoder("llama", 3, hidden=16, heads=4, kv_heads=2, intermediate=10, vocab=20)
+    exact_float64(m.module)
+    with torch.no_grad():
+        m.module.model.layers[0].input_layernorm.weight[3] = bad
+    with pytest.raises(InvalidInputError, match="zero or non-finite"):
+        folded(m)
+    t = tiny_decoder("qwen2", 3, tie_embeddings=True, hidden=16, heads=4, kv_heads=2, intermediate=10, vocab=20)
+    exact_float64(t.module)
+    t = _fold_ready(t)
+    folded(t)  # every norm weight foldable: no error
+    with torch.no_grad():
+        t.module.model.norm.weight[0] = float("nan")
+    with pytest.raises(InvalidInputError, match="tied lm_head"):
+        folded(t)
+
+
 def test_rope_classes_of_real_rotary_embeddings():
     """Partial rotary (transformers' proportional rope: zero frequencies) gives GL on the
     unrotated pairs; coinciding frequencies give GL(m, C): elements beyond per-pair scaled

@@ -257,7 +257,7 @@ def residual_rotation(module: nn.Module) -> TorchSymmetry:
 def fold_elements(module: nn.Module, symmetries: Sequence[TorchSymmetry]) -> list[tuple[TorchSymmetry, torch.Tensor]]:
     """The S7 ``rmsnorm`` elements c = 1 / gamma that fold every RMSNorm weight into its consumers
     (gamma -> 1, consumer columns x gamma), as (symmetry, element) pairs for a
-    ``TorchReparameterization``. A zero gamma_i cannot be folded (InvalidInputError). With a tied
+    ``TorchReparameterization``. A zero or non-finite gamma_i cannot be folded (InvalidInputError). With a tied
     lm_head the final norm has no ``rmsnorm`` group, so a model whose final gamma is not 1
     cannot be folded completely (InvalidInputError)."""
     named = dict(module.named_parameters())
@@ -268,12 +268,12 @@ def fold_elements(module: nn.Module, symmetries: Sequence[TorchSymmetry]) -> lis
             continue
         gname = next(sl.param for sl in s.slots if sl.op == "A")
         g = named[gname].detach().to(torch.float64)
-        if bool((g == 0).any()):
-            raise InvalidInputError(f"{gname} has a zero entry: RMSNorm cannot be folded")
+        if bool((g == 0).any()) or not bool(torch.isfinite(g).all()):
+            raise InvalidInputError(f"{gname} has a zero or non-finite entry: RMSNorm cannot be folded")
         out.append((s, 1.0 / g))
         covered.add(gname)
     missing = [n for n in _norm_params(module) if n not in covered
-               and float((named[n].detach().double() - 1).abs().max()) > UNIT_ALLOWANCE]
+               and not float((named[n].detach().double() - 1).abs().max()) <= UNIT_ALLOWANCE]  # NaN: missing
     if missing:
         raise InvalidInputError(f"cannot fold {missing[0]}: no rmsnorm group scales it (a tied lm_head shares the "
                                 "embedding, whose columns are also the model's input)")
