@@ -166,6 +166,11 @@ class _Modes:
             return [(mu, self.factor(mu)) for mu, _ in self.meas.balls(prec)[len(self.exact):]]
 
 
+def _bits(e: fmpq_mat) -> int:
+    """Size of a rational vector: the bits of all its numerators and denominators together."""
+    return sum(e[i, 0].p.bit_length() + e[i, 0].q.bit_length() for i in range(e.nrows()))
+
+
 def _exact_losses(problem: Quadratic, opt: Any) -> Callable[[int], fmpq]:
     """t -> 2 q_t = e_t^T H e_t exactly, e_t the rational iterate of the linear method ``opt``
     (GD, PreconditionedGD, LM: e_(t+1) = M e_t with M rational, so q_t is rational even when the
@@ -183,9 +188,7 @@ def _exact_losses(problem: Quadratic, opt: Any) -> Callable[[int], fmpq]:
             restart()
         while state["t"] < t:
             state["e"], state["t"] = next(state["it"]), state["t"] + 1
-            e = state["e"]
-            bits = sum(e[i, 0].p.bit_length() + e[i, 0].q.bit_length() for i in range(e.nrows()))
-            if bits > _EXACT_BITS:
+            if _bits(state["e"]) > _EXACT_BITS:
                 restart()
                 raise PrecisionError(f"exact iterate {t} of {type(opt).__name__} has more than {_EXACT_BITS} bits")
         return 2 * problem.loss(state["e"])
@@ -542,7 +545,7 @@ def brute_force_steps(problem: Quadratic, optimizer: Any, tol: Any, max_steps: i
         if t > max_steps:
             break
         if max_bits is not None:
-            bits = sum(e[i, 0].p.bit_length() + e[i, 0].q.bit_length() for i in range(e.nrows()))
+            bits = _bits(e)
             if bits > max_bits:
                 raise PrecisionError(f"{type(optimizer).__name__}: exact iterate {t} has {bits} bits > {max_bits}")
         if problem.loss(e) <= target:
