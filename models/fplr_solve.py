@@ -80,6 +80,17 @@ def _coords(shape: Sequence[int], slot: Slot) -> torch.Tensor:
     return c.reshape(view).expand(*shape).reshape(-1)
 
 
+def _log_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """log(num / den) for positive float64 arrays: one division and one log (2 roundings, the
+    error the S2 tolerance argues from) where the quotient is a normal float64, and
+    log(num) - log(den) where it would overflow or fall below the normal range (scalings
+    such as 1e200 and 1e-200, whose logs are finite)."""
+    with np.errstate(over="ignore", under="ignore"):
+        q = num / den
+    normal = np.isfinite(q) & (q >= np.finfo(np.float64).tiny)
+    return np.where(normal, np.log(np.where(normal, q, 1.0)), np.log(num) - np.log(den))
+
+
 def solve_diagonal(groups: Sequence[TorchSymmetry], ref: Mapping[str, torch.Tensor], cl: Mapping[str, torch.Tensor],
                    usable: set[Slot]) -> tuple[list[torch.Tensor], float, int]:
     """Joint solve of a run of diagonal groups (module doc). Returns the elements, sigma_min /
@@ -123,7 +134,7 @@ def solve_diagonal(groups: Sequence[TorchSymmetry], ref: Mapping[str, torch.Tens
             np.add.at(votes, co[hit], ratio_sign[hit])
             sign_eqs.append((co[hit], ratio_sign[hit]))
         keep = np.nonzero(usable_eq)[0]
-        ys.append(np.log(np.abs(c[keep]) / np.abs(r[keep])))
+        ys.append(_log_ratio(np.abs(c[keep]), np.abs(r[keep])))
         eq = np.arange(n_eq, n_eq + keep.size)
         for co, s in cover:
             co = co[keep]

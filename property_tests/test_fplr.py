@@ -528,3 +528,43 @@ def test_element_beyond_float64_is_not_in_its_group():
     assert not fit.found and fit.candidate is None and fit.residual == math.inf
     assert fit.reason.startswith("the solved element of relu-linear:0->2 is not in its group"), fit.reason
     assert [g.name for g in fit.groups] == ["relu-linear:0->2", "relu-linear:2->4"]
+
+
+def test_log_ratios_beyond_float64_quotients_are_solved():
+    """The S2 element d1 = (1e-200, 1, 1, 1), d2 = (1e200, 1, 1): W2[0, 0] is scaled by
+    d2[0] / d1[0] = 1e400, beyond float64, although both elements and every weight are finite
+    (W2[0, 0] = 1e-300 in the reference, 1e100 claimed). The equation's log-ratio is then formed
+    as log|c| - log|r| (each log within u |log| of exact), so T is found, the elements within the
+    S2 tolerance of the module doc with that per-equation error, and kappa(T) = 1e400 rounds to inf."""
+    m = random_zoo(mlp_arch([5, 4, 3, 2]), 4)
+    ref = copy.deepcopy(m.module).double()
+    with torch.no_grad():
+        ref[2].weight[0, 0] = 1e-300
+    d1 = torch.tensor([1e-200, 1.0, 1.0, 1.0], dtype=torch.float64)
+    d2 = torch.tensor([1e200, 1.0, 1.0], dtype=torch.float64)
+    cl = copy.deepcopy(ref)
+    with torch.no_grad():
+        cl[0].weight.mul_(d1[:, None])
+        cl[0].bias.mul_(d1)
+        w2 = ref[2].weight * d2[:, None] / d1[None, :]  # inf at [0, 0]; set exactly below
+        w2[0, 0] = 1e-300 * 1e200 * 1e200
+        cl[2].weight.copy_(w2)
+        cl[2].bias.mul_(d2)
+        cl[4].weight.div_(d2[None, :])
+    assert torch.isfinite(cl[2].weight).all()
+    fit = infer_reparameterization(m.with_module(ref), m.with_module(cl), permutations=False)
+    assert fit.found, fit.reason
+    assert fit.kappa_T == math.inf
+    params = dict(ref.named_parameters())
+    A = _incidence(discover_symmetries(m.with_module(ref)), params)
+    sv = np.linalg.svd(A, compute_uv=False)
+    smin, smax = float(sv[-1]), float(sv[0])
+    a = np.log(np.concatenate([d1.numpy(), d2.numpy()]))
+    a_hat = np.concatenate([e.log().numpy() for _, e in fit.record.items])
+    y = A @ a
+    logs = max(abs(math.log(1e-300)), abs(math.log(1e100)), float(np.abs(y).max()))
+    delta = 4.01 * U + 3 * U * logs  # log|c| - log|r| : two logs and a subtraction
+    m_eq, n = A.shape
+    tol = (math.sqrt(m_eq) * delta / smin + gamma(m_eq) * smax * float(np.linalg.norm(y)) / smin**2
+           + 10 * n * U * (smax / smin) ** 2 * float(np.linalg.norm(a)) + U * float(np.linalg.norm(a)))
+    assert float(np.linalg.norm(a_hat - a)) <= tol, (float(np.linalg.norm(a_hat - a)), tol)
