@@ -210,13 +210,17 @@ def check_newton_cg(d: dict) -> list[CheckResult]:
 
 
 # ---------------------------------------------------------------- SO-SOPHIA
+_SOPHIA_BUDGET = 3000
+
+
 @entry("so_sophia", ["SO-SOPHIA"], st.fixed_dictionaries({
     "seed": st.integers(0, 2**32 - 1), "n": st.integers(2, 5), "a": st.integers(3, 20), "aD": st.integers(3, 30),
     "u": st.integers(1, 20), "tm": st.integers(1, 5), "tk": st.integers(1, 2), "rot": st.booleans()}), cost=2)
 def check_sophia(d: dict) -> list[CheckResult]:
     """SO-SOPHIA: Sophia (exact diagonal Hessian) on L' = L(D^-1 .) mapped back equals Sophia on L
     with per-coordinate (eta/D_i, gamma/D_i, eps D_i), exactly, 15 steps; the theory function
-    returns those; steps_to (decoupled scalar recurrences on a diagonal H) == the vector iteration."""
+    returns those; steps_to (decoupled scalar recurrences on a diagonal H) == the vector iteration,
+    or both reach no t within 3000 steps (clipped steps of size eta can cycle around the minimum)."""
     rng = _rng(d["seed"])
     n, kappa = d["n"], _kappa(d["a"])
     lam, c = _spectrum(rng, n, kappa), _coeffs(rng, n)
@@ -241,9 +245,11 @@ def check_sophia(d: dict) -> list[CheckResult]:
                     detail="bounds_second_order.sophia_equivalent_hyperparameters == (eta/D, gamma/D, eps D)"))
     if not d["rot"]:
         tol = _tol(d["tm"], d["tk"])
-        N = steps_to(p, base, tol, 3000)
-        out.append(_cmp("SO-SOPHIA", inst + f" tol={tol}", N, "==", brute_force_steps(p, base, tol, N + 1),
-                        precision=COUNT + " (exact rationals)", detail="steps_to (scalar recurrences) == vector iteration"))
+        N = _outcome(lambda: steps_to(p, base, tol, _SOPHIA_BUDGET))  # -1: clipped steps of size eta can cycle
+        cap = _SOPHIA_BUDGET if N == -1 else N + 1
+        out.append(_cmp("SO-SOPHIA", inst + f" tol={tol}", N, "==", _outcome(lambda: brute_force_steps(p, base, tol, cap)),
+                        precision=COUNT + " (exact rationals)",
+                        detail=f"steps_to (scalar recurrences) == vector iteration (-1: none within {_SOPHIA_BUDGET} steps)"))
     return out
 
 
