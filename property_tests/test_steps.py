@@ -47,16 +47,18 @@ def _first_certified(p: Quadratic, opt, tol: F, horizon: int) -> int:
 def test_max_steps_caps_the_count_of_every_method(opt) -> None:
     """The count N is independent of the iteration (exact rational iteration for the rational
     methods, certified arb iterates for Adam / RMSprop / Adagrad / cubic Newton); max_steps = N
-    returns N, max_steps = N - 1 raises NoConvergenceError, and an integral float is accepted."""
+    returns N, max_steps = N - 1 raises NoConvergenceError naming the optimizer, and an integral
+    float is accepted."""
     N = steps_to(SPEC, opt, TOL)
     assert N >= 1
     assert N == _first_certified(SPEC, opt, TOL, N + 2)
     assert steps_to(SPEC, opt, TOL, max_steps=N) == N
     assert steps_to(SPEC, opt, TOL, max_steps=float(N)) == N
     assert steps_to(SPEC, opt, TOL, max_steps=N + 7) == N
-    with pytest.raises(NoConvergenceError):
+    named = rf"^{type(opt).__name__}\b"
+    with pytest.raises(NoConvergenceError, match=named):
         steps_to(SPEC, opt, TOL, max_steps=N - 1)
-    with pytest.raises(NoConvergenceError):  # 0 is a valid cap (q_0 > tol q_0 always)
+    with pytest.raises(NoConvergenceError, match=named):  # 0 is a valid cap (q_0 > tol q_0 always)
         steps_to(SPEC, opt, TOL, max_steps=0)
 
 
@@ -539,3 +541,56 @@ def test_best_fixed_step_uses_the_eigenvalues_not_the_masses(tol) -> None:
         n_star = steps_to(p, GD(F(2, 7)), tol)
         assert n_star == _optimal_fixed_step_count(lams, cs, tol)  # no fixed step beats eta*
         assert (eta, N) == (F(2, 7), n_star)
+
+
+def test_exact_losses_restart_for_an_earlier_t_and_the_bit_cap_is_inclusive(monkeypatch) -> None:
+    """``_exact_losses`` (the exact-tie fallback) returns 2 q_t of the rational iterate for t asked
+    in any order (forward from the last t, restarting for a smaller one), equal to the exact
+    iteration's; an iterate of exactly ``_EXACT_BITS`` bits is allowed, one bit more is refused."""
+    from convrate.numerics import steps
+
+    p = Quadratic.from_spectrum([F(1, 3), 4, 7], [1, F(2, 5), 3])
+    opt = GD(F(1, 7))
+    exact = [2 * p.loss(e) for e in run_exact(p, opt, 8)]
+    two_q = steps._exact_losses(p, opt)
+    for t in (3, 5, 2, 2, 0, 8, 4):
+        assert two_q(t) == exact[t], t
+    e = list(run_exact(p, opt, 8))
+    cap = max(steps._bits(x) for x in e[:6])
+    assert steps._bits(e[6]) > cap  # the sizes grow on this instance
+    monkeypatch.setattr(steps, "_EXACT_BITS", cap)
+    two_q = steps._exact_losses(p, opt)
+    assert two_q(5) == exact[5]
+    with pytest.raises(PrecisionError, match=f"more than {cap} bits"):
+        two_q(6)
+    assert two_q(4) == exact[4]  # restarted after the refusal
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_diagonal_fast_path_is_the_lanczos_measure(seed) -> None:
+    """For diagonal H and a diagonal preconditioner P (or LM damping D), ``measure_for`` builds the
+    measure of A = P H (D^-1 H) from its diagonal; ``lanczos_measure`` of the same (A, e_0) with
+    the H inner product gives the identical measure (the measure is unique and A's eigenvalues are
+    rational): same exact points and masses, same total, no irrational part. Repeated
+    eigenvalues and zero coordinates of e_0 included."""
+    import random
+
+    from convrate.numerics.krylov import lanczos_measure
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 5)
+    lam = [F(rng.randint(1, 9), rng.randint(1, 4)) for _ in range(n)]
+    d = [F(rng.randint(1, 9), rng.randint(1, 4)) for _ in range(n)]
+    if seed % 3 == 0:
+        lam[0], d[0] = lam[-1], d[-1]
+    c = [F(rng.randint(-3, 3), rng.randint(1, 3)) for _ in range(n)]
+    c[0] = c[0] or F(1)
+    p = Quadratic.from_spectrum(lam, c)
+    diag = [[d[i] if i == j else 0 for j in range(n)] for i in range(n)]
+    for opt, A in ((PreconditionedGD(F(1, 8), diag), "P"), (LM(1, D=diag), "D")):
+        fast = measure_for(p, opt)
+        Dm = fmpq_mat([[fmpq(x.numerator, x.denominator) for x in row] for row in diag])
+        op = Dm * p.H if A == "P" else Dm.inv() * p.H
+        slow = lanczos_measure(op, p.e0, p.H)
+        assert tuple(fast.exact) == tuple(slow.exact) and fast.total == slow.total, (opt, fast, slow)
+        assert len(slow.balls(64)) == len(slow.exact)
