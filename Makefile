@@ -46,7 +46,8 @@ report: $(STAMP)
 
 # mutation testing of the core (tools/mutation.py; results in tools/mutation/RESULTS.md):
 # `make mutation` runs every core module, `make mutation MODULES=models/recovery.py` one
-# (RESUME=1: test again only its survivors and the mutants of functions changed since its last run)
+# (RESUME=1: test again only its survivors and the mutants of functions changed since its last run;
+# MUTANTS="name ...": test again only these recorded mutants, e.g. the survivors a new test targets)
 MUT_STAMP := $(VENV)/.mutation-installed
 MODULES   ?=
 
@@ -55,7 +56,7 @@ $(MUT_STAMP): $(STAMP)
 	touch $(MUT_STAMP)
 
 mutation: $(MUT_STAMP)
-	nice -n 10 $(BIN)/python tools/mutation.py --jobs $(JOBS) $(if $(MODULES),--modules $(MODULES)) $(if $(RESUME),--resume)
+	nice -n 10 $(BIN)/python tools/mutation.py --jobs $(JOBS) $(if $(MODULES),--modules $(MODULES)) $(if $(RESUME),--resume) $(if $(MUTANTS),--mutants $(MUTANTS))
 
 # benchmarks/run.py makes its own environment (benchmarks/.venv) for the anchors it compares against
 bench:

@@ -18,7 +18,8 @@ mutants not killed, with their diffs) and ``tools/mutation/RESULTS.md``; a survi
 function and the changed lines, so the explanation survives renumbering); ``--render``
 re-applies the explanations without running mutmut; ``--resume`` keeps a module's mutants and
 results under ``build/mutation/`` and tests again only what was not killed and the mutants of
-functions whose code changed (after strengthening tests).
+functions whose code changed (after strengthening tests); ``--mutants NAME...`` resumes testing
+again only the named mutants (a new test's targets) and the mutants of changed functions.
 
 Score = (killed + timeout) / (mutants - equivalent); "no tests" and unexplained survivors count
 against it.
@@ -80,12 +81,14 @@ def _paths(module: str) -> tuple[Path, str, Path]:
     return where, target, where / "mutants" / f"{target}.meta"
 
 
-def stage(module: str, resume: bool = False) -> Path:
+def stage(module: str, resume: bool = False, only: frozenset[str] | None = None) -> Path:
     """A fresh src-layout copy of the repository for ``module`` (see the module docstring).
 
     ``resume``: keep the mutants and their results from the previous run of ``module`` and refresh
     everything else (sources, tests, settings); the mutants that were not killed, and every mutant
-    of a function whose code changed (mutmut compares each function's hash), are tested again."""
+    of a function whose code changed (mutmut compares each function's hash), are tested again.
+    ``only`` (with ``resume``): of the mutants kept, test again only these names (and still every
+    mutant of a changed function)."""
     where, target, meta = _paths(module)
     if resume and meta.exists():
         staged = where / target
@@ -100,8 +103,8 @@ def stage(module: str, resume: bool = False) -> Path:
                 f.unlink()
         shutil.rmtree(where / "mutants" / "property_tests", ignore_errors=True)
         data = json.loads(meta.read_text())
-        data["exit_code_by_key"] = {k: (c if _status(c) in KILLED else None)
-                                    for k, c in data["exit_code_by_key"].items()}
+        again = (lambda k, c: k in only) if only is not None else (lambda k, c: _status(c) not in KILLED)
+        data["exit_code_by_key"] = {k: (None if again(k, c) else c) for k, c in data["exit_code_by_key"].items()}
         meta.write_text(json.dumps(data))
     elif where.exists():
         shutil.rmtree(where)
@@ -181,13 +184,13 @@ def _explain(module: str, function: str, lines: list[str], table: list[dict]) ->
     return None
 
 
-def run_module(module: str, jobs: int, resume: bool = False) -> dict:
-    """Stage, run mutmut, and record one module (``record``). ``resume``: see ``stage``;
+def run_module(module: str, jobs: int, resume: bool = False, only: frozenset[str] | None = None) -> dict:
+    """Stage, run mutmut, and record one module (``record``). ``resume``, ``only``: see ``stage``;
     ``seconds`` then adds this run's time to the previous record's."""
     t0 = time.time()
     resume = resume and _paths(module)[2].exists()  # nothing to resume: a full run
     before = _load_record(module) if resume else None
-    where = stage(module, resume)
+    where = stage(module, resume, only if resume else None)
     proc = _mutmut(where, "run", "--max-children", str(jobs), check=False)
     if proc.returncode != 0 or not _statuses(where):
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -345,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="keep each module's mutants and results from its last run (build/mutation/) and test "
                          "again only the survivors and the mutants of changed functions: after strengthening tests")
+    ap.add_argument("--mutants", nargs="+", metavar="MUTANT", default=None,
+                    help="resume and test again only these recorded mutants (e.g. the survivors a new test "
+                         "targets), with the current tests; their modules are taken from the names")
     ap.add_argument("--record-only", action="store_true",
                     help="record the given modules from their staged state under build/mutation/ without running "
                          "mutmut (after a stopped run: the mutants it did not reach count as not checked)")
@@ -377,6 +383,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overall {o['score']:.1%} over {o['modules_run']} modules; {o['unexplained']} unexplained survivors")
         return 0
     mods = [m for spec in args.modules for m in spec.replace(",", " ").split()]
+    only: dict[str, frozenset[str]] = {}
+    if args.mutants:
+        by_slug = {f"convrate.{_slug(m)}": m for m in MODULES}
+        for name in args.mutants:
+            m = by_slug.get(name.rpartition(".")[0])
+            if m is None or not _paths(m)[2].exists():
+                print(f"error: {name} is not a mutant of a core module with a staged run under {STAGE}", file=sys.stderr)
+                return 2
+            only[m] = only.get(m, frozenset()) | {name}
+        mods, args.resume = list(only), True
     unknown = [m for m in mods if m not in TESTS]
     if unknown:
         print(f"error: not a core module: {', '.join(unknown)}; choose from {', '.join(MODULES)}", file=sys.stderr)
@@ -390,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             before = _load_record(m) or {}
             rec = record(m, before.get("seconds"), before.get("resumed", 0))  # None: the stopped run's time is unknown
         else:
-            rec = run_module(m, args.jobs, args.resume)
+            rec = run_module(m, args.jobs, args.resume, only.get(m))
         RECORDS.mkdir(parents=True, exist_ok=True)
         (RECORDS / f"{_slug(m)}.json").write_text(json.dumps(rec))
         results["modules"][m] = rec
