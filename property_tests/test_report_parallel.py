@@ -56,3 +56,15 @@ def test_inserted_section_jobs_equal_serial(tmp_path):
     (m,) = sec["checks"]
     assert m["statement"] == "M" and m["holds"]
     assert set(sec["precision"]["real"]) == {"digits MLP"} and sec["precision"]["exact"]["table"]
+
+
+def test_every_timing_compare_ignores_is_a_timing_key():
+    """The keys ``convrate compare`` never compares because they are timings (not the machine
+    description) are all stripped by ``without_timings``: the derivations' ``seconds`` were not,
+    so the full report's serial and parallel results.json could never compare equal."""
+    from convrate.reports.compare import IGNORED
+
+    timings = IGNORED - {"platform", "device", "versions"}
+    assert timings <= set(builder.TIMING_KEYS), timings - set(builder.TIMING_KEYS)
+    doc = {"derive": [{"id": "T1", "seconds": 1.5, "status": "proved"}], "jobs": 2}
+    assert builder.without_timings(doc) == {"derive": [{"id": "T1", "status": "proved"}]}
