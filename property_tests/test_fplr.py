@@ -568,3 +568,19 @@ def test_log_ratios_beyond_float64_quotients_are_solved():
     tol = (math.sqrt(m_eq) * delta / smin + gamma(m_eq) * smax * float(np.linalg.norm(y)) / smin**2
            + 10 * n * U * (smax / smin) ** 2 * float(np.linalg.norm(a)) + U * float(np.linalg.norm(a)))
     assert float(np.linalg.norm(a_hat - a)) <= tol, (float(np.linalg.norm(a_hat - a)), tol)
+
+
+def test_log_ratio_outside_the_normal_range_is_a_difference_of_logs():
+    """``fplr_solve._log_ratio``: log(num / den) from the quotient where it is a normal float64
+    (one division, one log: within 2 u |y| + u of exact), else log num - log den: a quotient
+    that overflows (1e200 / 1e-200), underflows to 0 (1e-100 / 1e300) or is subnormal
+    (1e-160 / 1e160, ~1e-320, which has lost most of its digits) still gives the exact
+    log-ratio within a few ulp of the logs."""
+    from convrate.models.fplr_solve import _log_ratio
+
+    num = np.array([1e200, 1e-100, 1e-160, 3.0, 1e-300])
+    den = np.array([1e-200, 1e300, 1e160, 7.0, 1e-300])
+    want = [400 * math.log(10), -400 * math.log(10), -320 * math.log(10), math.log(3 / 7), 0.0]
+    got = _log_ratio(num, den)
+    for g, w, a, b in zip(got, want, num, den):
+        assert abs(g - w) <= 4 * U * (abs(math.log(a)) + abs(math.log(b))) + 2 * U * abs(w) + U, (a, b, g, w)
