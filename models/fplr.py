@@ -76,14 +76,26 @@ def float64_parameters(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().to(torch.float64).clone() for n, p in _module(model).named_parameters()}
 
 
+def _relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b||_F / ||b||_F (||a - b||_F when b = 0) in float64. Both norms are taken of the
+    tensors divided by m, the largest |entry| of either (one rounding per entry), so entries
+    beyond sqrt(float64 max) ~ 1e154 do not overflow the squares."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    diff = a - b
+    m = max(float(diff.abs().max()), float(b.abs().max())) if b.numel() else 0.0
+    if not 0 < m < math.inf:  # 0, inf or NaN: nothing to scale
+        d, s = float(diff.norm()), float(b.norm())
+    else:
+        d, s = float((diff / m).norm()), float((b / m).norm())
+        if s == 0:
+            d *= m
+    return d / s if s > 0 else d
+
+
 def parameter_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """name -> ||a_p - b_p||_F / ||b_p||_F (absolute when b_p = 0), computed in float64."""
-    out = {}
-    for n, y in b.items():
-        d = float((a[n].to(torch.float64) - y.to(torch.float64)).norm())
-        s = float(y.to(torch.float64).norm())
-        out[n] = d / s if s > 0 else d
-    return out
+    """name -> ||a_p - b_p||_F / ||b_p||_F (absolute when b_p = 0), computed in float64
+    (``_relative_distance``)."""
+    return {n: _relative_distance(a[n], y) for n, y in b.items()}
 
 
 def architecture_signature(model: Any) -> list[tuple[str, str]]:
@@ -286,10 +298,7 @@ def infer_reparameterization(reference: Any, claimed: Any, symmetries: Sequence[
 def _group_residual(g: TorchSymmetry, mapped: Mapping[str, torch.Tensor], cl: Mapping[str, torch.Tensor]) -> float:
     worst = 0.0
     for s in g.acting_slots:
-        a, b = slot_block(mapped[s.param], s, g.width), slot_block(cl[s.param], s, g.width)
-        nb = float(b.norm())
-        d = float((a - b).norm())
-        worst = max(worst, d / nb if nb > 0 else d)
+        worst = max(worst, _relative_distance(slot_block(mapped[s.param], s, g.width), slot_block(cl[s.param], s, g.width)))
     return worst
 
 

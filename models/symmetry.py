@@ -276,8 +276,9 @@ class TorchReparameterization:
         return lo, hi
 
     def kappa_T(self, space: Iterable[str] | None = None) -> float:
+        """sigma_max(T) / sigma_min(T); inf when sigma_min underflows to 0 (beyond float64)."""
         lo, hi = self.singular_value_range(space)
-        return hi / lo
+        return hi / lo if lo > 0 else math.inf
 
     def extra_parameters(self) -> int:
         """R1: sum over groups of their frozen-layer numbers (``TorchSymmetry.extra_parameters``)."""

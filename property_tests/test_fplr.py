@@ -530,24 +530,27 @@ def test_element_beyond_float64_is_not_in_its_group():
     assert [g.name for g in fit.groups] == ["relu-linear:0->2", "relu-linear:2->4"]
 
 
-def test_log_ratios_beyond_float64_quotients_are_solved():
-    """The S2 element d1 = (1e-200, 1, 1, 1), d2 = (1e200, 1, 1): W2[0, 0] is scaled by
-    d2[0] / d1[0] = 1e400, beyond float64, although both elements and every weight are finite
-    (W2[0, 0] = 1e-300 in the reference, 1e100 claimed). The equation's log-ratio is then formed
+@pytest.mark.parametrize("e", [200, -200])
+def test_log_ratios_beyond_float64_quotients_are_solved(e):
+    """The S2 element d1 = (10^-e, 1, 1, 1), d2 = (10^e, 1, 1): W2[0, 0] is scaled by
+    d2[0] / d1[0] = 10^(2e), beyond float64 (e = 200: the quotient overflows; e = -200: it
+    underflows to 0, and the first layer's row 0 holds weights ~1e199, whose squares overflow
+    unless the residual's norms are scaled), although both elements and every weight are finite
+    (W2[0, 0] = 10^-(3e/2) in the reference, 10^(e/2) claimed). The equation's log-ratio is then formed
     as log|c| - log|r| (each log within u |log| of exact), so T is found, the elements within the
     S2 tolerance of the module doc with that per-equation error, and kappa(T) = 1e400 rounds to inf."""
     m = random_zoo(mlp_arch([5, 4, 3, 2]), 4)
     ref = copy.deepcopy(m.module).double()
     with torch.no_grad():
-        ref[2].weight[0, 0] = 1e-300
-    d1 = torch.tensor([1e-200, 1.0, 1.0, 1.0], dtype=torch.float64)
-    d2 = torch.tensor([1e200, 1.0, 1.0], dtype=torch.float64)
+        ref[2].weight[0, 0] = 10.0 ** (-3 * e // 2)
+    d1 = torch.tensor([10.0 ** -e, 1.0, 1.0, 1.0], dtype=torch.float64)
+    d2 = torch.tensor([10.0 ** e, 1.0, 1.0], dtype=torch.float64)
     cl = copy.deepcopy(ref)
     with torch.no_grad():
         cl[0].weight.mul_(d1[:, None])
         cl[0].bias.mul_(d1)
-        w2 = ref[2].weight * d2[:, None] / d1[None, :]  # inf at [0, 0]; set exactly below
-        w2[0, 0] = 1e-300 * 1e200 * 1e200
+        w2 = ref[2].weight * d2[:, None] / d1[None, :]  # inf or 0 at [0, 0]; set below
+        w2[0, 0] = 10.0 ** (e // 2)
         cl[2].weight.copy_(w2)
         cl[2].bias.mul_(d2)
         cl[4].weight.div_(d2[None, :])
@@ -562,7 +565,7 @@ def test_log_ratios_beyond_float64_quotients_are_solved():
     a = np.log(np.concatenate([d1.numpy(), d2.numpy()]))
     a_hat = np.concatenate([e.log().numpy() for _, e in fit.record.items])
     y = A @ a
-    logs = max(abs(math.log(1e-300)), abs(math.log(1e100)), float(np.abs(y).max()))
+    logs = max(abs(math.log(10.0 ** (-3 * e // 2))), abs(math.log(10.0 ** (e // 2))), float(np.abs(y).max()))
     delta = 4.01 * U + 3 * U * logs  # log|c| - log|r| : two logs and a subtraction
     m_eq, n = A.shape
     tol = (math.sqrt(m_eq) * delta / smin + gamma(m_eq) * smax * float(np.linalg.norm(y)) / smin**2
