@@ -587,3 +587,18 @@ def test_log_ratio_outside_the_normal_range_is_a_difference_of_logs():
     got = _log_ratio(num, den)
     for g, w, a, b in zip(got, want, num, den):
         assert abs(g - w) <= 4 * U * (abs(math.log(a)) + abs(math.log(b))) + 2 * U * abs(w) + U, (a, b, g, w)
+
+
+def test_relative_distance_scales_its_norms():
+    """``fplr._relative_distance`` = ||a - b|| / ||b|| (||a - b|| when b = 0): by hand, 1 for
+    a = 2b whatever the magnitude of b (1e-200: squares underflow; 1e200: they overflow unless
+    the tensors are scaled first), 5 for a - b = (3, 4) at b = 0, inf for an infinite a against a
+    finite b, and 0 for empty tensors (a zero-size parameter)."""
+    from convrate.models.fplr import _relative_distance
+
+    for x in (1e-200, 1.0, 1e200):
+        b = torch.tensor([x, -x], dtype=torch.float64)
+        assert _relative_distance(2 * b, b) == 1.0, x
+    assert _relative_distance(torch.tensor([3.0, 4.0]), torch.zeros(2)) == 5.0
+    assert _relative_distance(torch.tensor([math.inf, 1.0]), torch.tensor([1.0, 1.0])) == math.inf
+    assert _relative_distance(torch.empty(0), torch.empty(0)) == 0.0
