@@ -563,7 +563,7 @@ def test_log_ratios_beyond_float64_quotients_are_solved(e):
     sv = np.linalg.svd(A, compute_uv=False)
     smin, smax = float(sv[-1]), float(sv[0])
     a = np.log(np.concatenate([d1.numpy(), d2.numpy()]))
-    a_hat = np.concatenate([e.log().numpy() for _, e in fit.record.items])
+    a_hat = np.concatenate([el.log().numpy() for _, el in fit.record.items])
     y = A @ a
     logs = max(abs(math.log(10.0 ** (-3 * e // 2))), abs(math.log(10.0 ** (e // 2))), float(np.abs(y).max()))
     delta = 4.01 * U + 3 * U * logs  # log|c| - log|r| : two logs and a subtraction

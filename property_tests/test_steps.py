@@ -551,13 +551,13 @@ def test_exact_losses_restart_for_an_earlier_t_and_the_bit_cap_is_inclusive(monk
 
     p = Quadratic.from_spectrum([F(1, 3), 4, 7], [1, F(2, 5), 3])
     opt = GD(F(1, 7))
-    exact = [2 * p.loss(e) for e in run_exact(p, opt, 8)]
+    iterates = run_exact(p, opt, 8)
+    exact = [2 * p.loss(e) for e in iterates]
     two_q = steps._exact_losses(p, opt)
     for t in (3, 5, 2, 2, 0, 8, 4):
         assert two_q(t) == exact[t], t
-    e = list(run_exact(p, opt, 8))
-    cap = max(steps._bits(x) for x in e[:6])
-    assert steps._bits(e[6]) > cap  # the sizes grow on this instance
+    cap = max(steps._bits(e) for e in iterates[:6])
+    assert steps._bits(iterates[6]) > cap  # the sizes grow on this instance
     monkeypatch.setattr(steps, "_EXACT_BITS", cap)
     two_q = steps._exact_losses(p, opt)
     assert two_q(5) == exact[5]
