@@ -20,11 +20,11 @@ full report twice):
   ``--full-audit`` runs the whole audit instead (hours on 2 CPU cores) and reports its wall
   time and peak memory (``ru_maxrss`` of the child).
 - ``report``: ``convrate report --jobs 1`` and ``--jobs N`` (full profile unless ``--quick``)
-  into temporary directories: wall and CPU seconds of each and whether results.json agree
+  into temporary directories (``--report-out DIR`` keeps them): wall and CPU seconds of each and whether results.json agree
   except timings (``reports.builder.TIMING_KEYS``).
 
 Usage: python benchmarks/bench_scale.py [--quick] [--parts lanczos,hessian,audit,report]
-       [--examples N] [--steps K] [--jobs N] [--full-audit] [--json OUT]
+       [--examples N] [--steps K] [--jobs N] [--report-out DIR] [--full-audit] [--json OUT]
 """
 from __future__ import annotations
 
@@ -220,7 +220,8 @@ def part_report(args: argparse.Namespace) -> dict[str, Any]:
         return [strip(v) for v in x] if isinstance(x, list) else x
 
     rows, docs = {}, {}
-    with tempfile.TemporaryDirectory(prefix="convrate-bench-report-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="convrate-bench-report-") as scratch:
+        tmp = args.report_out or scratch
         for jobs in (1, args.jobs):
             out = os.path.join(tmp, f"jobs{jobs}")
             cmd = [sys.executable, "-m", "convrate", "report", "--out", out, "--jobs", str(jobs)] + \
@@ -364,6 +365,8 @@ def _add(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--examples", type=int, default=None, help="paragraphs of the text task (default 16; quick 8)")
     ap.add_argument("--steps", type=int, default=None, help="Lanczos steps (default 60; quick 20)")
     ap.add_argument("--jobs", type=int, default=2, help="report: worker processes of the parallel run")
+    ap.add_argument("--report-out", metavar="DIR", default=None,
+                    help="report: keep the two builds as DIR/jobs1 and DIR/jobsN (default: a deleted temporary folder)")
     ap.add_argument("--full-audit", action="store_true", help="audit: run the whole default audit (hours)")
 
 

@@ -62,3 +62,27 @@ def deterministic(seed: int, device: torch.device) -> Iterator[None]:
             yield
         finally:
             torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+class RNGStream:
+    """A seeded torch RNG stream that can be left and re-entered: ``with stream.active():`` is
+    ``deterministic(seed, device)`` with the stream's state as it was when it was last left, so
+    work split over several entries draws the same numbers as in one (the caller's RNG state is
+    untouched in between)."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.seed, self.device = int(seed), device
+        self._state: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        cuda = self.device.type == "cuda"
+        with deterministic(self.seed, self.device):
+            if self._state is not None:
+                torch.set_rng_state(self._state[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self._state[1], self.device)
+            try:
+                yield
+            finally:
+                self._state = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)

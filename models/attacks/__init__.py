@@ -8,10 +8,10 @@ optimizer registry, step context, cost counts), the attacker families ``first_or
 """
 from __future__ import annotations
 
-from convrate.models.attacks.attack import OPTIMIZERS, Attack, Progress, Trajectory, make_attack, require_finite_parameters
+from convrate.models.attacks.attack import OPTIMIZERS, Attack, AttackRun, Progress, Trajectory, make_attack, require_finite_parameters
 from convrate.models.attacks.registry import REGISTRY, Cost, OptimizerSpec, get_spec
 from convrate.models.attacks.search import LRSearchResult, LRTrial, Slowdown, log_grid, lr_search, slowdown
 from convrate.models.runtime import deterministic, resolve_device
 
-__all__ = ["OPTIMIZERS", "REGISTRY", "OptimizerSpec", "Cost", "get_spec", "make_attack", "Attack", "Trajectory", "Progress", "LRTrial", "LRSearchResult", "Slowdown", "lr_search",
+__all__ = ["OPTIMIZERS", "REGISTRY", "OptimizerSpec", "Cost", "get_spec", "make_attack", "Attack", "AttackRun", "Trajectory", "Progress", "LRTrial", "LRSearchResult", "Slowdown", "lr_search",
            "log_grid", "slowdown", "resolve_device", "require_finite_parameters", "deterministic"]

@@ -46,7 +46,7 @@ from convrate.models.attacks import first_order, gauss_newton, preconditioned, s
 from convrate.models.attacks.lora import Targets, lora_wrap
 from convrate.models.attacks.registry import REGISTRY, Cost, StepContext, get_spec, measure_cost_ratios
 from convrate.models.attacks.peft_lora import decoder_targets, peft_wrap, uses_peft
-from convrate.models.runtime import deterministic, resolve_device
+from convrate.models.runtime import RNGStream, resolve_device
 from convrate.models.tasks import Task
 
 #: every attacker name, in registration order (first-order, second-order, Gauss-Newton, preconditioned)
@@ -236,53 +236,98 @@ class Attack:
     # ---- run
     def run(self, model: nn.Module, task: Task, progress: Progress | None = None) -> Trajectory:
         """Fine-tune a copy of ``model`` on ``task``; the input model is not modified."""
+        return self.start(model, task).advance(self.budget, progress)
+
+    def start(self, model: nn.Module, task: Task) -> "AttackRun":
+        """A paused run at theta_0 (nothing recorded yet) that ``AttackRun.advance`` continues."""
         if not isinstance(task, Task):
             raise InvalidInputError(f"task must be a convrate Task, got {type(task).__name__}")
         require_finite_parameters(model)
-        dev = resolve_device(self.device)
-        spec = self.spec
-        label = f"{self.optimizer} {spec.knob}={self.damping if spec.knob == 'damping' else self.lr:.3g}"
-        start = time.perf_counter()
-        with deterministic(self.seed, dev):
-            net, params = self._prepare(model, dev)
-            dtype = params[0].dtype if params[0].is_floating_point() else None
-            ctx = StepContext(net, params, task.to(dev, dtype), reduction=self.reduction)
-            if self.cost_ratios is not None:
-                ratios = dict(self.cost_ratios)
-            else:
-                ratios = measure_cost_ratios(ctx, spec.uses, self.inner_steps)
-            stepper = spec.build(params, self, net)
-            traj = Trajectory(self.optimizer, float(self.lr), self.budget, self.target,
-                              trainable_parameters=sum(p.numel() for p in params), cost_ratios=ratios)
-            start = time.perf_counter()
-            floor = None
-            for step in range(self.budget + 1):
-                ctx.set_step(step)
-                value = ctx.record()
-                traj.losses.append(value)
-                traj.costs.append(ctx.cost.copy())
-                traj.times.append(time.perf_counter() - start)
-                if self.eval_every and ctx.task.X_test is not None and step % self.eval_every == 0:
-                    traj.eval_losses.append((step, ctx.task.evaluate(net, "test")))
-                if progress is not None:
-                    progress(label, step, self.budget)
-                if floor is None:
-                    floor = self.divergence_factor * max(abs(value), 1e-300)
-                if not math.isfinite(value) or value > floor:
-                    traj.diverged, traj.stopped = True, "diverged"
-                    break
-                if self.stop_at_target and self.target is not None and value <= self.target:
-                    traj.stopped = "target"
-                    break
-                if step == self.budget:
-                    break
-                stepper.step(ctx)
-        traj.wall_s = time.perf_counter() - start
-        return traj
+        return AttackRun(self, model, task)
 
     def steps_to(self, model: nn.Module, task: Task, target: float | None = None) -> int | None:
         """Run and return the first step with loss <= target (None: not within budget)."""
         return self.run(model, task).steps_to(target)
+
+
+class AttackRun:
+    """A run of ``attack`` that can be paused and continued: ``advance(budget)`` takes steps
+    until the target is met, the run diverges or theta_budget is recorded, and returns the
+    trajectory so far. Steps do not depend on the budget and the run keeps its own RNG stream
+    (``runtime.RNGStream``), so a run advanced to b and later to b' > b records the same losses
+    and counts as one advanced to b' at once; ``times`` and ``wall_s`` count seconds spent
+    inside ``advance`` only. Holds a copy of the model and the optimizer state (``nbytes``)."""
+
+    def __init__(self, attack: Attack, model: nn.Module, task: Task) -> None:
+        self.attack = attack
+        dev = resolve_device(attack.device)
+        self._rng = RNGStream(attack.seed, dev)
+        with self._rng.active():
+            net, params = attack._prepare(model, dev)
+            dtype = params[0].dtype if params[0].is_floating_point() else None
+            self.net, self.params = net, params
+            self.ctx = StepContext(net, params, task.to(dev, dtype), reduction=attack.reduction)
+            spec = attack.spec
+            ratios = dict(attack.cost_ratios) if attack.cost_ratios is not None else \
+                measure_cost_ratios(self.ctx, spec.uses, attack.inner_steps)
+            self.stepper = spec.build(params, attack, net)
+        self.trajectory = Trajectory(attack.optimizer, float(attack.lr), 0, attack.target,
+                                     trainable_parameters=sum(p.numel() for p in params), cost_ratios=ratios)
+        self._floor: float | None = None
+        self._label = f"{attack.optimizer} {spec.knob}={attack.damping if spec.knob == 'damping' else attack.lr:.3g}"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run stopped on its own (target met or diverged): advancing does nothing."""
+        return self.trajectory.stopped != "budget"
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated bytes the paused run holds: the model copy's parameters and buffers, plus
+        three tensors the size of each trainable parameter (its gradient and up to two optimizer
+        moments). Not counted: larger optimizer states (K-FAC's factors, L-BFGS's history) and the
+        graph of the last recorded loss, kept so that the next step's gradient reuses it."""
+        held = sum(t.numel() * t.element_size() for t in [*self.net.parameters(), *self.net.buffers()])
+        return held + 3 * sum(p.numel() * p.element_size() for p in self.params)
+
+    def advance(self, budget: int, progress: Progress | None = None) -> Trajectory:
+        """Continue to theta_``budget`` (or an earlier stop); ``budget`` below the steps already
+        taken is refused (the trajectory's prefix answers it)."""
+        budget = _positive_int(budget, "step budget")
+        traj = self.trajectory
+        if budget < traj.steps:
+            raise InvalidInputError(f"the run has taken {traj.steps} steps; cannot advance it to {budget}")
+        traj.budget = budget
+        if self.finished:
+            return traj
+        began, active = time.perf_counter(), traj.wall_s
+        with self._rng.active():
+            if not traj.losses:
+                self._record(0, began, active, progress)
+            while not self.finished and traj.steps < budget:
+                self.stepper.step(self.ctx)
+                self._record(traj.steps + 1, began, active, progress)
+        traj.wall_s = active + time.perf_counter() - began
+        return traj
+
+    def _record(self, step: int, began: float, active: float, progress: Progress | None) -> None:
+        """Record L(theta_step), its cost and time; stop on divergence, then on the target."""
+        attack, ctx, traj = self.attack, self.ctx, self.trajectory
+        ctx.set_step(step)
+        value = ctx.record()
+        traj.losses.append(value)
+        traj.costs.append(ctx.cost.copy())
+        traj.times.append(active + time.perf_counter() - began)
+        if attack.eval_every and ctx.task.X_test is not None and step % attack.eval_every == 0:
+            traj.eval_losses.append((step, ctx.task.evaluate(self.net, "test")))
+        if progress is not None:
+            progress(self._label, step, traj.budget)
+        if self._floor is None:
+            self._floor = attack.divergence_factor * max(abs(value), 1e-300)
+        if not math.isfinite(value) or value > self._floor:
+            traj.diverged, traj.stopped = True, "diverged"
+        elif attack.stop_at_target and attack.target is not None and value <= attack.target:
+            traj.stopped = "target"
 
 
 def make_attack(optimizer: str, value: float, budget: int, target: float | None = None, **options: Any) -> Attack:

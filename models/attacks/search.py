@@ -18,18 +18,20 @@ Work the search does not do, without changing what it returns:
   fallback (lowest final loss) is unchanged too. Only the table's ``budget`` / ``ran`` of
   slower trials differ from an unpruned search.
 - *successive halving over the grid*: rounds with budgets max(16, budget/64), x4, ..., budget; each
-  round reruns every live lr (not diverged, not yet decided) from the start up to the round's
-  budget (and the incumbent's count). An lr is dropped only when it diverged (it diverges at
+  round takes every live lr (not diverged, not yet decided) up to the round's budget (and the
+  incumbent's count), continuing the run its previous round paused (``AttackRun``: the same
+  steps as one run to the longer budget). An lr is dropped only when it diverged (it diverges at
   the same step in a longer run) or, after the round in which the first lr met the target,
   because it did not meet the target within a budget at most the incumbent's (so it needs
   more steps than the best). So the fewest-steps lr is the unpruned one; what changes is the
   order of work: an lr that is stable but slow (e.g. Adam at too large a rate, which neither
   diverges nor converges) costs a round's budget instead of the whole budget before a fast one
   is found, and from the second round on the lr with the lowest loss so far runs first, so
-  the others are capped by its count. The reruns from the start of the earlier rounds cost at
-  most 1/3 of the last round's budget per lr (rounds grow 4x): when no lr meets the target
-  (every lr then runs its whole budget) the search costs up to 4/3 of the descending one; an lr
-  that stops (target or divergence) at step s costs at most 7/3 s.
+  the others are capped by its count. Paused runs hold a copy of the model and its optimizer
+  state each (``AttackRun.nbytes``); past ``pause_bytes`` in all, an lr is rerun from the start in
+  its next round instead (the same trial; such reruns cost at most 1/3 of the last round's budget
+  per lr, as rounds grow 4x). With every run paused, an lr costs exactly the steps of its
+  longest trial.
 - *known prefixes*: ``known`` maps learning rates to trajectories already run from the same
   model, task, optimizer, seed and attack options with no target stop (e.g. the audit's pilot).
   A trial at such an lr is the prefix cut at the first step that meets the target or diverges
@@ -50,7 +52,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks.attack import (Attack, Progress, Trajectory, _check_optimizer, _check_target,
+from convrate.models.attacks.attack import (Attack, AttackRun, Progress, Trajectory, _check_optimizer, _check_target,
                                             _positive_finite, _positive_int, make_attack, require_finite_parameters)
 from convrate.models.attacks.registry import get_spec
 from convrate.models.tasks import Task
@@ -71,7 +73,8 @@ def log_grid(lo: float = 1e-5, hi: float = 10.0, per_decade: int = 2) -> list[fl
 class LRTrial:
     """One learning rate tried: ``steps`` to target (None: not within ``budget``, the budget
     this trial ran under, which pruning may set below the search's budget); ``ran``: optimizer
-    steps executed (0 when answered from a known prefix, ``source`` "known"; else "run")."""
+    steps executed at this lr in the whole search (0 when answered from a known prefix, ``source``
+    "known"; else "run"); ``wall_s``: seconds spent running them."""
 
     lr: float
     steps: int | None
@@ -140,7 +143,7 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
               grid: Sequence[float] | None = None, refine: int = 2, refine_rounds: int = 1,
               per_decade: int = 2, prune: bool = True, seed: int = 0, device: str = "auto",
               progress: Progress | None = None, known: Mapping[float, Trajectory] | None = None,
-              schedule: str = "halving", **attack_options: Any) -> LRSearchResult:
+              schedule: str = "halving", pause_bytes: int | None = None, **attack_options: Any) -> LRSearchResult:
     """Steps to ``target`` for each lr of ``grid`` (default: the optimizer's own grid, else
     ``log_grid(1e-5, 10, per_decade)``), then ``refine`` log-spaced points on each side of the
     best (spacing 10^(1/(per_decade (refine+1))), shrinking by (refine+1) each round).
@@ -152,7 +155,8 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     up to 4x that, ...) and stops after the first round in which some lr meets the target;
     "descending" runs each lr once, largest first. ``known``: prefix trajectories (module
     doc). Either way the returned lr is the one with the fewest steps among all lrs, as an
-    unpruned search's (module doc)."""
+    unpruned search's (module doc). ``pause_bytes`` (default ``PAUSE_BYTES``; 0: rerun every
+    round from the start) bounds the estimated memory of the runs paused between rounds."""
     _check_optimizer(optimizer)
     tgt = _check_target(target)
     if tgt is None:
@@ -177,6 +181,10 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         raise InvalidInputError(f"unknown lr-search schedule {schedule!r} (supported: {', '.join(SCHEDULES)})")
     table: dict[float, LRTrial] = {}
     curves: dict[float, list[float]] = {}
+    limit = PAUSE_BYTES if pause_bytes is None else pause_bytes
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInputError(f"pause_bytes must be a non-negative integer, got {pause_bytes!r}")
+    paused: dict[float, AttackRun] = {}
     n_total = len(set(lrs)) + 2 * refine * refine_rounds
     factor = float(attack_options.get("divergence_factor", Attack.divergence_factor))
 
@@ -194,11 +202,17 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
             tr = LRTrial(lr, steps, diverged, losses[-1], b, stage, 0.0,
                          traj.cost_at(steps) if steps is not None else None, before, "known")
         else:
-            traj = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).run(model, task)
+            run = paused.pop(lr, None)
+            if run is None or run.trajectory.steps > b:
+                run = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).start(model, task)
+            steps0, wall0 = max(run.trajectory.steps, 0), run.trajectory.wall_s
+            traj = run.advance(b)
             losses = traj.losses
             tr = LRTrial(lr, traj.steps_to(tgt), traj.diverged, traj.final_loss, b, stage,
-                         traj.wall_s + (table[lr].wall_s if lr in table else 0.0), traj.cost_to(tgt),
-                         before + traj.steps, "run")
+                         (table[lr].wall_s if lr in table else 0.0) + traj.wall_s - wall0, traj.cost_to(tgt),
+                         before + traj.steps - steps0, "run")
+            if not run.finished and sum(r.nbytes for r in paused.values()) + run.nbytes <= limit:
+                paused[lr] = run
         table[lr] = tr  # a later (longer) trial of the same lr replaces the earlier one
         curves[lr] = list(losses)
         if progress is not None:
@@ -216,6 +230,7 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
         # survivors, lowest loss first: the likeliest to meet the target runs first and caps the others
         alive = sorted((lr for lr in alive if not table[lr].diverged),
                        key=lambda lr: (table[lr].final_loss if math.isfinite(table[lr].final_loss) else math.inf, -lr))
+    paused.clear()  # refinement tries new lrs, each once
     ratio = 10.0 ** (1.0 / per_decade)
     for rnd in range(refine_rounds):
         if refine == 0:
@@ -233,8 +248,12 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
                           tuple(curves[best.lr]))
 
 
+#: default bound on the estimated bytes of the runs the halving rounds pause (``AttackRun.nbytes``)
+PAUSE_BYTES = 512 * 2**20
+
 #: first budget of the successive-halving rounds (a fraction of the search's budget, at least
-#: HALVING_MIN steps: shorter rounds cost more in reruns than they save) and the factor between rounds
+#: HALVING_MIN steps: when runs are rerun instead of paused, shorter rounds cost more than they save)
+#: and the factor between rounds
 HALVING_FIRST = 1 / 64
 HALVING_MIN = 16
 HALVING_FACTOR = 4
