@@ -202,8 +202,8 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
             tr = LRTrial(lr, steps, diverged, losses[-1], b, stage, 0.0,
                          traj.cost_at(steps) if steps is not None else None, before, "known")
         else:
-            run = paused.pop(lr, None)
-            if run is None or run.trajectory.steps > b:
+            run = paused.pop(lr, None)  # paused below b: a live lr's next cap exceeds its last one
+            if run is None:
                 run = make_attack(optimizer, lr, b, tgt, seed=seed, device=device, **attack_options).start(model, task)
             steps0, wall0 = max(run.trajectory.steps, 0), run.trajectory.wall_s
             traj = run.advance(b)
