@@ -8,6 +8,7 @@ from __future__ import annotations
 from fractions import Fraction as F
 
 import mpmath
+import numpy as np
 import pytest
 from flint import arb, fmpq, fmpq_mat
 
@@ -107,6 +108,11 @@ def test_tolerance_as_fmpq_and_the_error_wording() -> None:
         steps_to(SPEC, GD(F(1, 4)), 2)
     with pytest.raises(ToleranceError, match=r"must lie in \(0, 1\), got 2$"):
         steps_to(SPEC, GD(F(1, 4)), fmpq(2))
+    # a numpy float32 / float16 tolerance is its exact binary value (float32(0.1) = 13421773 / 2^27)
+    assert steps_to(SPEC, GD(F(1, 4)), np.float32(0.1)) == steps_to(SPEC, GD(F(1, 4)), F(13421773, 2**27))
+    assert steps_to(SPEC, GD(F(1, 4)), np.float16(0.25)) == steps_to(SPEC, GD(F(1, 4)), F(1, 4))
+    with pytest.raises(ToleranceError, match=r"must lie in \(0, 1\), got 1.5$"):
+        steps_to(SPEC, GD(F(1, 4)), np.float32(1.5))
     # mpmath reads (1, -1) as 1 * 2^-1, which is in (0, 1); it is still no rational tolerance
     with pytest.raises(InvalidInputError, match=r"^tol \(1, -1\) is not a real number$"):
         steps_to(SPEC, GD(F(1, 4)), (1, -1))

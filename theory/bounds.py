@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 import mpmath
+import numpy as np
 
 from convrate.errors import ToleranceError
 
@@ -22,9 +23,12 @@ Real = int | float | Fraction | mpmath.mpf
 
 
 def mpf(x: Real) -> mpmath.mpf:
-    """Exact conversion of int / Fraction / float / mpf to mpf (rounded to working precision)."""
+    """Exact conversion of int / Fraction / float / mpf / numpy float16-64 scalar to mpf (rounded
+    to working precision; a numpy scalar widens to a Python float exactly)."""
     if isinstance(x, Fraction):
         return mpmath.mpf(x.numerator) / x.denominator
+    if isinstance(x, np.floating) and x.itemsize <= 8:
+        x = float(x)
     return mpmath.mpf(x)
 
 

@@ -57,7 +57,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     "models/recovery.py": ("test_models_recovery.py", "test_llm_groups.py"),
     "models/fplr.py": ("test_fplr.py", "test_llm_groups.py"),
     "models/audit_verdict.py": ("test_audit_verdict.py",),
-    "models/attacks/search.py": ("test_search_pruning.py", "test_models_attacks.py"),
+    "models/attacks/search.py": ("test_search_parts.py", "test_search_pruning.py", "test_models_attacks.py"),
 }
 MODULES = tuple(TESTS)
 #: pytest -k expression deselecting the slow real-network tests (seconds each, per mutant) and the

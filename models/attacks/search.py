@@ -88,10 +88,10 @@ class LRTrial:
     source: str = "run"
 
 
-def _rank(tr: LRTrial) -> tuple[float, int, float, float]:
-    steps = math.inf if tr.steps is None else tr.steps
-    loss = tr.final_loss if math.isfinite(tr.final_loss) else math.inf
-    return (steps, int(tr.diverged), loss, tr.lr)
+def _rank(tr: LRTrial) -> tuple[int, int, float, float]:
+    """Order of trials that met the target: fewer steps, not diverged, lower final loss (at
+    most the target, so never NaN), smaller lr."""
+    return (tr.steps, int(tr.diverged), tr.final_loss, tr.lr)
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,6 @@ class LRSearchResult:
         """Cost to the target of the best trial (steps, counts, gradient-equivalents, wall s)."""
         rows = [tr for tr in self.table if tr.lr == self.best_lr and tr.steps == self.best_steps and tr.cost]
         return rows[0].cost if rows and self.reached else None
-
-    def steps_text(self) -> str:
-        return str(self.best_steps) if self.reached else f">{self.budget}"
 
 
 def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budget: int, *,

@@ -1,0 +1,142 @@
+"""The learning-rate search's parts on hand-built values, checked exactly: the log grid, which
+trial is best, trials answered from a known prefix trajectory, and the slowdown ratios."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from convrate.errors import InvalidInputError
+from convrate.models.attacks import LRSearchResult, LRTrial, Slowdown, Trajectory, log_grid, lr_search, slowdown
+from convrate.models.attacks.search import _best, _first_at_most, _from_prefix
+from convrate.models.tasks import tensor_task
+from convrate.models.testing import mlp_arch, random_zoo
+
+
+def _trial(lr: float, steps: int | None, loss: float = 1.0, diverged: bool = False,
+           cost: dict | None = None) -> LRTrial:
+    return LRTrial(lr, steps, diverged, loss, 100, "grid", 0.0, cost)
+
+
+def _result(steps: int | None, budget: int = 100, cost: dict | None = None) -> LRSearchResult:
+    return LRSearchResult("sgd", 0.5, budget, 0.1, steps, (_trial(0.1, steps, cost=cost),), 0.0)
+
+
+# ---------------------------------------------------------------- grid
+def test_log_grid_values_and_checks():
+    assert log_grid(1e-2, 1.0, 1) == [10.0 ** -2, 10.0 ** -1, 1.0]
+    assert log_grid(1.0, 1.0, 3) == [1.0]  # lo = hi is one point
+    assert log_grid(0.2, 0.9, 1) == []
+    for args, what in (((0, 1, 1), "grid low end"), ((1e-3, -1, 1), "grid high end"), ((1e-3, 1, 0), "points per decade")):
+        with pytest.raises(InvalidInputError, match=what):
+            log_grid(*args)
+    with pytest.raises(InvalidInputError, match="exceeds"):
+        log_grid(2.0, 1.0, 1)
+
+
+# ---------------------------------------------------------------- the best trial
+def test_best_trial():
+    # fewest steps wins; a tie goes to the lower final loss even at the larger lr, then the smaller lr
+    assert _best([_trial(0.1, 9, 0.2), _trial(1.0, 7, 0.4), _trial(0.3, 7, 0.3)]).lr == 0.3
+    assert _best([_trial(1.0, 7, 0.3), _trial(0.3, 7, 0.3)]).lr == 0.3
+    # none reached: the non-diverged trial with the lowest final loss, though a diverged one is lower
+    assert _best([_trial(0.1, None, 0.01, diverged=True), _trial(0.3, None, 0.9), _trial(1.0, None, 0.5)]).lr == 1.0
+    # all diverged: the lowest finite final loss (NaN counts as +inf, wherever it stands)
+    assert _best([_trial(0.01, None, math.nan, True), _trial(1.0, None, 1e9, True)]).lr == 1.0
+    assert _first_at_most([3.0, 2.0, 1.0], 2.0) == 1 and _first_at_most([3.0, math.nan], 2.0) is None
+
+
+# ---------------------------------------------------------------- known prefixes
+def _known(losses: list[float], lr: float = 0.1) -> dict[float, Trajectory]:
+    return {lr: Trajectory("sgd", lr, len(losses) - 1, None, losses=list(losses))}
+
+
+@pytest.mark.parametrize("losses, budget, target, expected", [
+    ([2.0, 1.0, 0.5, 0.25], 3, 0.5, ([2.0, 1.0, 0.5], False)),           # the target, met with equality
+    ([2.0, 1.0, 0.9, 0.8], 2, 0.5, ([2.0, 1.0, 0.9], False)),            # the budget, reached inside the prefix
+    ([2.0, 1500.0, 2500.0, 1.0], 3, 0.5, ([2.0, 1500.0, 2500.0], True)),  # diverged: above 1e3 |L_0| = 2000
+    ([2.0, 2000.0, 1.0], 2, 0.5, ([2.0, 2000.0, 1.0], False)),            # exactly at 1e3 |L_0| is not divergence
+    ([0.5, 700.0, 0.1], 2, 0.2, ([0.5, 700.0], True)),                    # |L_0| < 1: the factor of |L_0| itself
+    ([2.0, math.nan, 0.1], 2, 0.5, ([2.0, math.nan], True)),              # NaN diverges
+    ([2.0, 1.0, 0.9], 5, 0.5, None),                                      # the prefix ends first: undecided
+    ([], 5, 0.5, None),
+])
+def test_trials_answered_from_a_prefix(losses, budget, target, expected):
+    got = _from_prefix(_known(losses), 0.1, budget, target, 1e3)
+    if expected is None:
+        assert got is None
+        return
+    traj, cut, diverged = got
+    assert traj.losses == losses and (diverged, len(cut)) == (expected[1], len(expected[0]))
+    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(cut, expected[0]))
+
+
+def test_prefix_learning_rates_match_to_1e_12():
+    known = _known([2.0, 1.0, 0.4])
+    assert _from_prefix(known, 0.1 * (1 + 1e-13), 2, 0.5, 1e3) is not None
+    assert _from_prefix(known, 0.1 * (1 + 1e-10), 2, 0.5, 1e3) is None
+    assert _from_prefix(None, 0.1, 2, 0.5, 1e3) is None
+
+
+# ---------------------------------------------------------------- slowdown
+def test_slowdown_between_and_cost_ratio():
+    base = _result(10, cost={"grad_equivalents": 20.0, "wall_s": 0.0})
+    cases = [(_result(30), 3.0, False), (_result(None, budget=100), 10.0, True)]
+    for defended, ratio, lower in cases:
+        sd = Slowdown.between(base, defended)
+        assert (sd.undefended, sd.defended, sd.ratio, sd.is_lower_bound) == (base, defended, ratio, lower)
+    for undefended in (_result(None), _result(0)):
+        sd = Slowdown.between(undefended, _result(30))
+        assert (sd.undefended, sd.ratio, sd.is_lower_bound) == (undefended, None, False) and sd.defended.best_steps == 30
+    sd = Slowdown.between(base, _result(30, cost={"grad_equivalents": 50.0, "wall_s": 1.0}))
+    assert sd.cost_ratio() == 2.5 and sd.cost_ratio("grad_equivalents") == 2.5
+    assert sd.cost_ratio("wall_s") is None  # an undefended cost of 0 gives no ratio
+    assert Slowdown.between(base, _result(None)).cost_ratio() is None
+    assert Slowdown.between(_result(10), _result(30, cost={"grad_equivalents": 1.0})).cost_ratio() is None
+
+
+def _tiny():
+    model = random_zoo(mlp_arch([3, 4, 2]), 1).module
+    g = torch.Generator().manual_seed(7)
+    task = tensor_task(torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (12,), generator=g),
+                       loss="cross_entropy", seed=7)
+    return model, task
+
+
+def test_slowdown_passes_the_search_options_to_both_searches():
+    model, task = _tiny()
+    sd = slowdown(model, model, task, "sgd", 0.9 * task.evaluate(model), 20, grid=[0.3, 1.0], refine=0, device="cpu")
+    assert [sorted(t.lr for t in r.table) for r in (sd.undefended, sd.defended)] == [[0.3, 1.0], [0.3, 1.0]]
+    assert sd.ratio == 1.0
+
+
+# ---------------------------------------------------------------- lr_search's defaults and checks
+def test_lr_search_defaults():
+    """Without options: SGD's grid log_grid(1e-5, 10, 2); 2 points refined on each side of the
+    best, spaced 10^(1/(2 x 3)); one round; seed 0 (LoRA draws its adapters: the seed shows)."""
+    model, task = _tiny()
+    target = 0.95 * task.evaluate(model)
+    res = lr_search(model, task, "sgd", target, 6)
+    assert sorted(t.lr for t in res.table if t.stage == "grid") == log_grid(1e-5, 10.0, 2)
+    best = _best([t for t in res.table if t.stage == "grid"]).lr
+    r = 10.0 ** (1 / 6)
+    assert sorted(t.lr for t in res.table if t.stage == "refine1") == pytest.approx(
+        sorted([best / r**2, best / r, best * r, best * r**2]), rel=1e-12)
+    opts = dict(grid=[0.01, 0.1], refine=0, device="cpu")
+    by_seed = {s: lr_search(model, task, "lora-sgd", 0.0, 5, seed=s, **opts) for s in (0, 1)}
+    default = lr_search(model, task, "lora-sgd", 0.0, 5, **opts)
+    assert default.best_losses == by_seed[0].best_losses != by_seed[1].best_losses
+
+
+def test_lr_search_argument_checks():
+    model, task = _tiny()
+    assert not [t for t in lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine_rounds=0, device="cpu").table
+                if t.stage != "grid"]
+    for bad in (True, 1.5, -1):
+        with pytest.raises(InvalidInputError, match="refine must"):
+            lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine=bad)
+        with pytest.raises(InvalidInputError, match="refine_rounds must"):
+            lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine_rounds=bad)
+    with pytest.raises(InvalidInputError, match="step budget"):
+        lr_search(model, task, "sgd", 0.1, 0, grid=[0.1])
