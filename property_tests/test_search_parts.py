@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convrate.errors import InvalidInputError
-from convrate.models.attacks import LRSearchResult, LRTrial, Slowdown, Trajectory, log_grid, lr_search, slowdown
+from convrate.models.attacks import Attack, LRSearchResult, LRTrial, Slowdown, Trajectory, log_grid, lr_search, slowdown
 from convrate.models.attacks.search import _best, _first_at_most, _from_prefix
 from convrate.models.tasks import tensor_task
 from convrate.models.testing import mlp_arch, random_zoo
@@ -140,3 +140,47 @@ def test_lr_search_argument_checks():
             lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine_rounds=bad)
     with pytest.raises(InvalidInputError, match="step budget"):
         lr_search(model, task, "sgd", 0.1, 0, grid=[0.1])
+
+
+def test_lr_search_reports_progress_and_runs_the_grid_largest_first():
+    model, task = _tiny()
+    calls = []
+    res = lr_search(model, task, "sgd", 0.0, 4, grid=[0.01, 1.0, 0.1], refine=1, refine_rounds=2, device="cpu",
+                    progress=lambda *a: calls.append(a))
+    assert [t.lr for t in res.table][:3] == [1.0, 0.1, 0.01]  # insertion order: the first round's
+    assert calls and all(c[0] == "lr search sgd" and c[2] == 3 + 2 * 1 * 2 for c in calls)
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls) and calls[-1][1] == len(res.table)
+
+
+def test_lr_search_measures_product_costs_once():
+    """A method paying curvature products gets their cost ratios measured once (or as given),
+    and its trials' gradient-equivalents use them; a first-order method has none."""
+    model, task = _tiny()
+    opts = dict(grid=[1.0], refine=0, device="cpu")
+    res = lr_search(model, task, "newton-cg", 0.9 * task.evaluate(model), 10, **opts)
+    assert set(res.cost_ratios) == {"hvp"} and res.cost_ratios["hvp"] > 0 and res.reached
+    given = lr_search(model, task, "newton-cg", 0.9 * task.evaluate(model), 10, cost_ratios=(("hvp", 2.5),), **opts)
+    assert given.cost_ratios == {"hvp": 2.5}
+    c = given.best_cost
+    assert c["grad_equivalents"] == c["gradients"] + 2.5 * c["hvps"] and c["hvps"] > 0
+    assert lr_search(model, task, "sgd", 0.0, 3, **opts).cost_ratios == {}
+
+
+def test_refinement_is_pruned_by_the_incumbent_and_known_prefixes_decide_trials():
+    model, task = _tiny()
+    target = 0.9 * task.evaluate(model)
+    res = lr_search(model, task, "sgd", target, 200, grid=[0.3, 1.0, 3.0], refine=1, device="cpu")
+    grid_best = min(t.steps for t in res.table if t.stage == "grid" and t.steps is not None)
+    assert all(t.budget <= grid_best for t in res.table if t.stage == "refine1")
+    # a prefix as long as the budget decides every grid trial: none is run
+    known = {lr: Attack("sgd", lr, 200, None, seed=0, device="cpu").run(model, task) for lr in (0.3, 1.0, 3.0)}
+    fast = lr_search(model, task, "sgd", target, 200, grid=[0.3, 1.0, 3.0], refine=1, device="cpu", known=known)
+    grid = [t for t in fast.table if t.stage == "grid"]
+    assert len(grid) == 3 and all(t.source == "known" and t.ran == 0 and t.wall_s == 0.0 for t in grid)
+    assert all(t.cost is not None for t in grid if t.steps is not None)
+    assert (fast.best_lr, fast.best_steps) == (res.best_lr, res.best_steps)
+    # the divergence factor of the attack options applies to prefixes too: 10 x L_0 here
+    walk = Trajectory("sgd", 1.0, 3, None, losses=[1.0, 5.0, 20.0, 0.1])
+    one = lr_search(model, task, "sgd", 0.05, 3, grid=[1.0], refine=0, device="cpu", known={1.0: walk},
+                    divergence_factor=10.0)
+    assert [(t.source, t.diverged, t.final_loss) for t in one.table] == [("known", True, 20.0)]
