@@ -48,8 +48,8 @@ def search_case(profile: str, label: str, defense: str, K: float, optimizer: str
     found = set()
     for name, options in SCHEDULES.items():
         t0 = time.process_time()
-        res = lr_search(attacked, task, optimizer, cfg.target, row["budget"], grid=list(cfg.search.grid_for(optimizer)),
-                        refine=cfg.search.refine, seed=seed, device="cpu", **options)
+        res = lr_search(attacked, task, optimizer, cfg.target, row["budget"], seed=seed, device="cpu",
+                        **cfg.search.search_options(optimizer), **options)
         row[name] = {"steps_run": res.steps_run, "cpu_s": time.process_time() - t0}
         found.add((res.best_lr, res.best_steps, res.best_losses))
         row["best_lr"], row["best_steps"], row["trials"] = res.best_lr, res.best_steps, len(res.table)

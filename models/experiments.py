@@ -68,6 +68,10 @@ class SearchProfile:
     def budget_for(self, optimizer: str) -> int:
         return dict(self.budgets).get(optimizer, self.budget)
 
+    def search_options(self, optimizer: str) -> dict[str, Any]:
+        """``attacks.lr_search``'s grid and refinement keywords of this profile for ``optimizer``."""
+        return {"grid": list(self.grid_for(optimizer)), "refine": self.refine, "refine_rounds": self.refine_rounds}
+
 
 @dataclass
 class SweepRun:
@@ -167,9 +171,8 @@ def sweep_run(attacked: nn.Module, task: Task, model_kind: str, defense: str, K:
               optimizer: str, target: float, search: SearchProfile, seed: int = 0, **attack_options: Any) -> SweepRun:
     """One run of a sweep: the lr search on ``attacked`` and its best trajectory (the best
     trial's own losses: the same deterministic run as re-running the best lr). Slowdown unset."""
-    res = lr_search(attacked, task, optimizer, target, search.budget_for(optimizer),
-                    grid=list(search.grid_for(optimizer)), refine=search.refine, refine_rounds=search.refine_rounds,
-                    seed=seed, **attack_options)
+    res = lr_search(attacked, task, optimizer, target, search.budget_for(optimizer), seed=seed,
+                    **search.search_options(optimizer), **attack_options)
     run = SweepRun(model_kind, defense, K, kappa, optimizer, res, list(res.best_losses))
     if search.sensitivity:
         run.sensitivity = step_sensitivity(attacked, task, optimizer, res.best_lr, target, res.budget,
