@@ -445,3 +445,34 @@ def test_bad_models_and_searches() -> None:
     with pytest.raises(InvalidInputError) as exc:
         digits_relabel_task(-1)
     assert "-1" in _one_line(exc)
+
+
+def test_step_context_reuses_an_evaluation_only_at_the_same_step_and_parameters() -> None:
+    """``record`` keeps the loss graph so the step's ``closure`` runs no second forward pass, and a
+    repeated ``closure`` is neither recomputed nor counted -- only at the same step and at
+    parameters equal entry by entry: a change of one entry, a new step, or a NaN recomputes."""
+    from convrate.models.attacks.registry import StepContext
+    from convrate.models.testing import mlp_arch, random_zoo
+
+    net = random_zoo(mlp_arch([3, 4, 2]), 1).module
+    g = torch.Generator().manual_seed(3)
+    task = tensor_task(torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (8,), generator=g),
+                       loss="cross_entropy")
+    forwards = []
+    net.register_forward_hook(lambda *_: forwards.append(1))
+    params = list(net.parameters())
+    ctx = StepContext(net, params, task)
+    value = ctx.record()
+    assert float(ctx.closure()) == value and float(ctx.closure()) == value
+    assert (len(forwards), ctx.cost.gradients) == (1, 1)
+    with torch.no_grad():
+        params[-1][1] += 2.0 ** -40  # one entry moves by one unit in the last place or so
+    ctx.closure()
+    assert (len(forwards), ctx.cost.gradients) == (2, 2)
+    ctx.set_step(1)
+    ctx.closure()
+    assert (len(forwards), ctx.cost.gradients) == (3, 3)
+    with torch.no_grad():
+        params[0][0, 0] = float("nan")
+    ctx.record(), ctx.closure(), ctx.closure()
+    assert (len(forwards), ctx.cost.gradients) == (6, 5)

@@ -2,13 +2,19 @@
 trial is best, trials answered from a known prefix trajectory, and the slowdown ratios."""
 from __future__ import annotations
 
+import itertools
 import math
+import time
 
 import pytest
 import torch
+from torch import nn
 
 from convrate.errors import InvalidInputError
 from convrate.models.attacks import Attack, LRSearchResult, LRTrial, Slowdown, Trajectory, log_grid, lr_search, slowdown
+from convrate.models.attacks import attack as attack_module
+from convrate.models.attacks.attack import AttackRun
+from convrate.models.attacks.registry import get_spec
 from convrate.models.attacks.search import _best, _first_at_most, _from_prefix
 from convrate.models.tasks import tensor_task
 from convrate.models.testing import mlp_arch, random_zoo
@@ -28,8 +34,9 @@ def test_log_grid_values_and_checks():
     assert log_grid(1e-2, 1.0, 1) == [10.0 ** -2, 10.0 ** -1, 1.0]
     assert log_grid(1.0, 1.0, 3) == [1.0]  # lo = hi is one point
     assert log_grid(0.2, 0.9, 1) == []
+    assert log_grid() == log_grid(1e-5, 10.0, 2) == [10.0 ** (k / 2) for k in range(-10, 3)]
     for args, what in (((0, 1, 1), "grid low end"), ((1e-3, -1, 1), "grid high end"), ((1e-3, 1, 0), "points per decade")):
-        with pytest.raises(InvalidInputError, match=what):
+        with pytest.raises(InvalidInputError, match=f"^{what} must be"):
             log_grid(*args)
     with pytest.raises(InvalidInputError, match="exceeds"):
         log_grid(2.0, 1.0, 1)
@@ -129,6 +136,17 @@ def test_lr_search_defaults():
     assert default.best_losses == by_seed[0].best_losses != by_seed[1].best_losses
 
 
+def test_lr_search_grid_sources_and_result_fields():
+    """No grid: the optimizer's own grid (L-BFGS with line search), else log_grid(1e-5, 10,
+    per_decade); the result names the optimizer and target it was searched for."""
+    model, task = _flat()
+    wolfe = lr_search(model, task, "lbfgs-wolfe", 0.0, 2, refine=0, device="cpu")
+    assert sorted(t.lr for t in wolfe.table) == sorted(get_spec("lbfgs-wolfe").grid) == [0.1, 0.3, 1.0, 3.0]
+    coarse = lr_search(model, task, "sgd", 0.25, 2, per_decade=1, refine=0, device="cpu")
+    assert sorted(t.lr for t in coarse.table) == log_grid(1e-5, 10.0, 1)
+    assert (coarse.optimizer, coarse.target, coarse.budget) == ("sgd", 0.25, 2)
+
+
 def test_lr_search_argument_checks():
     model, task = _tiny()
     assert not [t for t in lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine_rounds=0, device="cpu").table
@@ -138,8 +156,10 @@ def test_lr_search_argument_checks():
             lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine=bad)
         with pytest.raises(InvalidInputError, match="refine_rounds must"):
             lr_search(model, task, "sgd", 0.1, 4, grid=[0.1], refine_rounds=bad)
-    with pytest.raises(InvalidInputError, match="step budget"):
+    with pytest.raises(InvalidInputError, match="^step budget must"):
         lr_search(model, task, "sgd", 0.1, 0, grid=[0.1])
+    with pytest.raises(InvalidInputError, match="^grid learning rate must be positive"):
+        lr_search(model, task, "sgd", 0.1, 4, grid=[0.1, -1.0])
 
 
 def test_lr_search_reports_progress_and_runs_the_grid_largest_first():
@@ -184,3 +204,118 @@ def test_refinement_is_pruned_by_the_incumbent_and_known_prefixes_decide_trials(
     one = lr_search(model, task, "sgd", 0.05, 3, grid=[1.0], refine=0, device="cpu", known={1.0: walk},
                     divergence_factor=10.0)
     assert [(t.source, t.diverged, t.final_loss) for t in one.table] == [("known", True, 20.0)]
+
+
+# ---------------------------------------------------------------- lr_search's bookkeeping
+class _Zero(nn.Module):
+    """Logits 0 x (W x + b): the loss is ln 2 at every parameter value and the gradient is 0, so
+    every learning rate gives the same constant curve (no target below ln 2 is ever met)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.0 * self.lin(x)
+
+
+def _flat():
+    return _Zero(), _tiny()[1]
+
+
+def _advances(monkeypatch) -> list[tuple[AttackRun, float, int, float, float]]:
+    """Record every ``AttackRun.advance``: (run, lr, budget, seconds it added to the run, final loss)."""
+    calls = []
+    original = AttackRun.advance
+
+    def spy(self, budget, progress=None):
+        before = self.trajectory.wall_s
+        traj = original(self, budget, progress)
+        calls.append((self, self.attack.lr, budget, traj.wall_s - before, traj.final_loss))
+        return traj
+
+    monkeypatch.setattr(AttackRun, "advance", spy)
+    return calls
+
+
+def test_halving_rounds_run_survivors_by_loss_then_larger_lr(monkeypatch):
+    """Round 1 (16 steps) runs the grid largest first; round 2 runs the survivors lowest final
+    loss first, ties to the larger lr (on the flat model every loss ties)."""
+    calls = _advances(monkeypatch)
+    model, task = _tiny()
+    res = lr_search(model, task, "sgd", 0.0, 100, grid=[0.3, 3.0, 10.0], refine=0, device="cpu")
+    assert not res.reached and [c[2] for c in calls][:3] == [16, 16, 16]
+    assert [c[1] for c in calls[:3]] == [10.0, 3.0, 0.3]
+    loss = {c[1]: c[4] for c in calls[:3]}
+    by_loss = sorted(loss, key=lambda lr: (loss[lr], -lr))
+    assert by_loss != [10.0, 3.0, 0.3]  # the losses do not follow the lr here: the order is seen
+    assert [c[1] for c in calls if c[2] == 64] == by_loss
+    calls.clear()
+    model, task = _flat()
+    lr_search(model, task, "sgd", 0.0, 20, grid=[0.1, 0.3, 0.2], refine=0, device="cpu")
+    assert [(c[1], c[2]) for c in calls] == [(0.3, 16), (0.2, 16), (0.1, 16), (0.3, 20), (0.2, 20), (0.1, 20)]
+
+
+def test_paused_runs_stay_within_pause_bytes(monkeypatch):
+    """With every run estimated at 100 bytes and pause_bytes 100, exactly one run is held
+    between rounds (the first of each round: the others rerun from the start): on the flat model
+    no lr decides early, so the held lr runs 100 steps and the others 16 + 64 + 100."""
+    monkeypatch.setattr(AttackRun, "nbytes", property(lambda self: 100))
+    model, task = _flat()
+    for limit, ran in ((100, [100, 180, 180]), (99, [180, 180, 180]), (300, [100, 100, 100])):
+        res = lr_search(model, task, "sgd", 0.0, 100, grid=[0.1, 0.2, 0.3], refine=0, device="cpu", pause_bytes=limit)
+        assert [(t.lr, t.ran, t.source) for t in res.table] == [(0.3, ran[0], "run"), (0.2, ran[1], "run"),
+                                                                  (0.1, ran[2], "run")], limit
+
+
+def test_trial_and_search_seconds_add_up(monkeypatch):
+    """On a clock that ticks one second per reading: each trial's wall_s is the seconds its
+    runs spent inside ``advance`` over every round (paused or rerun), and the search's wall_s
+    covers them all and no more than the call."""
+    ticks = itertools.count(10**6)
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    calls = _advances(monkeypatch)
+    model, task = _tiny()
+    for pause in (0, None):
+        calls.clear()
+        before = time.perf_counter()
+        res = lr_search(model, task, "sgd", 0.0, 100, grid=[0.3, 3.0, 10.0], refine=1, device="cpu",
+                        pause_bytes=pause)
+        after = time.perf_counter()
+        spent: dict[float, float] = {}
+        for _, lr, _, secs, _ in calls:
+            spent[lr] = spent.get(lr, 0.0) + secs
+        assert {t.lr: t.wall_s for t in res.table} == spent and all(s > 0 for s in spent.values())
+        assert sum(spent.values()) <= res.wall_s < after - before
+
+
+def test_lr_search_starts_each_run_on_the_device_with_one_cost_probe(monkeypatch):
+    """Every run, and the probe measuring product costs, resolves the search's device; the probe
+    (a started run that takes no step) exists only for a method paying products whose ratios
+    were not given, and measures them with the search's inner CG steps."""
+    devices, inner = [], []
+    resolve, measure = attack_module.resolve_device, attack_module.measure_cost_ratios
+    monkeypatch.setattr(attack_module, "resolve_device", lambda d: devices.append(d) or resolve(d))
+    monkeypatch.setattr(attack_module, "measure_cost_ratios",
+                        lambda ctx, uses, k: inner.append((uses, k)) or measure(ctx, uses, k))
+    model, task = _tiny()
+    opts = dict(grid=[1.0], refine=0, device="cpu")
+    for optimizer, extra, runs, probes in (("sgd", {}, 1, [((), 10)]),
+                                           ("newton-cg", {"inner_steps": 3}, 2, [(("hvp",), 3)]),
+                                           ("newton-cg", {"cost_ratios": (("hvp", 2.5),)}, 1, [])):
+        devices.clear(), inner.clear()
+        lr_search(model, task, optimizer, 0.0, 4, **opts, **extra)
+        assert devices == ["cpu"] * runs and inner == probes, optimizer
+
+
+def test_refinement_skips_only_lrs_tried_to_1e_12():
+    """A refinement point 5e-10 (relative) away from a tried lr is tried; on the flat model the
+    best is the smallest lr (equal losses), so 0.01 x 10^(+-1/4) are the refinement points."""
+    model, task = _flat()
+    near = 0.01 * 10.0 ** 0.25 * (1 + 5e-10)
+    res = lr_search(model, task, "sgd", 0.0, 3, grid=[0.01, near], refine=1, device="cpu")
+    refined = sorted(t.lr for t in res.table if t.stage == "refine1")
+    assert refined == pytest.approx([0.01 / 10.0 ** 0.25, 0.01 * 10.0 ** 0.25], rel=1e-12) and len(res.table) == 4
+    same = lr_search(model, task, "sgd", 0.0, 3, grid=[0.01, 0.01 * 10.0 ** 0.25 * (1 + 1e-13)], refine=1,
+                     device="cpu")
+    assert len(same.table) == 3

@@ -255,9 +255,11 @@ def _yes_no(x: bool | None) -> str:
 
 
 def _parts(ctx: "Context") -> list[tuple[Any, tuple]]:
-    """One job per swept network (R1 and R2 share its canonical undefended runs), and the cost table."""
+    """One job per swept network (R1 and R2 share its canonical undefended runs), the last network
+    first (MiniLM's job is the longest of the report: started first, it does not finish alone at
+    the end of a parallel build), and the cost table."""
     sweeps = ctx.shared.get("sweeps", {})
-    return [(recovery_job, (rec, ctx.seed)) for rec in sweeps.values()] + [(cost_job, ())]
+    return [(recovery_job, (rec, ctx.seed)) for rec in reversed(list(sweeps.values()))] + [(cost_job, ())]
 
 
 def _assemble(ctx: "Context", results: list[Any]) -> Section:
@@ -265,7 +267,7 @@ def _assemble(ctx: "Context", results: list[Any]) -> Section:
 
     rows: list[dict[str, Any]] = []
     checks: list[Any] = []
-    for r, c in results[:-1]:
+    for r, c in reversed(results[:-1]):  # the networks' display order (``_parts`` lists them reversed)
         rows += r
         checks += c
     cost = results[-1]

@@ -117,6 +117,10 @@ def unflat(v: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------- the step context
+#: copies of the trainable parameters, in order (the key of a cached evaluation)
+Snapshot = tuple[torch.Tensor, ...]
+
+
 class StepContext:
     """The live network ``net`` with trainable ``params``, the task (on the run's device and
     dtype), the current step's batch, and counted evaluations (module doc)."""
@@ -128,8 +132,8 @@ class StepContext:
         self.reduction = reduction
         self.cost = Cost()
         self.step_index = 0
-        self._cache: tuple[int, torch.Tensor, float] | None = None  # (step, params, loss) with p.grad set
-        self._pending: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, params, loss graph)
+        self._cache: tuple[int, Snapshot, float] | None = None  # (step, params, loss) with p.grad set
+        self._pending: tuple[int, Snapshot, torch.Tensor] | None = None  # (step, params, loss graph)
         self._objective: tuple[Any, Any] | None = None
 
     # ---- batches
@@ -146,8 +150,16 @@ class StepContext:
     def theta(self) -> torch.Tensor:
         return flat([p.detach() for p in self.params]).clone()
 
-    def _same(self, key: tuple[int, torch.Tensor] | None) -> bool:
-        return key is not None and key[0] == self.step_index and torch.equal(key[1], self.theta())
+    def _snapshot(self) -> Snapshot:
+        """A copy of the parameters (one per tensor: no flat concatenation), the key of a cached
+        evaluation."""
+        return tuple(p.detach().clone() for p in self.params)
+
+    def _same(self, key: tuple[int, Snapshot] | None) -> bool:
+        """Whether ``key`` was taken at this step at parameters equal, entry by entry, to the
+        current ones (NaN never equals: such an evaluation is redone)."""
+        return key is not None and key[0] == self.step_index and all(
+            torch.equal(a, p.detach()) for a, p in zip(key[1], self.params))
 
     # ---- loss and gradient
     def loss_graph(self) -> torch.Tensor:
@@ -167,35 +179,37 @@ class StepContext:
             self.closure()
             return self._cache[2]
         loss = self.loss_graph()
-        self._pending = (self.step_index, self.theta(), loss)
+        self._pending = (self.step_index, self._snapshot(), loss)
         return float(loss.detach())
 
     def closure(self) -> torch.Tensor:
         """Loss on the step's batch with p.grad = its gradient; counted once per parameter value
-        (a repeated call at the same parameters returns the cached evaluation)."""
+        (a repeated call at the same parameters returns the cached evaluation). The loss comes
+        back as a float64 scalar: torch's L-BFGS line search compares these values, and a float32
+        tensor would round a float64 network's loss to 24 bits."""
         if self._cache is not None and self._same((self._cache[0], self._cache[1])):
-            return torch.tensor(self._cache[2])
+            return torch.tensor(self._cache[2], dtype=torch.float64)
         if self.reduction is not None and self.full_batch:
             for p in self.params:
                 p.grad = None
             with torch.enable_grad():
                 value = self.reduction.loss_and_backward(self.net, self.task)
             self.cost.gradients += 1
-            self._cache = (self.step_index, self.theta(), value)
-            return torch.tensor(value)
+            self._cache = (self.step_index, self._snapshot(), value)
+            return torch.tensor(value, dtype=torch.float64)
         with torch.enable_grad():
             if self._pending is not None and self._same((self._pending[0], self._pending[1])):
-                loss = self._pending[2]
+                snapshot, loss = self._pending[1], self._pending[2]  # the parameters equal it: reused
             else:
-                loss = self.loss_graph()
+                snapshot, loss = self._snapshot(), self.loss_graph()
             self._pending = None
             for p in self.params:
                 p.grad = None
             loss.backward()
         self.cost.gradients += 1
         value = float(loss.detach())
-        self._cache = (self.step_index, self.theta(), value)
-        return torch.tensor(value)
+        self._cache = (self.step_index, snapshot, value)
+        return torch.tensor(value, dtype=torch.float64)
 
     def gradient(self) -> list[torch.Tensor]:
         """The gradient on the step's batch (via ``closure``)."""

@@ -172,8 +172,9 @@ def lr_search(model: nn.Module, task: Task, optimizer: str, target: float, budge
     require_finite_parameters(model)
     start = time.perf_counter()
     if spec.uses and "cost_ratios" not in attack_options:  # measured once for the whole search
-        probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, **{**attack_options, "stop_at_target": False})
-        attack_options["cost_ratios"] = tuple(sorted(probe.run(model, task).cost_ratios.items()))
+        # a run measures the ratios when it starts (``AttackRun``): the probe takes no step
+        probe = make_attack(optimizer, lrs[0], 1, seed=seed, device=device, **attack_options).start(model, task)
+        attack_options["cost_ratios"] = tuple(sorted(probe.trajectory.cost_ratios.items()))
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown lr-search schedule {schedule!r} (supported: {', '.join(SCHEDULES)})")
     table: dict[float, LRTrial] = {}
