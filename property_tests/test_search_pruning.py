@@ -126,7 +126,9 @@ def test_paused_run_accounting():
         run.advance(3)
     done = make_attack("sgd", 0.5, 50, task.evaluate(model), seed=3, device="cpu").start(model, task)
     assert done.advance(10).stopped == "target" and done.finished and done.advance(40).steps == 0
-    assert run.nbytes == 4 * sum(p.numel() * 8 for p in model.parameters())
+    assert run.nbytes == 5 * sum(p.numel() * 8 for p in model.parameters())
+    ctx = run.ctx  # what a paused run keys its last recorded loss by: one copy of the parameters
+    assert ctx._cache is None and ctx._pending[0] == 4 and len(ctx._pending[1]) == len(run.params)
     for bad in (-1, 1.5, True):
         with pytest.raises(InvalidInputError, match="pause_bytes"):
             lr_search(model, task, "sgd", 0.1, 5, pause_bytes=bad)

@@ -284,11 +284,12 @@ class AttackRun:
     @property
     def nbytes(self) -> int:
         """Estimated bytes the paused run holds: the model copy's parameters and buffers, plus
-        three tensors the size of each trainable parameter (its gradient and up to two optimizer
-        moments). Not counted: larger optimizer states (K-FAC's factors, L-BFGS's history) and the
-        graph of the last recorded loss, kept so that the next step's gradient reuses it."""
+        four tensors the size of each trainable parameter (its gradient, up to two optimizer
+        moments, and the copy that keys the last recorded loss, ``registry.StepContext``). Not
+        counted: larger optimizer states (K-FAC's factors, L-BFGS's history) and the graph of
+        the last recorded loss, kept so that the next step's gradient reuses it."""
         held = sum(t.numel() * t.element_size() for t in [*self.net.parameters(), *self.net.buffers()])
-        return held + 3 * sum(p.numel() * p.element_size() for p in self.params)
+        return held + 4 * sum(p.numel() * p.element_size() for p in self.params)
 
     def advance(self, budget: int, progress: Progress | None = None) -> Trajectory:
         """Continue to theta_``budget`` (or an earlier stop); ``budget`` below the steps already

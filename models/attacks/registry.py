@@ -180,6 +180,8 @@ class StepContext:
             return self._cache[2]
         loss = self.loss_graph()
         self._pending = (self.step_index, self._snapshot(), loss)
+        if self._cache is not None and self._cache[0] != self.step_index:
+            self._cache = None  # an earlier step's evaluation: never matched again, its copy is freed
         return float(loss.detach())
 
     def closure(self) -> torch.Tensor:
