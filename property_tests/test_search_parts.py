@@ -35,6 +35,7 @@ def test_log_grid_values_and_checks():
     assert log_grid(1.0, 1.0, 3) == [1.0]  # lo = hi is one point
     assert log_grid(0.2, 0.9, 1) == []
     assert log_grid() == log_grid(1e-5, 10.0, 2) == [10.0 ** (k / 2) for k in range(-10, 3)]
+    assert log_grid(10.0, per_decade=25) == [10.0]  # the default high end is 10: 10^(1 + 1/25) = 10.96 is past it
     for args, what in (((0, 1, 1), "grid low end"), ((1e-3, -1, 1), "grid high end"), ((1e-3, 1, 0), "points per decade")):
         with pytest.raises(InvalidInputError, match=f"^{what} must be"):
             log_grid(*args)
@@ -144,6 +145,8 @@ def test_lr_search_grid_sources_and_result_fields():
     assert sorted(t.lr for t in wolfe.table) == sorted(get_spec("lbfgs-wolfe").grid) == [0.1, 0.3, 1.0, 3.0]
     coarse = lr_search(model, task, "sgd", 0.25, 2, per_decade=1, refine=0, device="cpu")
     assert sorted(t.lr for t in coarse.table) == log_grid(1e-5, 10.0, 1)
+    fine = lr_search(model, task, "sgd", 0.25, 1, per_decade=25, refine=0, device="cpu")
+    assert sorted(t.lr for t in fine.table) == log_grid(1e-5, 10.0, 25) and max(t.lr for t in fine.table) == 10.0
     assert (coarse.optimizer, coarse.target, coarse.budget) == ("sgd", 0.25, 2)
 
 
