@@ -4,7 +4,7 @@
 default profile, sized for the main command's budget of 20 minutes on 2 cores with two worker
 processes (T1/T2 on all six MiniLM layers and their heads, the sweeps and recoveries on two
 layers; more strengths and defenses on the MLP, larger budgets and finer learning-rate grids, the
-second-order attackers on the MLP and the zoo Llama; 1112-1288 s wall and 35-41 CPU-minutes
+second-order attackers on the MLP and the zoo Llama; 1112-1292 s wall and 35-42 CPU-minutes
 measured, see README "Report wall time"); ``EXTENDED`` (``--profile extended``) is FULL with the complete
 sweeps that do not fit that budget: LoRA-SGD on the MLP, the CNN at K = 10 and 1000, the inserted
 form at alpha = 100, 10^4 and on MiniLM, the second-order attackers at K = 10^4 and with the spike
