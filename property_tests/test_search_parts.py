@@ -1,5 +1,6 @@
 """The learning-rate search's parts on hand-built values, checked exactly: the log grid, which
-trial is best, trials answered from a known prefix trajectory, and the slowdown ratios."""
+trial is best, trials answered from a known prefix trajectory, the slowdown ratios, and
+lr_search's bookkeeping (defaults, round order, pause limit, seconds, device, cost probe)."""
 from __future__ import annotations
 
 import itertools
@@ -226,15 +227,15 @@ def _flat():
     return _Zero(), _tiny()[1]
 
 
-def _advances(monkeypatch) -> list[tuple[AttackRun, float, int, float, float]]:
-    """Record every ``AttackRun.advance``: (run, lr, budget, seconds it added to the run, final loss)."""
+def _advances(monkeypatch) -> list[tuple[float, int, float, float]]:
+    """Record every ``AttackRun.advance``: (lr, budget, seconds it added to the run, final loss)."""
     calls = []
     original = AttackRun.advance
 
     def spy(self, budget, progress=None):
         before = self.trajectory.wall_s
         traj = original(self, budget, progress)
-        calls.append((self, self.attack.lr, budget, traj.wall_s - before, traj.final_loss))
+        calls.append((self.attack.lr, budget, traj.wall_s - before, traj.final_loss))
         return traj
 
     monkeypatch.setattr(AttackRun, "advance", spy)
@@ -247,16 +248,16 @@ def test_halving_rounds_run_survivors_by_loss_then_larger_lr(monkeypatch):
     calls = _advances(monkeypatch)
     model, task = _tiny()
     res = lr_search(model, task, "sgd", 0.0, 100, grid=[0.3, 3.0, 10.0], refine=0, device="cpu")
-    assert not res.reached and [c[2] for c in calls][:3] == [16, 16, 16]
-    assert [c[1] for c in calls[:3]] == [10.0, 3.0, 0.3]
-    loss = {c[1]: c[4] for c in calls[:3]}
+    assert not res.reached and [c[1] for c in calls][:3] == [16, 16, 16]
+    assert [c[0] for c in calls[:3]] == [10.0, 3.0, 0.3]
+    loss = {c[0]: c[3] for c in calls[:3]}
     by_loss = sorted(loss, key=lambda lr: (loss[lr], -lr))
     assert by_loss != [10.0, 3.0, 0.3]  # the losses do not follow the lr here: the order is seen
-    assert [c[1] for c in calls if c[2] == 64] == by_loss
+    assert [c[0] for c in calls if c[1] == 64] == by_loss
     calls.clear()
     model, task = _flat()
     lr_search(model, task, "sgd", 0.0, 20, grid=[0.1, 0.3, 0.2], refine=0, device="cpu")
-    assert [(c[1], c[2]) for c in calls] == [(0.3, 16), (0.2, 16), (0.1, 16), (0.3, 20), (0.2, 20), (0.1, 20)]
+    assert [(c[0], c[1]) for c in calls] == [(0.3, 16), (0.2, 16), (0.1, 16), (0.3, 20), (0.2, 20), (0.1, 20)]
 
 
 def test_paused_runs_stay_within_pause_bytes(monkeypatch):
@@ -286,7 +287,7 @@ def test_trial_and_search_seconds_add_up(monkeypatch):
                         pause_bytes=pause)
         after = time.perf_counter()
         spent: dict[float, float] = {}
-        for _, lr, _, secs, _ in calls:
+        for lr, _, secs, _ in calls:
             spent[lr] = spent.get(lr, 0.0) + secs
         assert {t.lr: t.wall_s for t in res.table} == spent and all(s > 0 for s in spent.values())
         assert sum(spent.values()) <= res.wall_s < after - before
