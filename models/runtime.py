@@ -49,6 +49,35 @@ class single_thread:
         torch.set_num_threads(self.n)
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the values ``keep_freed_memory`` sets: the
+#: largest mmap threshold glibc accepts on 64-bit systems (32 MiB), a 1 GiB trim threshold
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES, _TRIM_THRESHOLD_BYTES = 32 << 20, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator reuse freed memory instead of returning it to the system: blocks
+    up to 32 MiB come from the heap (not a fresh ``mmap`` each time) and the heap is trimmed only
+    above 1 GiB free. A tensor of a few MB allocated every step (a CNN's unfolded patches, a
+    transformer's activations) then reuses pages already mapped instead of faulting in zeroed ones
+    (the float64 digits CNN: about 1500 page faults and 2.7 ms of system time per SGD step before,
+    none after). The arithmetic is unchanged; the process keeps its peak memory until it exits, so
+    this is for long-lived worker processes (the report's). Linux with glibc only: returns whether
+    both settings were applied."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and \
+        bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+
+
 @contextlib.contextmanager
 def deterministic(seed: int, device: torch.device) -> Iterator[None]:
     """Fork the RNG (caller's state restored afterwards), seed it, request deterministic

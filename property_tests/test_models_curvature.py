@@ -76,7 +76,26 @@ def test_hvp_and_gnvp_against_dense(widths, seed, loss):
         blocks = torch.block_diag(*[torch.diag(pi) - torch.outer(pi, pi) for pi in p])
         G = J.T @ blocks @ J / N
     nG = float(torch.linalg.matrix_norm(G, 2))
-    assert float((obj.gnvp(v) - G @ v).norm()) <= 2 * gamma(reduction_length(obj) + N * C) * max(nG, nH, 1e-300)
+    tolG = 2 * gamma(reduction_length(obj) + N * C) * max(nG, nH, 1e-300)
+    # "reuse" keeps the linearization of the last theta: several vectors through it, then the
+    # same products from a fresh build per product ("double_backward") must be the same numbers
+    w = torch.randn(obj.n, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
+    fresh = Objective(m.module, obj.inputs, obj.targets, loss=loss, device="cpu", hvp_method="double_backward")
+    for u in (v, w, v):
+        gu = obj.gnvp(u)
+        assert float((gu - G @ u).norm()) <= tolG * float(u.norm())
+        assert torch.equal(gu, fresh.gnvp(u))
+    # at another theta the kept linearization is rebuilt: G(theta2) v, and G(theta) v again after it
+    J2 = torch.func.jacrev(obj.outputs)(theta2).reshape(-1, obj.n)
+    z2 = obj.outputs(theta2).detach()
+    if loss == "squared":
+        G2 = J2.T @ J2 / N
+    else:
+        p2 = torch.softmax(z2, -1)
+        G2 = J2.T @ torch.block_diag(*[torch.diag(pi) - torch.outer(pi, pi) for pi in p2]) @ J2 / N
+    tolG2 = 2 * gamma(reduction_length(obj) + N * C) * max(float(torch.linalg.matrix_norm(G2, 2)), tol2, 1e-300)
+    assert float((obj.gnvp(v, theta=theta2) - G2 @ v).norm()) <= tolG2
+    assert torch.equal(obj.gnvp(v), fresh.gnvp(v))
     with pytest.raises(InvalidInputError, match="unknown HVP method"):
         obj.hvp(v, method="finite-difference")
 

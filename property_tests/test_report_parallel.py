@@ -68,3 +68,51 @@ def test_every_timing_compare_ignores_is_a_timing_key():
     assert timings <= set(builder.TIMING_KEYS), timings - set(builder.TIMING_KEYS)
     doc = {"derive": [{"id": "T1", "seconds": 1.5, "status": "proved"}], "jobs": 2}
     assert builder.without_timings(doc) == {"derive": [{"id": "T1", "status": "proved"}]}
+
+
+_FAULTS = """
+import ctypes, resource, sys, torch
+from convrate.models import runtime
+if sys.argv[1] == "keep":
+    print(runtime.keep_freed_memory())
+else:  # every block above glibc's initial 128 KiB threshold mapped afresh, freed blocks unmapped
+    print(bool(ctypes.CDLL("libc.so.6").mallopt(runtime._M_MMAP_THRESHOLD, 128 << 10)))
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():
+    held = [torch.ones(3 << 20, dtype=torch.float64) for _ in range(3)]  # three 24 MiB blocks at once
+step()
+before = faults()
+for _ in range(40):
+    step()
+print(faults() - before)
+"""
+
+
+def test_building_processes_keep_freed_memory():
+    """``runtime.keep_freed_memory`` (called by the builder in every building process): three
+    24 MiB tensors allocated together and freed, forty times, reuse the same pages: fewer page
+    faults in all than one round's 18432 pages of 4 KiB. The contrast, each block mapped afresh
+    (glibc's initial 128 KiB mmap threshold held fixed), faults every page in every round. (Left
+    to glibc's adaptive defaults the count depends on what the process allocated before: 24525
+    and 496000 were seen here for the same loop.)"""
+    import inspect
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[always]" in thp.read_text():
+        pytest.skip("the fault counts assume 4 KiB pages (Linux, transparent huge pages not always on)")
+    out = {}
+    for mode in ("keep", "mmap"):
+        res = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        applied, faults = res.stdout.split()
+        out[mode] = (applied, int(faults))
+    assert out["keep"][0] == out["mmap"][0] == "True"
+    assert out["keep"][1] < 18432 and out["mmap"][1] >= 40 * 18432 * 9 // 10
+    # the builder applies it in its workers (and in this process for a serial build)
+    assert "keep_freed_memory()" in inspect.getsource(builder._worker_init)
+    assert "keep_freed_memory()" in inspect.getsource(builder.build_report)

@@ -3,10 +3,11 @@
 ``QUICK`` fits in 10 minutes on a 2-core CPU (``convrate report --quick``); ``FULL`` is the
 default profile, sized for the main command's budget of 20 minutes on 2 cores with two worker
 processes (T1/T2 on all six MiniLM layers and their heads, the sweeps and recoveries on two
-layers; more strengths and defenses on the MLP, larger budgets and finer learning-rate grids, the
-second-order attackers on the MLP and the zoo Llama; 1112-1292 s wall and 35-42 CPU-minutes
-measured, see README "Report wall time"); ``EXTENDED`` (``--profile extended``) is FULL with the complete
-sweeps that do not fit that budget: LoRA-SGD on the MLP, the CNN at K = 10 and 1000, the inserted
+layers with the quick profile's text task, 48 paragraphs of 24 tokens; more strengths and
+defenses on the MLP, larger budgets and finer learning-rate grids, the second-order attackers on
+the MLP and the zoo Llama; see README "Report wall time" for the measurements); ``EXTENDED``
+(``--profile extended``) is FULL with the complete sweeps that do not fit that budget: MiniLM's
+text task at 64 paragraphs of 32 tokens, LoRA-SGD on the MLP, the CNN at K = 10 and 1000, the inserted
 form at alpha = 100, 10^4 and on MiniLM, the second-order attackers at K = 10^4 and with the spike
 profile on the MLP, on the CNN (nine attackers) and on MiniLM (Sophia, Muon; about 1-3 s per
 MiniLM step), 3 sensitivity runs per count. Newton-CG and Gauss-Newton (k products per step) get
@@ -155,7 +156,7 @@ QUICK = ReportProfile(
 
 FULL = ReportProfile(
     name="full", battery="full", minilm_layers=6, minilm_heads=None, minilm_sweep_layers=2,
-    text_per_class=16, text_tokens=32, W_Ks=(1, 10, 100, 1000),
+    text_per_class=12, text_tokens=24, W_Ks=(1, 10, 100, 1000),
     mlp=NetSweep((10, 100, 1000, 10000), ("sgd", "momentum", "adam"), ("specdef", "specdef:spike", "diagonal"), 0.02,
                  SearchProfile(3000, tuple(log_grid(1e-4, 10, 2)), refine=1)),
     cnn=NetSweep((100,), ("sgd", "adam"), ("specdef",), 0.2,
@@ -178,12 +179,12 @@ FULL = ReportProfile(
                                _so_search(100, tuple(log_grid(1e-4, 1, 1)), (), 0, ("lbfgs-wolfe",)))),
 )
 
-#: the complete sweeps (``convrate report --profile extended``): FULL plus LoRA-SGD and K = 10, 1000 on
-#: the CNN, the inserted form at alpha = 100, 10000 and on MiniLM, the second-order attackers at
+#: the complete sweeps (``convrate report --profile extended``): FULL plus MiniLM's larger text task (64
+#: paragraphs of 32 tokens), LoRA-SGD and K = 10, 1000 on the CNN, the inserted form at alpha = 100, 10000 and on MiniLM, the second-order attackers at
 #: K = 10^4 and the spike profile on the MLP, on the CNN and on MiniLM; too large for the 20-minute
 #: budget of the main command on 2 cores (its size is documented in README)
 EXTENDED = replace(
-    FULL, name="extended",
+    FULL, name="extended", text_per_class=16, text_tokens=32,
     mlp=replace(FULL.mlp, optimizers=FULL.mlp.optimizers + ("lora-sgd",)),
     cnn=replace(FULL.cnn, Ks=(10, 100, 1000)),
     inserted=replace(FULL.inserted, mlp_alphas=(10, 100, 1000, 10000), minilm_alphas=(100, 1000)),

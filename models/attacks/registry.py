@@ -275,9 +275,9 @@ def _same_index(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 # ---------------------------------------------------------------- cost ratios
 def measure_cost_ratios(ctx: StepContext, kinds: tuple[str, ...], inner: int = 1, repeats: int = 3) -> dict[str, float]:
     """Cost of one product of each kind relative to one gradient, at the context's current
-    parameters, min over ``repeats`` interleaved rounds. hvp: the amortized cost of ``inner``
-    products at one theta (one gradient graph with create_graph, then ``inner`` backward passes
-    through it, as Newton-CG does); gnvp: one product; backward: one extra backward pass through
+    parameters, min over ``repeats`` interleaved rounds. hvp and gnvp: the amortized cost of
+    ``inner`` products at one theta (the graph built once per theta, then ``inner`` backward passes
+    through it, as Newton-CG and Gauss-Newton do); backward: one extra backward pass through
     a retained graph. Nothing is counted in ``ctx.cost``."""
     if not kinds:
         return {}
@@ -291,16 +291,14 @@ def measure_cost_ratios(ctx: StepContext, kinds: tuple[str, ...], inner: int = 1
         loss = ctx.loss_graph()
         torch.autograd.grad(loss, ctx.params, allow_unused=True)
         best["gradient"] = min(best["gradient"], time.perf_counter() - t0)
-        if "hvp" in kinds:
-            shifted = theta * (1 + (r + 1) * 2.0 ** -40)  # a new theta: the objective builds a fresh graph
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                obj.hvp(v, theta=shifted)
-            best["hvp"] = min(best["hvp"], (time.perf_counter() - t0) / inner)
-        if "gnvp" in kinds:
-            t0 = time.perf_counter()
-            obj.gnvp(v, theta=theta)
-            best["gnvp"] = min(best["gnvp"], time.perf_counter() - t0)
+        for kind in ("hvp", "gnvp"):
+            if kind in kinds:
+                shifted = theta * (1 + (r + 1) * 2.0 ** -40)  # a new theta: the objective builds a fresh graph
+                product = obj.hvp if kind == "hvp" else obj.gnvp
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    product(v, theta=shifted)
+                best[kind] = min(best[kind], (time.perf_counter() - t0) / inner)
         if "backward" in kinds:
             loss = ctx.loss_graph()
             t0 = time.perf_counter()

@@ -277,41 +277,53 @@ class Objective:
                                     f"{FINITE_DIFFERENCE})")
         return self.world.sum(out.detach())
 
+    def _cached_graphs(self, slot: str, theta: torch.Tensor, build: Callable[[torch.Tensor, range], tuple]) -> list[tuple]:
+        """``build(theta leaf, piece)`` per micro-batch, kept in ``slot`` for the last theta seen
+        (compared by value, so a changed theta rebuilds them)."""
+        cached = getattr(self, slot, None)
+        if cached is None or cached[0].shape != theta.shape or not torch.equal(cached[0], theta):
+            setattr(self, slot, None)  # free the old graphs before building new ones
+            cached = (theta.clone(), [build(theta.clone().requires_grad_(True), piece) for piece in self.pieces])
+            setattr(self, slot, cached)
+        return cached[1]
+
     def _gradient_graphs(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per micro-batch (theta as a leaf, its share of nabla L(theta) with its graph), cached
-        for the last theta seen (compared by value, so a changed theta rebuilds them)."""
-        cached = getattr(self, "_graph", None)
-        if cached is None or cached[0].shape != theta.shape or not torch.equal(cached[0], theta):
-            self._graph = None  # free the old graphs before building new ones
-            graphs = []
-            for piece in self.pieces:
-                t = theta.clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.piece_loss(t, piece), t, create_graph=True)
-                graphs.append((t, g))
-            self._graph = cached = (theta.clone(), graphs)
-        return cached[1]
+        for the last theta seen."""
+        def build(t: torch.Tensor, piece: range) -> tuple[torch.Tensor, torch.Tensor]:
+            (g,) = torch.autograd.grad(self.piece_loss(t, piece), t, create_graph=True)
+            return t, g
+
+        return self._cached_graphs("_graph", theta, build)
+
+    def _linearization(self, t: torch.Tensor, piece: range) -> tuple[torch.Tensor, ...]:
+        """(theta leaf t, outputs z with their graph, w, J^T w with its graph (linear in w),
+        softmax(z) for cross-entropy else None) of one micro-batch: what G v needs at t."""
+        z = self._outputs(t, piece)
+        w = torch.zeros_like(z, requires_grad=True)
+        (jtw,) = torch.autograd.grad(z, t, grad_outputs=w, create_graph=True)
+        p = None if self.loss_name == "squared" else torch.softmax(z.detach(), dim=-1)
+        return t, z, w, jtw, p
 
     def gnvp(self, v: Any, theta: torch.Tensor | None = None) -> torch.Tensor:
         """G v = (1/C) sum_n J_n^T (nabla^2 ell_n) J_n v: squared loss nabla^2 ell = I,
         cross-entropy nabla^2 ell = diag(p) - p p^T (p = softmax z_n; one row per predicted
         token for a causal LM). J v by the double-vjp trick (J^T w is linear in w;
-        differentiate <J^T w, v> in w)."""
+        differentiate <J^T w, v> in w). With the "reuse" method the linearization (forward pass
+        and J^T w graph) is built once per theta and each product is two backward passes
+        through it (the same operations on the same saved tensors: the same result as building
+        it afresh, which the other methods do to bound memory by one micro-batch)."""
         v = self._vec(v)
         t0 = (self.theta if theta is None else theta).detach()
         self.matvecs += 1
+        keep = self.hvp_method == "reuse"
+        pieces = self._cached_graphs("_gn_graph", t0, self._linearization) if keep else \
+            (self._linearization(t0.clone().requires_grad_(True), piece) for piece in self.pieces)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for piece in self.pieces:
-            t = t0.clone().requires_grad_(True)
-            z = self._outputs(t, piece)
-            w = torch.zeros_like(z, requires_grad=True)
-            (jtw,) = torch.autograd.grad(z, t, grad_outputs=w, create_graph=True)
-            (jv,) = torch.autograd.grad(jtw, w, grad_outputs=v)
-            if self.loss_name == "squared":
-                u = jv
-            else:
-                p = torch.softmax(z.detach(), dim=-1)
-                u = p * jv - p * (p * jv).sum(-1, keepdim=True)
-            (gv,) = torch.autograd.grad(z, t, grad_outputs=u / self.n_terms)
+        for t, z, w, jtw, p in pieces:
+            (jv,) = torch.autograd.grad(jtw, w, grad_outputs=v, retain_graph=keep)
+            u = jv if p is None else p * jv - p * (p * jv).sum(-1, keepdim=True)
+            (gv,) = torch.autograd.grad(z, t, grad_outputs=u / self.n_terms, retain_graph=keep)
             out += gv
         return self.world.sum(out.detach())
 
