@@ -51,8 +51,9 @@ LOSSES = ("squared", "cross_entropy")
 HVP_METHODS = ("reuse", "double_backward", "func")
 #: "reuse": the gradient graph g(theta) = nabla L(theta) (create_graph) is built once per theta
 #: and each H v is one more backward pass through it (amortized: one product costs less than a
-#: fresh double backward; ``benchmarks/`` measures it); "double_backward": a fresh gradient graph
-#: per product (memory: one micro-batch's graph at a time); "func": torch.func forward-over-reverse.
+#: fresh double backward; ``benchmarks/`` measures it), and likewise the Gauss-Newton
+#: linearization for G v; "double_backward": a fresh graph per product (memory: one
+#: micro-batch's graph at a time); "func": torch.func forward-over-reverse.
 #: All three agree to round-off. ``FINITE_DIFFERENCE`` (not exact; see the module doc) is accepted too.
 DEFAULT_HVP_METHOD = "reuse"
 FINITE_DIFFERENCE = "finite_difference"
