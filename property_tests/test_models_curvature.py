@@ -100,6 +100,20 @@ def test_hvp_and_gnvp_against_dense(widths, seed, loss):
         obj.hvp(v, method="finite-difference")
 
 
+def test_gnvp_builds_one_linearization_per_theta_with_reuse():
+    """"reuse" runs one forward pass per theta for any number of Gauss-Newton products (the
+    linearization is kept); the fresh methods run one per product."""
+    m, obj = _obj([3, 4, 2], 0, "cross_entropy")
+    fresh = Objective(m.module, obj.inputs, obj.targets, loss="cross_entropy", device="cpu", hvp_method="double_backward")
+    calls = {"reuse": 0, "fresh": 0}
+    obj.module.register_forward_hook(lambda *a: calls.__setitem__("reuse", calls["reuse"] + 1))
+    fresh.module.register_forward_hook(lambda *a: calls.__setitem__("fresh", calls["fresh"] + 1))
+    v = torch.ones(obj.n, dtype=torch.float64)
+    for o in (obj, fresh):
+        o.gnvp(v), o.gnvp(2 * v), o.gnvp(v, theta=obj.theta + 0.5), o.gnvp(v, theta=obj.theta + 0.5)
+    assert calls == {"reuse": 2, "fresh": 4}
+
+
 @given(widths=widths_st, seed=st.integers(0, 2**20), which=st.sampled_from(["LA", "SA"]),
        method=st.sampled_from(["eigsh", "lanczos"]), operator=st.sampled_from(["hessian", "gauss_newton"]))
 def test_extreme_eigenvalues_residuals(widths, seed, which, method, operator):
