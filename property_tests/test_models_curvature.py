@@ -104,7 +104,8 @@ def test_gnvp_builds_one_linearization_per_theta_with_reuse():
     """"reuse" runs one forward pass per theta for any number of Gauss-Newton products (the
     linearization is kept); the fresh methods run one per product."""
     m, obj = _obj([3, 4, 2], 0, "cross_entropy")
-    fresh = Objective(m.module, obj.inputs, obj.targets, loss="cross_entropy", device="cpu", hvp_method="double_backward")
+    fresh = Objective(m.module, obj.inputs, obj.targets, loss="cross_entropy", device="cpu",
+                      hvp_method="double_backward")
     calls = {"reuse": 0, "fresh": 0}
     obj.module.register_forward_hook(lambda *a: calls.__setitem__("reuse", calls["reuse"] + 1))
     fresh.module.register_forward_hook(lambda *a: calls.__setitem__("fresh", calls["fresh"] + 1))

@@ -95,7 +95,7 @@ def test_building_processes_keep_freed_memory():
     faults in all than one round's 18432 pages of 4 KiB. The contrast, each block mapped afresh
     (glibc's initial 128 KiB mmap threshold held fixed), faults every page in every round. (Left
     to glibc's adaptive defaults the count depends on what the process allocated before: 24525
-    and 496000 were seen here for the same loop.)"""
+    and about 496000 were seen here for the same loop.)"""
     import inspect
     import subprocess
     import sys

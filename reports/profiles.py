@@ -179,10 +179,11 @@ FULL = ReportProfile(
                                _so_search(100, tuple(log_grid(1e-4, 1, 1)), (), 0, ("lbfgs-wolfe",)))),
 )
 
-#: the complete sweeps (``convrate report --profile extended``): FULL plus MiniLM's larger text task (64
-#: paragraphs of 32 tokens), LoRA-SGD and K = 10, 1000 on the CNN, the inserted form at alpha = 100, 10000 and on MiniLM, the second-order attackers at
-#: K = 10^4 and the spike profile on the MLP, on the CNN and on MiniLM; too large for the 20-minute
-#: budget of the main command on 2 cores (its size is documented in README)
+#: the complete sweeps (``convrate report --profile extended``): FULL plus MiniLM's larger text task
+#: (64 paragraphs of 32 tokens), LoRA-SGD and K = 10, 1000 on the CNN, the inserted form at
+#: alpha = 100, 10000 and on MiniLM, the second-order attackers at K = 10^4 and the spike profile on
+#: the MLP, on the CNN and on MiniLM; too large for the 20-minute budget of the main command on 2
+#: cores (its size is documented in README)
 EXTENDED = replace(
     FULL, name="extended", text_per_class=16, text_tokens=32,
     mlp=replace(FULL.mlp, optimizers=FULL.mlp.optimizers + ("lora-sgd",)),

@@ -278,7 +278,8 @@ class Objective:
                                     f"{FINITE_DIFFERENCE})")
         return self.world.sum(out.detach())
 
-    def _cached_graphs(self, slot: str, theta: torch.Tensor, build: Callable[[torch.Tensor, range], tuple]) -> list[tuple]:
+    def _cached_graphs(self, slot: str, theta: torch.Tensor,
+                       build: Callable[[torch.Tensor, range], tuple]) -> list[tuple]:
         """``build(theta leaf, piece)`` per micro-batch, kept in ``slot`` for the last theta seen
         (compared by value, so a changed theta rebuilds them)."""
         cached = getattr(self, slot, None)
