@@ -45,6 +45,17 @@ def _obj(widths, seed, loss, n=10):
     return m, Objective(m.module, X, Y, loss=loss, device="cpu")
 
 
+def _dense_gauss_newton(obj, theta):
+    """G(theta) = (1/N) sum_n J_n^T (d^2 ell) J_n from the dense Jacobian (N examples, C outputs):
+    d^2 ell = I (squared), diag(p) - p p^T with p = softmax z_n (cross-entropy)."""
+    J = torch.func.jacrev(obj.outputs)(theta).reshape(-1, obj.n)  # (N*C, n)
+    z = obj.outputs(theta).detach()
+    if obj.loss_name == "squared":
+        return J.T @ J / z.shape[0]
+    blocks = torch.block_diag(*[torch.diag(pi) - torch.outer(pi, pi) for pi in torch.softmax(z, -1)])
+    return J.T @ blocks @ J / z.shape[0]
+
+
 widths_st = st.lists(st.integers(2, 5), min_size=3, max_size=4)
 
 
@@ -66,15 +77,8 @@ def test_hvp_and_gnvp_against_dense(widths, seed, loss):
     assert float((obj.hvp(v, theta=theta2, method="reuse") - H2 @ v).norm()) <= tol2
     assert float((obj.hvp(v, method="reuse") - H @ v).norm()) <= tol
     # Gauss-Newton: G = (1/N) sum_n J_n^T (d^2 ell) J_n from the dense Jacobian
-    J = torch.func.jacrev(obj.outputs)(obj.theta).reshape(-1, obj.n)  # (N*C, n)
-    z = obj.outputs(obj.theta).detach()
-    N, C = z.shape
-    if loss == "squared":
-        G = J.T @ J / N
-    else:
-        p = torch.softmax(z, -1)
-        blocks = torch.block_diag(*[torch.diag(pi) - torch.outer(pi, pi) for pi in p])
-        G = J.T @ blocks @ J / N
+    G = _dense_gauss_newton(obj, obj.theta)
+    N, C = obj.outputs(obj.theta).shape
     nG = float(torch.linalg.matrix_norm(G, 2))
     tolG = 2 * gamma(reduction_length(obj) + N * C) * max(nG, nH, 1e-300)
     # "reuse" keeps the linearization of the last theta: several vectors through it, then the
@@ -86,13 +90,7 @@ def test_hvp_and_gnvp_against_dense(widths, seed, loss):
         assert float((gu - G @ u).norm()) <= tolG * float(u.norm())
         assert torch.equal(gu, fresh.gnvp(u))
     # at another theta the kept linearization is rebuilt: G(theta2) v, and G(theta) v again after it
-    J2 = torch.func.jacrev(obj.outputs)(theta2).reshape(-1, obj.n)
-    z2 = obj.outputs(theta2).detach()
-    if loss == "squared":
-        G2 = J2.T @ J2 / N
-    else:
-        p2 = torch.softmax(z2, -1)
-        G2 = J2.T @ torch.block_diag(*[torch.diag(pi) - torch.outer(pi, pi) for pi in p2]) @ J2 / N
+    G2 = _dense_gauss_newton(obj, theta2)
     tolG2 = 2 * gamma(reduction_length(obj) + N * C) * max(float(torch.linalg.matrix_norm(G2, 2)), tol2, 1e-300)
     assert float((obj.gnvp(v, theta=theta2) - G2 @ v).norm()) <= tolG2
     assert torch.equal(obj.gnvp(v), fresh.gnvp(v))
