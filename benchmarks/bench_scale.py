@@ -15,10 +15,12 @@ full report twice):
   the ratio; the eigenvalues must agree.
 - ``audit``: the MiniLM default audit (``convrate audit`` of a SpecDef release against MiniLM,
   profile "default"). Its pieces are measured -- one full-batch attack step (micro-batched as
-  the profile does) and one Hessian-vector product, each with its peak memory -- and the
-  audit's fixed counts (pilot steps, curvature products) give a lower bound of its CPU time;
-  ``--full-audit`` runs the whole audit instead (hours on 2 CPU cores) and reports its wall
-  time and peak memory (``ru_maxrss`` of the child).
+  the profile does) and one Hessian-vector product, each with its peak memory. The work every
+  run does whatever the losses (``AuditProfile.minimum_work``: one step per pilot trial, the
+  determinism, first-Lanczos and Hutchinson products) gives a lower bound of its CPU time, an
+  estimate of its work (no divergence, every Lanczos step) an estimate; ``--full-audit`` runs
+  the whole audit instead (hours on 2 CPU cores) and reports its wall time and peak memory
+  (``ru_maxrss`` of the child).
 - ``report``: ``convrate report --jobs 1`` and ``--jobs N`` (full profile unless ``--quick``)
   into temporary directories (``--report-out DIR`` keeps them): wall and CPU seconds of each and whether results.json agree
   except timings (``reports.builder.TIMING_KEYS``).
@@ -42,6 +44,8 @@ from bench_common import REPO, fmt, main, progress
 
 PARTS = ("lanczos", "hessian", "audit", "report")
 MEMORY_LIMIT = 3 * 2**30  # the MiniLM audit must fit in 3 GB
+AUDIT_MEMORY_KINDS = {"full": "the whole audit", "shaped": "an audit of the default shape, tiny counts",
+                      "pieces": "one step and one product, a lower bound"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -156,23 +160,34 @@ def part_hessian(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audit_counts() -> dict[str, Any]:
-    """Fixed work of the default MiniLM audit: pilot steps, curvature products (lower bounds of
-    the searches: every grid lr of every search runs at least the first halving round). Steps
-    of every attacker are counted alike (a second-order step costs more than a gradient: a lower
-    bound)."""
+    """The default MiniLM audit's work in full-batch steps and Hessian-vector products:
+    ``minimum`` (``AuditProfile.minimum_work``: done whatever the losses, a lower bound) and the
+    estimate (no trial diverges, every grid lr of the three searched variants runs the first
+    halving round and stops there, every Lanczos step runs in both passes: not a bound either
+    way, early stops make it smaller and longer trials larger). Steps of every attacker are
+    counted alike (a second-order step costs more than a gradient)."""
     from convrate.models.attacks.search import halving_budgets
     from convrate.models.audit import PROFILES
 
     prof = PROFILES["default"]
     grids = {o: prof.grid(o, "hf") for o in prof.optimizers_for("hf")}
-    pilot = sum(len(g) for g in grids.values()) * prof.pilot_budget
     variants = 4  # reference, claimed, R2, R1 (class fplr)
     first = halving_budgets(prof.budget)[0]
-    search_min = sum(len(g) for g in grids.values()) * (variants - 1) * first  # the baseline reads the pilot
+    least = prof.minimum_work("hf")
     # per model: determinism check 2, Lanczos 2 passes, Rayleigh-Ritz + residuals 4, Hutchinson
     hvps = 2 * (2 + 2 * prof.lanczos_steps - 1 + 4 + prof.trace_samples)
-    return {"pilot_steps": pilot, "search_steps_at_least": search_min, "hvps": hvps, "budget": prof.budget,
-            "micro_batch": prof.micro_batch, "attackers": list(grids)}
+    return {"minimum": {"pilot_steps": least["pilot_steps"], "hvps": least["hvps"]},
+            "estimate": {"pilot_steps": least["pilot_steps_without_divergence"],
+                         # the baseline's search reads the pilot
+                         "search_steps": sum(len(g) for g in grids.values()) * (variants - 1) * first,
+                         "hvps": hvps},
+            "budget": prof.budget, "micro_batch": prof.micro_batch, "attackers": list(grids)}
+
+
+def _audit_seconds(counts: dict[str, int], step: dict[str, Any], hvp: dict[str, Any]) -> float:
+    """CPU seconds of ``counts`` at the measured cost of one step and one product."""
+    steps = counts["pilot_steps"] + counts.get("search_steps", 0)
+    return steps * step["per_step_cpu"] + counts["hvps"] * hvp["per_hvp_cpu"]
 
 
 def part_audit(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,13 +196,15 @@ def part_audit(args: argparse.Namespace) -> dict[str, Any]:
     if args.full_audit:
         out["full"] = _full_audit()
         return out
+    if args.audit_memory:
+        out["shaped"] = _shaped_audit()
     step = _child(_AUDIT_PIECES, str(args.threads), "1", "0", "step")
     hvp = _child(_AUDIT_PIECES, str(args.threads), "1", "0", "hvp")
     out.update(step=step, hvp=hvp)
     if "error" not in step and "error" not in hvp:
-        cpu = (counts["pilot_steps"] + counts["search_steps_at_least"]) * step["per_step_cpu"] + counts["hvps"] * hvp["per_hvp_cpu"]
-        out["cpu_seconds_at_least"] = cpu
-        out["wall_seconds_at_least_2_cores"] = cpu / 2
+        for kind in ("minimum", "estimate"):
+            cpu = _audit_seconds(counts[kind], step, hvp)
+            out[kind] = {"cpu_seconds": cpu, "wall_seconds_2_cores": cpu / 2}
         out["peak_rss_pieces"] = max(step["memory"]["peak_rss"], hvp["memory"]["peak_rss"])
     return out
 
@@ -209,6 +226,38 @@ print(json.dumps({"returncode": p.returncode, "audit_wall_s": time.perf_counter(
                   "work": json.loads((tmp / "audit" / "audit.json").read_text()).get("work") if p.returncode in (0, 1) else None}))
 """
     return _child(code)
+
+
+_SHAPED_AUDIT = """
+import json, resource, subprocess, sys, tempfile, time
+from dataclasses import replace
+from pathlib import Path
+tmp = Path(tempfile.mkdtemp(prefix="convrate-bench-audit-"))
+subprocess.run([sys.executable, "-m", "convrate", "defend", "minilm", "-K", "100", "--out", str(tmp / "rel"),
+                "--record", str(tmp / "rec")], check=True, capture_output=True)
+from convrate.models.audit import PROFILES, audit, load_for_audit
+from convrate.models.tasks import minilm_dir
+d = PROFILES["default"]
+# every default attacker at one lr (the low end of its range), two steps; the O(n) Lanczos (8 steps:
+# the 256 MiB full basis does not fit), one Hutchinson sample
+shape = replace(d, name="default-memory-shape", budget=2, refine=0, lanczos_steps=8, trace_samples=1,
+                lr_ranges=tuple((f, o, lo, lo) for f, o, lo, _ in d.lr_ranges))
+claimed, ref = load_for_audit(tmp / "rel", shape), load_for_audit(minilm_dir(), shape)
+t0 = time.perf_counter()
+res = audit(claimed, ref, profile=shape, device="cpu")
+print(json.dumps({"audit_wall_s": time.perf_counter() - t0, "class": res["class"], "work": res["work"],
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "attackers": list(res["attacks"]), "lanczos_basis": res["work"]["curvature_basis"]}))
+"""
+
+
+def _shaped_audit() -> dict[str, Any]:
+    """Peak memory of a MiniLM audit of the default profile's shape: the same model, task,
+    micro-batch, attackers and O(n) Lanczos, with one lr per attacker, two steps and eight
+    Lanczos steps. Its peak is the default audit's: the O(n) Lanczos holds a fixed number of
+    vectors (``test_no_basis_memory_does_not_grow_with_steps``), an optimizer's state has a
+    fixed size, and a trajectory keeps only its losses."""
+    return _child(_SHAPED_AUDIT)
 
 
 def part_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -300,18 +349,30 @@ def markdown(res: dict[str, Any]) -> str:
                          f"eigenvalues agree: {fmt(r['agree'])}.")
     if "audit" in res:
         r, c = res["audit"], res["audit"]["counts"]
-        lines += ["", f"MiniLM default audit: pilot {c['pilot_steps']} full-batch steps, searches at least "
-                  f"{c['search_steps_at_least']} more, {c['hvps']} Hessian-vector products (float64), micro-batch "
-                  f"{c['micro_batch']}."]
+        m, e = c["minimum"], c["estimate"]
+        lines += ["", f"MiniLM default audit ({len(c['attackers'])} attackers, micro-batch {c['micro_batch']}, "
+                  f"float64 products): every run does at least {m['pilot_steps']} full-batch steps (one per pilot "
+                  f"trial) and {m['hvps']} Hessian-vector products; estimate (no trial diverges, each searched grid "
+                  f"lr stops after the first halving round, every Lanczos step): {e['pilot_steps']} pilot steps, "
+                  f"{e['search_steps']} search steps, {e['hvps']} products."]
+        if "shaped" in r:
+            sh = r["shaped"]
+            lines.append(f"Audit of the default shape (one lr per attacker, two steps, 8 Lanczos steps, one "
+                         f"Hutchinson sample): " + (f"error: {sh['error']}" if "error" in sh else
+                         f"peak {fmt(sh['peak_rss'] / 2**20, 4)} MiB, {fmt(sh['audit_wall_s'], 3)} s, class "
+                         f"{sh['class']}, Lanczos basis {', '.join(sh['lanczos_basis'])}, "
+                         f"{len(sh['attackers'])} attackers."))
         if "full" in r:
             f = r["full"]
             lines.append(f"Full run: {fmt(f.get('audit_wall_s'), 4)} s wall, peak {fmt((f.get('peak_rss') or 0) / 2**20, 4)} MiB, "
                          f"exit {f.get('returncode')}.")
-        elif "cpu_seconds_at_least" in r:
+        elif "minimum" in r:
             lines.append(f"One step {fmt(r['step']['per_step_cpu'], 3)} CPU s (peak {fmt(r['step']['memory']['peak_rss'] / 2**20, 4)} "
                          f"MiB), one HVP {fmt(r['hvp']['per_hvp_cpu'], 3)} CPU s (peak {fmt(r['hvp']['memory']['peak_rss'] / 2**20, 4)} "
-                         f"MiB): at least {fmt(r['cpu_seconds_at_least'] / 3600, 3)} CPU hours, "
-                         f">= {fmt(r['wall_seconds_at_least_2_cores'] / 60, 3)} min on 2 cores.")
+                         f"MiB): at least {fmt(r['minimum']['cpu_seconds'] / 60, 3)} CPU minutes, "
+                         f">= {fmt(r['minimum']['wall_seconds_2_cores'] / 60, 3)} min on 2 cores; estimate "
+                         f"{fmt(r['estimate']['cpu_seconds'] / 3600, 3)} CPU hours, "
+                         f"{fmt(r['estimate']['wall_seconds_2_cores'] / 3600, 3)} h on 2 cores.")
     if "report" in res:
         r = res["report"]
         lines += ["", f"`convrate report` ({r['profile']} profile): serial vs {r['jobs']} worker processes:", "",
@@ -335,20 +396,30 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "ratio": lz["memory_ratio"], "threshold": "> 1", "met": lz["memory_ratio"] > 1,
                     "why": "" if lz["memory_ratio"] > 1 else f"peak {peak} bytes"})
     au = res.get("audit", {})
-    peak = au.get("peak_rss_pieces") or (au.get("full") or {}).get("peak_rss")
-    if peak:
+    whole = [(k, (au.get(k) or {}).get("peak_rss")) for k in ("full", "shaped")]
+    whole = [(k, v) for k, v in whole if v]
+    if whole or au.get("peak_rss_pieces"):
+        # only a whole audit process decides the goal; the pieces' peak is a lower bound of it
+        kind, peak = whole[0] if whole else ("pieces", au["peak_rss_pieces"])
+        met = bool(whole) and peak <= MEMORY_LIMIT
         out.append({"id": "T-audit-memory", "instance": "MiniLM default audit", "statement": "fits in 3 GB",
-                    "measured": f"{fmt(peak / 2**30, 3)} GB", "ratio": peak / MEMORY_LIMIT, "threshold": "<= 3 GB",
-                    "met": peak <= MEMORY_LIMIT, "why": ""})
-    wall = (au.get("full") or {}).get("audit_wall_s") or au.get("wall_seconds_at_least_2_cores")
+                    "measured": f"{fmt(peak / 2**30, 3)} GB ({AUDIT_MEMORY_KINDS[kind]})", "ratio": peak / MEMORY_LIMIT,
+                    "threshold": "<= 3 GB", "met": met,
+                    "why": "" if met else ("the pieces' peak is a lower bound only: run --audit-memory"
+                                           if not whole else "the audit holds more than 3 GB")})
+    full = (au.get("full") or {}).get("audit_wall_s")
+    wall = full or (au.get("minimum") or {}).get("wall_seconds_2_cores")
     if wall:
-        met = wall <= 600
+        met = bool(full) and wall <= 600  # a lower bound under 10 minutes decides nothing
+        measured = f"{fmt(wall / 60, 3)} min" if full else (
+            f">= {fmt(wall / 60, 3)} min (its minimum work; estimate "
+            f"{fmt(au['estimate']['wall_seconds_2_cores'] / 3600, 3)} h)")
+        why = ("" if met else "only a lower bound was measured, under the goal: run --full-audit" if wall <= 600 else
+               "420 paragraphs x 32 tokens through the whole model per full-batch step, thousands of steps and "
+               "hundreds of float64 HVPs: CPU-bound; a GPU or --nproc across machines is the way")
         out.append({"id": "T-audit-time", "instance": "MiniLM default audit, 2 CPU cores",
-                    "statement": "takes at most 10 minutes", "measured": f"{'>= ' if 'full' not in au else ''}"
-                    f"{fmt(wall / 60, 3)} min", "ratio": wall / 600, "threshold": "<= 10 min", "met": met,
-                    "why": "" if met else ("420 paragraphs x 32 tokens through the whole model per full-batch step, "
-                                           "thousands of steps and hundreds of float64 HVPs: CPU-bound; a GPU or "
-                                           "--nproc across machines is the way")})
+                    "statement": "takes at most 10 minutes", "measured": measured, "ratio": wall / 600,
+                    "threshold": "<= 10 min", "met": met, "why": why})
     rep = res.get("report", {})
     if "speedup" in rep:
         w = rep["rows"][str(rep["jobs"])]["wall_s"]
@@ -368,6 +439,8 @@ def _add(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--report-out", metavar="DIR", default=None,
                     help="report: keep the two builds as DIR/jobs1 and DIR/jobsN (default: a deleted temporary folder)")
     ap.add_argument("--full-audit", action="store_true", help="audit: run the whole default audit (hours)")
+    ap.add_argument("--audit-memory", action="store_true",
+                    help="audit: also run an audit of the default profile's shape with tiny counts for its peak memory")
 
 
 if __name__ == "__main__":

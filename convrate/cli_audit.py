@@ -200,9 +200,11 @@ def sections(result: Mapping[str, Any], figures: Sequence[Any]) -> list[Any]:
 
     w = result.get("work")
     if w:
-        r.para(f"Work: {w['attack_steps_run']} attack steps run of at most {w['attack_steps_unpruned']} for the "
-               f"same trials unpruned ({w['attack_steps_saved']} saved: {w['trials_pruned']} of {w['trials']} trials "
-               f"stopped at the incumbent's step count or a halving round, {w['trials_from_pilot']} read off the "
+        pilots = f"{w['pilot_steps_run']} pilot steps and " if "pilot_steps_run" in w else ""
+        r.para(f"Work: {pilots}{w['attack_steps_run']} search steps run, of at most "
+               f"{w['attack_steps_unpruned']} for the same trials unpruned ({w['attack_steps_saved']} saved: "
+               f"{w['trials_pruned']} of {w['trials']} trials stopped at the incumbent's step count or a halving "
+               f"round, {w['trials_from_pilot']} read off the "
                f"pilot, best curves not re-run); the best learning rates are those of an unpruned search. "
                f"Curvature: Lanczos basis {', '.join(w['curvature_basis'])}, peak resident memory "
                f"{(w['curvature_peak_rss'] or 0) / 2**20:.0f} MiB.")

@@ -141,6 +141,18 @@ class AuditProfile:
     def pilot_budget(self) -> int:
         return max(1, math.ceil(self.pilot_fraction * self.budget))
 
+    def minimum_work(self, fmt: str) -> dict[str, int]:
+        """Work every audit of this profile does on a model of format ``fmt``, whatever the
+        losses: ``pilot_steps`` = G = sum over the optimizers of |grid| (each pilot trial has no
+        target and a budget >= 1, so it takes at least one step, even if it then diverges) and
+        ``hvps`` = 2 (2 + 1 + trace_samples) Hessian-vector products (baseline and claimed model:
+        the determinism check's two, Lanczos' first, one per Hutchinson sample). The pilot's
+        steps are G * pilot_budget exactly when no pilot trial diverges; the searches, Lanczos'
+        other steps and the Rayleigh-Ritz products come on top (they depend on the losses)."""
+        grid_points = sum(len(self.grid(o, fmt)) for o in self.optimizers_for(fmt))
+        return {"pilot_steps": grid_points, "pilot_steps_without_divergence": grid_points * self.pilot_budget,
+                "hvps": 2 * (2 + 1 + self.trace_samples)}
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "grids": {f"{f}:{o}": self.grid(o, f) for f, o, _, _ in self.lr_ranges},
                 "pilot_budget": self.pilot_budget}
@@ -298,10 +310,13 @@ def pilot_target(net: nn.Module, task: Task, optimizer: str, grid: Sequence[floa
     ``budget`` steps (module doc). ``runs`` collects the pilot's trajectories by lr (the
     baseline's search reads its grid trials off them: ``attacks.lr_search(known=...)``)."""
     l0, lmin, best_lr = None, math.inf, None
+    steps = diverged = 0
     for lr in grid:
         traj = make_attack(optimizer, lr, budget, None, seed=seed, device=device, **attack_options).run(net, task)
         if runs is not None:
             runs[lr] = traj
+        steps += traj.steps
+        diverged += traj.diverged
         l0 = traj.initial_loss
         finite = [v for v in traj.losses if math.isfinite(v)]
         if finite and min(finite) < lmin:
@@ -312,7 +327,8 @@ def pilot_target(net: nn.Module, task: Task, optimizer: str, grid: Sequence[floa
                          f"{budget} steps (loss {l0:.4g}); no target can be set")
     target = l0 ** (1 - TARGET_PROGRESS) * lmin ** TARGET_PROGRESS if lmin > 0 else l0 - TARGET_PROGRESS * (l0 - lmin)
     return {"target": target, "initial_loss": l0, "pilot_min_loss": lmin,
-            "pilot_best_lr": best_lr, "pilot_budget": budget, "progress": TARGET_PROGRESS}
+            "pilot_best_lr": best_lr, "pilot_budget": budget, "progress": TARGET_PROGRESS,
+            "pilot_steps_run": steps, "pilot_trials_diverged": diverged}
 
 
 def kappa_evidence(kappa_A: Mapping[str, float], kappa_T: float) -> str:
@@ -360,13 +376,14 @@ def run_attacks(nets: Mapping[str, nn.Module], baseline: str, task: Task, prof: 
 
 
 def _work(attacks: Mapping[str, Any], curv: Mapping[str, Any]) -> dict[str, Any]:
-    """What the audit ran and what it did not have to (``attacks.search``: incumbent pruning,
-    successive halving, trials read off the pilot, best curves not re-run), and the peak memory
-    of the curvature calls."""
+    """What the audit ran (the pilots' steps; the searches' steps) and what it did not have to
+    (``attacks.search``: incumbent pruning, successive halving, trials read off the pilot, best
+    curves not re-run), and the peak memory of the curvature calls."""
     searches = [s for a in attacks.values() for s in a["searches"].values()]
     run = sum(s["steps_run"] for s in searches)
     bound = sum(s["steps_unpruned"] for s in searches)
-    return {"attack_steps_run": run, "attack_steps_unpruned": bound,
+    return {"pilot_steps_run": sum(a["target"]["pilot_steps_run"] for a in attacks.values()),
+            "attack_steps_run": run, "attack_steps_unpruned": bound,
             "attack_steps_saved": bound - run,
             "trials": sum(len(s["table"]) for s in searches),
             "trials_pruned": sum(1 for s in searches for t in s["table"] if t["budget"] < s["budget"]),

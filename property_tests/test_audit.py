@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from convrate.cli import app
 from convrate.errors import ConvrateError
-from convrate.models.audit import PROFILES, audit, load_for_audit
+from convrate.models.audit import PROFILES, audit, load_for_audit, pilot_target
 from convrate.models.audit_verdict import RECOVERY_THRESHOLD, SLOWDOWN_THRESHOLD, VERDICTS
 from convrate.models.fplr import ArchitectureMismatchError, slot_block
 from convrate.models.io import save_model
@@ -84,6 +84,22 @@ def _consistent_verdict(res: dict) -> None:
             assert s["ratio"] == s["steps"] / s["reference_steps"]
 
 
+def _work_meets_the_minimum(res: dict, profile) -> None:
+    """``AuditProfile.minimum_work`` is a lower bound of what the audit ran, and the pilot runs
+    exactly G * pilot_budget steps when none of its trials diverged (fewer when one did)."""
+    least = profile.minimum_work(res["architecture"]["format"])
+    pilot = res["work"]["pilot_steps_run"]
+    assert pilot == sum(a["target"]["pilot_steps_run"] for a in res["attacks"].values())
+    assert least["pilot_steps"] <= pilot <= least["pilot_steps_without_divergence"]
+    diverged = sum(a["target"]["pilot_trials_diverged"] for a in res["attacks"].values())
+    assert (pilot == least["pilot_steps_without_divergence"]) == (diverged == 0)
+    curv = [c for c in res["curvature"].values() if "products" in c]
+    assert len(curv) == 2
+    # each model: the determinism check's two products, every Lanczos step's, the Hutchinson samples
+    assert all(c["products"] >= 2 + c["lanczos_steps"] + profile.trace_samples for c in curv)
+    assert sum(c["products"] for c in curv) >= least["hvps"]
+
+
 # ---------------------------------------------------------------- must show (CLI, --quick)
 def test_undefended_against_itself(tmp_path, mlp):
     src = str(mlp.source)
@@ -100,7 +116,10 @@ def test_undefended_against_itself(tmp_path, mlp):
     assert files == ["audit.html", "audit.json", "audit.md", "loss_curves.png", "spectra.png"]
     html = (tmp_path / "a" / "audit.html").read_text()
     assert "no-defense" in html and "src='data:image/png;base64," in html and "src='loss_curves" not in html
-    assert "Verdict: no-defense" in (tmp_path / "a" / "audit.md").read_text()
+    md = (tmp_path / "a" / "audit.md").read_text()
+    assert "Verdict: no-defense" in md
+    w = res["work"]
+    assert f"Work: {w['pilot_steps_run']} pilot steps and {w['attack_steps_run']} search steps run, of at most " in md
     assert sorted(p.name for p in mlp.source.iterdir()) == before  # nothing written next to the input
 
 
@@ -146,6 +165,19 @@ def test_r1_replays_reference(mlp):
         assert r1["lr"] == ref["lr"] and len(r1["losses"]) == len(ref["losses"])
         assert all(abs(x - y) <= 1e-8 * abs(y) for x, y in zip(r1["losses"], ref["losses"]))
     _consistent_verdict(res)
+    _work_meets_the_minimum(res, TINY)
+
+
+def test_pilot_counts_the_steps_of_diverging_trials(mlp):
+    """A pilot trial that diverges stops early: the pilot's step count falls below G * budget
+    but stays >= one step per trial (``AuditProfile.minimum_work``), and each trajectory's steps
+    are counted."""
+    task = digits_relabel_task(0, standardize=False)
+    runs: dict = {}
+    tgt = pilot_target(mlp.module, task, "sgd", [1e4, 0.1], 6, 0, "cpu", runs=runs)
+    assert runs[1e4].diverged and not runs[0.1].diverged and runs[1e4].steps < 6 == runs[0.1].steps
+    assert tgt["pilot_trials_diverged"] == 1
+    assert 2 <= tgt["pilot_steps_run"] == runs[0.1].steps + runs[1e4].steps < 2 * 6
 
 
 def _fine_tuned(model, steps: int, lr: float):
@@ -178,6 +210,7 @@ def test_without_reference(defended_mlp):
     assert set(res["attacks"]["sgd"]["searches"]) == {"R2", "claimed"}
     slowed = any(s["ratio"] is not None and s["ratio"] >= SLOWDOWN_THRESHOLD for s in res["slowdown"].values())
     assert res["verdict"] == ("fplr-defeated" if slowed else "no-defense")
+    _work_meets_the_minimum(res, TINY)
 
 
 def test_minilm_specdef_is_fplr(tmp_path):
