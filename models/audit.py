@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from convrate.errors import ConvrateError, InvalidInputError
-from convrate.models.attacks import LRSearchResult, Slowdown, log_grid, lr_search, make_attack
+from convrate.models.attacks import LRSearchResult, Slowdown, get_spec, log_grid, lr_search, make_attack
 from convrate.models.audit_verdict import RECOVERY_THRESHOLD, SLOWDOWN_THRESHOLD, classify, decide, ratio_json
 from convrate.models.curvature import MemoryMeter, Objective, hutchinson_trace, lanczos_run
 from convrate.models.curvature.distributed import BatchReduction
@@ -183,6 +183,20 @@ PROFILES: dict[str, AuditProfile] = {
                             per_decade=2, refine=2, lanczos_steps=60, trace_samples=32, probes=16,
                             text_per_class=None, text_max_length=32, bert_layers=None, micro_batch=16),
 }
+
+
+def shape_of(profile: AuditProfile) -> AuditProfile:
+    """``profile`` with its attackers, task, micro-batch and Lanczos mode (O(n) wherever the
+    full basis of 8 steps exceeds ``FULL_BASIS_BYTES``) but the least work: one knob value per
+    attacker (the low end of an lr range, the high end of a damping range: the mildest step),
+    a budget of 2 steps for the pilot and the searches (SOAP's first step only sets up its
+    preconditioner), no refinement, 8 Lanczos steps and 2 Hutchinson samples (the fewest
+    ``hutchinson_trace`` takes). Every attacker then runs on every variant; the peak memory is
+    the profile's (a fixed number of Lanczos vectors, optimizer states of fixed size)."""
+    mild = tuple((f, o, x, x) for f, o, lo, hi in profile.lr_ranges
+                 for x in [hi if get_spec(o).knob == "damping" else lo])
+    return replace(profile, name=f"{profile.name}-shape", budget=2, pilot_fraction=1.0, lr_ranges=mild, refine=0,
+                   lanczos_steps=8, trace_samples=2)
 
 
 def get_profile(profile: str | AuditProfile) -> AuditProfile:
@@ -546,6 +560,6 @@ def _audit(claimed: LoadedModel, reference: LoadedModel | None, task: str, profi
     return _jsonable(result)
 
 
-__all__ = ["AuditError", "AuditProfile", "PROFILES", "SCHEMA", "TASKS", "TARGET_PROGRESS", "audit",
+__all__ = ["AuditError", "AuditProfile", "PROFILES", "SCHEMA", "shape_of", "TASKS", "TARGET_PROGRESS", "audit",
            "attack_module", "curvature", "function_deviation", "get_profile", "load_for_audit",
            "pilot_target"]

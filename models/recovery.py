@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any
 
@@ -114,6 +116,7 @@ class R1Module(nn.Module):
             self.register_buffer(f"A_inv_{i}", Ainv)
             self._groups.append((sym, f"A_{i}", f"A_inv_{i}"))
         self._names = [n for n, _ in defended.named_parameters()]
+        self._phi_forward = False  # see through_phi
         self.record_meta = dict(record.meta)
         self.config = getattr(defended, "config", None)  # encoders: EncoderClassifier reads config
 
@@ -147,9 +150,28 @@ class R1Module(nn.Module):
         return th
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._phi_forward:
+            return self.phi(*args, **kwargs)
         state = {**self.defended_parameters(), **dict(self.phi.named_buffers())}
         # tie_weights: a tied lm_head takes the substituted embedding (named once in phi)
         return torch.func.functional_call(self._skeleton[0], state, args, kwargs, strict=False, tie_weights=True)
+
+
+@contextmanager
+def through_phi(net: nn.Module) -> Iterator[None]:
+    """Within the block every R1Module in ``net`` evaluates f(x; phi) with phi's own layers
+    instead of f(x; T phi): the same function (T is a symmetry of the architecture), so the
+    same loss and, in exact arithmetic, the same gradient in phi. For optimizers that read the
+    activations of the trained layers (K-FAC's factors: those layers are phi's, which the
+    forward at T phi does not run)."""
+    mods = [m for m in net.modules() if isinstance(m, R1Module)]
+    for m in mods:
+        m._phi_forward = True
+    try:
+        yield
+    finally:
+        for m in mods:
+            m._phi_forward = False
 
 
 def r1_module(defended: Any, record: TorchReparameterization) -> R1Module:
@@ -198,6 +220,6 @@ def r1_extra_parameters(record: TorchReparameterization) -> dict[str, Any]:
             "pair_parameters": pair, "groups": len(record.items)}
 
 
-__all__ = ["R1Module", "r1_module", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
+__all__ = ["R1Module", "r1_module", "through_phi", "r1_extra_parameters", "canonicalize", "distance_to_canonical",
            "orbit_norm_sq", "factor_block", "s2_log_error", "s1_factor_allowance", "canonical_agreement",
            "R2_TOL", "R2_MAX_SWEEPS"]

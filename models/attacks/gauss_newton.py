@@ -17,6 +17,10 @@
                   One gradient and C extra backward passes (C outputs) per step. Statement SO-KFAC:
                   across an S1 pair or S2 group X and S transform as A X A^T and A^-T S A^-1, so with
                   gamma -> 0 the step maps by T exactly; gamma breaks it like LM's damping.
+                  On R1 (``recovery.r1_module``) the trained layers are phi's, which the forward at
+                  T phi does not run: the factors come from one more forward through phi's own
+                  layers (``recovery.through_phi``, the same function), counted as one more
+                  backward pass (a forward costs no more); the gradient stays that at T phi.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from convrate.errors import InvalidInputError
 from convrate.models.attacks.registry import OptimizerSpec, StepContext, flat, register, unflat
 from convrate.models.attacks.second_order import truncated_cg
 
@@ -106,6 +111,16 @@ def kfac_factors(ctx: StepContext, layers: list[nn.Module]) -> tuple[list[torch.
             z = ctx.task.forward(ctx.net, X)
             grads = torch.autograd.grad(ctx.task.loss_fn(z, y), ctx.params, retain_graph=True, allow_unused=True)
             ctx.count("gradients")
+            if any(m not in outputs for m in layers):  # R1: phi's layers (module doc)
+                from convrate.models.recovery import through_phi
+
+                with through_phi(ctx.net):
+                    z = ctx.task.forward(ctx.net, X)
+                ctx.count("backwards")
+            missing = [m for m in layers if m not in outputs]
+            if missing:
+                raise InvalidInputError(f"K-FAC: {len(missing)} trained layer(s) (first {missing[0]}) do not run "
+                                        "in the model's forward pass, so they have no factors")
             N = z.shape[0]
             outs = [outputs[m] for m in layers]
             S: dict[nn.Module, torch.Tensor] = {}
