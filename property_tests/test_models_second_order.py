@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from flint import fmpq
 from torch import nn
 
+from convrate.errors import InvalidInputError
 from convrate.models.attacks import OPTIMIZERS, REGISTRY, Attack, make_attack
 from convrate.models.attacks.gauss_newton import KFAC
 from convrate.models.attacks.preconditioned import SOPHIA_BETAS, SOPHIA_EPS, SOPHIA_GAMMA, SOPHIA_PERIOD
@@ -194,6 +195,25 @@ def test_gauss_newton_minimum_norm_step_is_invariant_only_in_function_space() ->
 
 
 # ---------------------------------------------------------------- K-FAC
+def test_kfac_refuses_a_trained_layer_that_never_runs() -> None:
+    """A trained Linear layer outside the forward pass has no factors: a clear error, not a
+    KeyError (R1's phi layers are the case that does get factors, through ``through_phi``)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    g = torch.Generator().manual_seed(0)
+    task = tensor_task(torch.randn(8, 3, generator=g, dtype=torch.float64),
+                       torch.randn(8, 2, generator=g, dtype=torch.float64))
+    with pytest.raises(InvalidInputError, match="1 trained layer.*do not run"):
+        Attack("kfac", 1.0, 2, device="cpu").run(Net(), task)
+
+
 def test_kfac_exact_factors_invariant_under_s2() -> None:
     """SO-KFAC on the real loss: one K-FAC step with exact factors and damping 1e-30 (gamma = 1e-15)
     on the D-scaled net is T times the step on the original, for 3 seeds (squared loss, N = 40

@@ -58,6 +58,8 @@ TESTS: dict[str, tuple[str, ...]] = {
     "models/fplr.py": ("test_fplr.py", "test_llm_groups.py"),
     "models/audit_verdict.py": ("test_audit_verdict.py",),
     "models/attacks/search.py": ("test_search_parts.py", "test_search_pruning.py", "test_models_attacks.py"),
+    "models/curvature/objective.py": ("test_models_curvature.py", "test_curvature_lanczos.py",
+                                      "test_curvature_distributed.py"),
 }
 MODULES = tuple(TESTS)
 #: pytest -k expression deselecting the slow real-network tests (seconds each, per mutant) and the
