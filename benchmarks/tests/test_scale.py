@@ -50,6 +50,13 @@ def test_document_and_targets():
     assert by["T-lanczos-memory"]["met"]
     # the pieces' peak is a lower bound of the audit's: it cannot meet the memory goal
     assert not by["T-audit-memory"]["met"] and "lower bound" in by["T-audit-memory"]["why"]
+    # a shaped run stopped part-way: its peak so far is a larger lower bound, still not decisive
+    res["audit"]["shaped"] = {"stopped_after_s": 60.0, "stage": {"label": "attack sgd", "done": 4, "of": 16},
+                              "peak_rss": 2.2 * 2**30}
+    mem = {t["id"]: t for t in targets(res)}["T-audit-memory"]
+    assert not mem["met"] and mem["measured"].startswith("2.2 GB (an audit of the default shape stopped")
+    assert "stopped after 60 s in stage 'attack sgd' (4 of 16 stages done), peak so far 2253 MiB" in markdown(res)
+    del res["audit"]["shaped"]
     audit_time = by["T-audit-time"]
     assert not audit_time["met"] and audit_time["ratio"] == 2.0 and audit_time["measured"].startswith(">= 20 min")
     assert "CPU-bound" in audit_time["why"]
