@@ -42,7 +42,7 @@ from convrate.models.curvature import Objective
 from convrate.models.defense import DiagonalScaling, SpecDef
 from convrate.models.recovery import (canonical_agreement, canonicalize, distance_to_canonical, factor_block,
                                       orbit_norm_sq, r1_extra_parameters, r1_module, s1_factor_allowance,
-                                      s2_log_error)
+                                      s2_log_error, through_phi)
 from convrate.models.symmetry import TorchReparameterization
 from convrate.models.families import discover_symmetries
 from convrate.models.tasks import Task, tensor_task
@@ -396,6 +396,33 @@ def test_r1_extra_parameters_attention():
     assert r1.extra_parameters == cost["extra_parameters"] == 4 * 18
     assert cost["bound"] == 2 * (recovery_extra_parameters_bound(3, 6, 7) + recovery_extra_parameters_bound(3, 6, 6))
     assert cost["within_bound"]
+
+
+def test_through_phi_runs_phi_within_the_block_only():
+    """R1's forward is f(x; T phi); within ``through_phi`` it is phi's own forward (the same
+    function: equal up to round-off, not bit for bit), and T phi again after the block, an
+    exception included. Positional inputs (zoo) and keyword inputs (encoders) alike."""
+    m = random_zoo(mlp_arch([4, 5, 3]), 0)
+    res = SpecDef(100).apply(m, dtypes=F64)
+    r1 = r1_module(res.model.module, res.record)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    at_t_phi = r1(x)
+    with through_phi(r1):
+        inside = r1(x)
+    assert torch.equal(inside, r1.phi(x))
+    assert not torch.equal(at_t_phi, inside) and torch.allclose(at_t_phi, inside, rtol=1e-10, atol=0)
+    assert torch.equal(r1(x), at_t_phi)
+    with pytest.raises(RuntimeError, match="inside"):
+        with through_phi(r1):
+            raise RuntimeError("inside")
+    assert torch.equal(r1(x), at_t_phi)
+    pytest.importorskip("transformers")
+    bert = tiny_bert(0, hidden=4, heads=2)
+    res = SpecDef(10).apply(bert, dtypes=F64)
+    r1b = r1_module(res.model, res.record)
+    ids = bert_inputs(bert, 4, 5, 0)
+    with through_phi(r1b):
+        assert torch.equal(r1b(**ids).last_hidden_state, r1b.phi(**ids).last_hidden_state)
 
 
 def test_r1_refuses_a_mismatched_record():
