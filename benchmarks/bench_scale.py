@@ -200,11 +200,11 @@ def part_audit(args: argparse.Namespace) -> dict[str, Any]:
     if args.full_audit:
         out["full"] = _full_audit()
         return out
-    if args.audit_memory:
-        out["shaped"] = _shaped_audit(args.audit_memory_limit)
     step = _child(_AUDIT_PIECES, str(args.threads), "1", "0", "step")
     hvp = _child(_AUDIT_PIECES, str(args.threads), "1", "0", "hvp")
     out.update(step=step, hvp=hvp)
+    if args.audit_memory:  # after the pieces: it may be long and be stopped part-way
+        out["shaped"] = _shaped_audit(args.audit_memory_limit)
     if "error" not in step and "error" not in hvp:
         for kind in ("minimum", "estimate"):
             cpu = _audit_seconds(counts[kind], step, hvp)
@@ -213,18 +213,22 @@ def part_audit(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _full_audit() -> dict[str, Any]:
-    code = """
-import json, subprocess, sys, tempfile, time
+#: child-code prefix: a SpecDef K = 100 release of MiniLM in the temporary folder ``tmp`` (tmp/rel)
+_MINILM_RELEASE = """
+import json, resource, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 tmp = Path(tempfile.mkdtemp(prefix="convrate-bench-audit-"))
 subprocess.run([sys.executable, "-m", "convrate", "defend", "minilm", "-K", "100", "--out", str(tmp / "rel"),
                 "--record", str(tmp / "rec")], check=True, capture_output=True)
+"""
+
+
+def _full_audit() -> dict[str, Any]:
+    code = _MINILM_RELEASE + """
 from convrate.models.tasks import minilm_dir
 t0 = time.perf_counter()
 p = subprocess.run([sys.executable, "-m", "convrate", "audit", str(tmp / "rel"), "--reference", str(minilm_dir()),
                     "--out", str(tmp / "audit")], capture_output=True, text=True)
-import resource
 print(json.dumps({"returncode": p.returncode, "audit_wall_s": time.perf_counter() - t0,
                   "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
                   "work": json.loads((tmp / "audit" / "audit.json").read_text()).get("work") if p.returncode in (0, 1) else None}))
@@ -232,13 +236,8 @@ print(json.dumps({"returncode": p.returncode, "audit_wall_s": time.perf_counter(
     return _child(code)
 
 
-_SHAPED_AUDIT = """
-import json, resource, signal, subprocess, sys, tempfile, time
-from pathlib import Path
+_SHAPED_AUDIT = _MINILM_RELEASE + """
 limit = int(sys.argv[1])
-tmp = Path(tempfile.mkdtemp(prefix="convrate-bench-audit-"))
-subprocess.run([sys.executable, "-m", "convrate", "defend", "minilm", "-K", "100", "--out", str(tmp / "rel"),
-                "--record", str(tmp / "rec")], check=True, capture_output=True)
 from convrate.models.audit import PROFILES, audit, load_for_audit, shape_of
 from convrate.models.tasks import minilm_dir
 shape = shape_of(PROFILES["default"])
@@ -266,9 +265,10 @@ print(json.dumps(out))
 def _shaped_audit(limit: int) -> dict[str, Any]:
     """Peak memory of a MiniLM audit of the default profile's shape (``audit.shape_of``: the
     same model, task, micro-batch, attackers and O(n) Lanczos; one knob value per attacker,
-    two steps, eight Lanczos steps). Its peak is the default audit's: the O(n) Lanczos holds a
-    fixed number of vectors (``test_no_basis_memory_does_not_grow_with_steps``), an
-    optimizer's state has a fixed size, and a trajectory keeps only its losses. ``limit``
+    two steps, eight Lanczos steps). Its peak plus ``PAUSE_BYTES`` (the runs the default's
+    halving rounds may keep paused) bounds the default audit's: the O(n) Lanczos holds a fixed
+    number of vectors (``test_no_basis_memory_does_not_grow_with_steps``), an optimizer's state
+    has a fixed size, and a trajectory keeps only its losses. ``limit``
     seconds (0: none) stop it where it is: the peak so far and the stage reached."""
     return _child(_SHAPED_AUDIT, str(limit))
 
